@@ -1,0 +1,445 @@
+//! The `postgres` import: host-managed connections that configuration grants to a
+//! writer by name.
+//!
+//! The plugin never sees an address or a password: it asks for a grant name, and
+//! the host connects with the grant's settings. Whether an error is worth retrying
+//! is decided here, in one place ([`classify`]), so that every writer agrees.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::SinkExt;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+use wasmtime::component::Resource;
+
+use crate::plugin_runtime::bindings::v0_1_0::writer::sluice::plugin::postgres::{
+    ErrorKind, Host, HostConnection, PgError, PgValue,
+};
+use crate::plugin_runtime::state::PluginState;
+
+/// How many connections one plugin instance may hold open at once.
+const MAX_CONNECTIONS_PER_INSTANCE: usize = 4;
+/// How many prepared statements a connection keeps.
+const STATEMENT_CACHE: usize = 64;
+
+/// A Postgres connection a plugin may open, as configuration grants it.
+#[derive(Clone)]
+pub struct PostgresGrant {
+    config: tokio_postgres::Config,
+}
+
+impl PostgresGrant {
+    /// A grant from a connection string (`postgres://user@host:5432/db` or the
+    /// `host=... dbname=...` form).
+    pub fn from_url(url: &str) -> Result<Self, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_application_name().is_none() {
+            config.application_name("sluice");
+        }
+        Ok(Self { config })
+    }
+
+    /// Sets the password (it comes from the environment, not the config file).
+    pub fn with_password(mut self, password: &str) -> Self {
+        self.config.password(password);
+        self
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl fmt::Debug for PostgresGrant {
+    // Never print the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresGrant")
+            .field("hosts", &self.config.get_hosts())
+            .field("ports", &self.config.get_ports())
+            .field("user", &self.config.get_user())
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection held by a plugin instance (the `connection` resource).
+pub struct PgConnection {
+    grant: String,
+    client: Client,
+    statements: HashMap<String, Statement>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgConnection {
+    fn drop(&mut self) {
+        // Dropping the client ends the connection task, which rolls back any open
+        // transaction on the server; abort covers a task stuck on a dead socket.
+        self.task.abort();
+    }
+}
+
+impl PgConnection {
+    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// Classifies a client error for the plugin: retriable (connection lost, server
+/// shutting down or overloaded, serialization failure), data (the rows were
+/// refused), or other.
+pub fn classify(error: &tokio_postgres::Error) -> PgError {
+    let Some(db) = error.as_db_error() else {
+        // No server error: the connection broke, timed out or was closed.
+        return PgError {
+            kind: ErrorKind::Retriable,
+            code: None,
+            message: error_chain(error),
+            detail: None,
+            context: None,
+        };
+    };
+    let code = db.code().code();
+    PgError {
+        kind: kind_of_sqlstate(code),
+        code: Some(code.to_string()),
+        message: db.message().to_string(),
+        detail: db.detail().map(str::to_string),
+        context: db.where_().map(str::to_string),
+    }
+}
+
+fn kind_of_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        // Admin shutdown, crash shutdown, cannot connect now, serialization
+        // failure, deadlock: the same statement can succeed later.
+        "57P01" | "57P02" | "57P03" | "40001" | "40P01" => ErrorKind::Retriable,
+        // Query canceled (statement timeout, or pg_cancel_backend): try again.
+        "57014" => ErrorKind::Retriable,
+        // Connection exceptions; insufficient resources (disk full, too many
+        // connections); operator intervention.
+        c if c.starts_with("08") || c.starts_with("53") => ErrorKind::Retriable,
+        // Data exceptions and integrity constraint violations: the data is refused.
+        c if c.starts_with("22") || c.starts_with("23") => ErrorKind::Data,
+        _ => ErrorKind::Other,
+    }
+}
+
+fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn host_error(kind: ErrorKind, message: String) -> PgError {
+    PgError {
+        kind,
+        code: None,
+        message,
+        detail: None,
+        context: None,
+    }
+}
+
+/// A parameter as the plugin sent it, converted to whatever type the statement
+/// expects (integers to any integer width, with a range check).
+#[derive(Debug)]
+struct Param<'a>(&'a PgValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.0 {
+            PgValue::Null => Ok(IsNull::Yes),
+            PgValue::Boolean(v) => v.to_sql(ty, out),
+            PgValue::Int(v) => match ty {
+                t if *t == Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                t if *t == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                t if *t == Type::OID => u32::try_from(*v)?.to_sql(ty, out),
+                t if *t == Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            PgValue::Float(v) => match ty {
+                t if *t == Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            PgValue::Text(v) => v.as_str().to_sql(ty, out),
+            PgValue::Bytes(v) => v.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked value by value in `to_sql`, which names the mismatch.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn row_values(row: &Row) -> Result<Vec<PgValue>, PgError> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let bad = |e: tokio_postgres::Error| host_error(ErrorKind::Other, error_chain(&e));
+        let value = if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)
+                .map_err(bad)?
+                .map(PgValue::Boolean)
+        } else if *ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)
+                .map_err(bad)?
+                .map(|v| PgValue::Int(v.into()))
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)
+                .map_err(bad)?
+                .map(|v| PgValue::Int(v.into()))
+        } else if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)
+                .map_err(bad)?
+                .map(PgValue::Int)
+        } else if *ty == Type::OID {
+            row.try_get::<_, Option<u32>>(i)
+                .map_err(bad)?
+                .map(|v| PgValue::Int(v.into()))
+        } else if *ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(i)
+                .map_err(bad)?
+                .map(|v| PgValue::Float(v.into()))
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)
+                .map_err(bad)?
+                .map(PgValue::Float)
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)
+                .map_err(bad)?
+                .map(PgValue::Bytes)
+        } else if <&str as tokio_postgres::types::FromSql>::accepts(ty) {
+            row.try_get::<_, Option<String>>(i)
+                .map_err(bad)?
+                .map(PgValue::Text)
+        } else {
+            return Err(host_error(
+                ErrorKind::Other,
+                format!(
+                    "result column `{}` has type {ty}, which the postgres capability does not return; cast it to text (`{}::text`)",
+                    column.name(),
+                    column.name()
+                ),
+            ));
+        };
+        values.push(value.unwrap_or(PgValue::Null));
+    }
+    Ok(values)
+}
+
+impl PluginState {
+    fn connection(&mut self, r: &Resource<PgConnection>) -> wasmtime::Result<&mut PgConnection> {
+        Ok(self.table.get_mut(r)?)
+    }
+}
+
+impl Host for PluginState {}
+
+impl HostConnection for PluginState {
+    async fn open(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<PgConnection>, PgError>> {
+        let started = Instant::now();
+        let Some(grant) = self.grants.postgres.get(&name).cloned() else {
+            let granted: Vec<&str> = self.grants.postgres.keys().map(String::as_str).collect();
+            tracing::warn!(
+                plugin = &*self.label.plugin,
+                pipeline = &*self.label.pipeline,
+                connection = name,
+                "plugin asked for a postgres connection it was not granted"
+            );
+            return Ok(Err(host_error(
+                ErrorKind::AccessDenied,
+                format!(
+                    "postgres connection `{name}` is not granted to this plugin (granted: {})",
+                    if granted.is_empty() {
+                        "none".to_string()
+                    } else {
+                        granted.join(", ")
+                    }
+                ),
+            )));
+        };
+        if self.pg_open >= MAX_CONNECTIONS_PER_INSTANCE {
+            return Ok(Err(host_error(
+                ErrorKind::Other,
+                format!(
+                    "a plugin instance may hold at most {MAX_CONNECTIONS_PER_INSTANCE} postgres connections"
+                ),
+            )));
+        }
+        let result = grant.config.connect(NoTls).await;
+        self.clock.add_host_time(started);
+        let (client, connection) = match result {
+            Ok(pair) => pair,
+            Err(e) => return Ok(Err(classify(&e))),
+        };
+        let plugin = self.label.plugin.clone();
+        let grant_name = name.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(plugin = &*plugin, connection = grant_name, error = %e, "postgres connection ended");
+            }
+        });
+        self.pg_open += 1;
+        let conn = PgConnection {
+            grant: name,
+            client,
+            statements: HashMap::new(),
+            task,
+        };
+        Ok(Ok(self.table.push(conn)?))
+    }
+
+    async fn batch_execute(
+        &mut self,
+        this: Resource<PgConnection>,
+        sql: String,
+    ) -> wasmtime::Result<Result<(), PgError>> {
+        let started = Instant::now();
+        let conn = self.connection(&this)?;
+        let result = conn
+            .client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| classify(&e));
+        self.clock.add_host_time(started);
+        Ok(result)
+    }
+
+    async fn execute(
+        &mut self,
+        this: Resource<PgConnection>,
+        statement: String,
+        params: Vec<PgValue>,
+    ) -> wasmtime::Result<Result<u64, PgError>> {
+        let started = Instant::now();
+        let conn = self.connection(&this)?;
+        let result = async {
+            let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
+            let params: Vec<Param> = params.iter().map(Param).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            conn.client
+                .execute(&stmt, &refs)
+                .await
+                .map_err(|e| classify(&e))
+        }
+        .await;
+        self.clock.add_host_time(started);
+        Ok(result)
+    }
+
+    async fn query(
+        &mut self,
+        this: Resource<PgConnection>,
+        statement: String,
+        params: Vec<PgValue>,
+    ) -> wasmtime::Result<Result<Vec<Vec<PgValue>>, PgError>> {
+        let started = Instant::now();
+        let conn = self.connection(&this)?;
+        let result = async {
+            let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
+            let params: Vec<Param> = params.iter().map(Param).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let rows = conn
+                .client
+                .query(&stmt, &refs)
+                .await
+                .map_err(|e| classify(&e))?;
+            rows.iter().map(row_values).collect::<Result<Vec<_>, _>>()
+        }
+        .await;
+        self.clock.add_host_time(started);
+        Ok(result)
+    }
+
+    async fn copy_in(
+        &mut self,
+        this: Resource<PgConnection>,
+        statement: String,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<u64, PgError>> {
+        let started = Instant::now();
+        let conn = self.connection(&this)?;
+        let result = async {
+            let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
+            let sink = conn
+                .client
+                .copy_in::<_, Bytes>(&stmt)
+                .await
+                .map_err(|e| classify(&e))?;
+            futures::pin_mut!(sink);
+            sink.send(Bytes::from(data))
+                .await
+                .map_err(|e| classify(&e))?;
+            sink.finish().await.map_err(|e| classify(&e))
+        }
+        .await;
+        self.clock.add_host_time(started);
+        Ok(result)
+    }
+
+    async fn drop(&mut self, this: Resource<PgConnection>) -> wasmtime::Result<()> {
+        let conn = self.table.delete(this)?;
+        tracing::trace!(
+            plugin = &*self.label.plugin,
+            connection = conn.grant,
+            "plugin closed a postgres connection"
+        );
+        self.pg_open = self.pg_open.saturating_sub(1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_once_for_every_writer() {
+        assert_eq!(kind_of_sqlstate("57P01"), ErrorKind::Retriable); // pg_terminate_backend
+        assert_eq!(kind_of_sqlstate("08006"), ErrorKind::Retriable);
+        assert_eq!(kind_of_sqlstate("53300"), ErrorKind::Retriable); // too many connections
+        assert_eq!(kind_of_sqlstate("40001"), ErrorKind::Retriable);
+        assert_eq!(kind_of_sqlstate("23505"), ErrorKind::Data); // unique violation
+        assert_eq!(kind_of_sqlstate("22003"), ErrorKind::Data); // numeric out of range
+        assert_eq!(kind_of_sqlstate("42P01"), ErrorKind::Other); // undefined table
+        assert_eq!(kind_of_sqlstate("42501"), ErrorKind::Other); // permission denied
+    }
+
+    #[test]
+    fn grant_debug_never_shows_the_password() {
+        let grant = PostgresGrant::from_url("postgres://sluice:s3cret@127.0.0.1/test").unwrap();
+        let shown = format!("{grant:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("sluice"));
+    }
+}

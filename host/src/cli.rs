@@ -1,0 +1,157 @@
+//! Command-line interface: parses arguments and runs the subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::plugin_build::{self, BuildOptions, WasmTarget};
+use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
+
+/// Sluice: ingests RabbitMQ event streams into Postgres and customer-managed stores
+/// through WebAssembly source and writer plugins.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `sluice=debug,info` (`RUST_LOG` syntax; `RUST_LOG` is used when unset).
+    #[arg(long, global = true, env = "SLUICE_LOG")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Lists the plugins in a folder: name, version, world, WIT version, content hash.
+    Plugins {
+        /// The plugin folder.
+        #[arg(long, default_value = "plugins-dist")]
+        dir: PathBuf,
+    },
+    /// Plugin development: build plugin crates into components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Builds plugin crates (cdylib, using sluice-plugin-sdk) into WebAssembly
+    /// components, `<out>/<package>.wasm`. Uses an installed rustup wasm target when
+    /// there is one, and otherwise fetches a toolchain itself (once, cached).
+    Build {
+        /// Plugin crate folders (each with a Cargo.toml).
+        #[arg(required = true)]
+        crates: Vec<PathBuf>,
+        /// Where the `.wasm` files go (the daemon's plugin folder, for instance).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Force a target: wasm32-wasip2, wasm32-wasip1 or wasm32-unknown-unknown.
+        #[arg(long)]
+        target: Option<WasmTarget>,
+        /// Build without optimisations (faster to compile, slower to run).
+        #[arg(long)]
+        debug: bool,
+        /// Where the toolchain and build artifacts are cached.
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format, cli.log_level.as_deref())?;
+    match cli.command {
+        Command::Plugins { dir } => list_plugins(dir),
+        Command::Plugin(PluginCommand::Build {
+            crates,
+            out,
+            target,
+            debug,
+            cache_dir,
+        }) => {
+            let opts = BuildOptions {
+                crates,
+                out_dir: out,
+                target,
+                profile_debug: debug,
+                cache_dir,
+            };
+            for built in plugin_build::build(&opts)? {
+                println!(
+                    "{} {} ({} bytes, {}, {:?} route)",
+                    built.package,
+                    built.output.display(),
+                    built.bytes,
+                    built.target,
+                    built.route
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
+    let cache_dir = plugin_build::default_cache_dir().join("components");
+    PluginRuntime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir),
+        ..RuntimeConfig::default()
+    })
+}
+
+fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    tokio.block_on(async {
+        let runtime = runtime_for_cli()?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading plugin folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        files.sort();
+        let mut refused = 0;
+        println!(
+            "{:<24} {:<10} {:<7} {:<6} {:<14} FILE",
+            "NAME", "VERSION", "WORLD", "WIT", "SHA256"
+        );
+        for file in files {
+            match runtime.load(&file).await {
+                Ok(p) => println!(
+                    "{:<24} {:<10} {:<7} {:<6} {:<14} {}",
+                    p.info.name,
+                    p.info.version,
+                    p.kind,
+                    p.wit_version,
+                    &p.sha256[..12],
+                    file.display()
+                ),
+                Err(e) => {
+                    refused += 1;
+                    println!("refused: {e}");
+                }
+            }
+        }
+        Ok(if refused == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        })
+    })
+}

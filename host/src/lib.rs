@@ -1,0 +1,8 @@
+//! Sluice: an ingestion daemon that pipes RabbitMQ messages through WebAssembly
+//! source and writer plugins into Postgres and customer-managed stores.
+
+pub mod capabilities;
+pub mod cli;
+pub mod plugin_build;
+pub mod plugin_runtime;
+pub mod telemetry;

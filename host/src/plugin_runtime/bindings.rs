@@ -1,0 +1,35 @@
+//! Host bindings for each frozen WIT version, one module per version.
+//!
+//! A released version is never edited: a change to the contract is a new folder
+//! under `wit/` and a new module here, and the host keeps loading the old ones.
+
+/// Bindings for `sluice:plugin@0.1.0`.
+pub mod v0_1_0 {
+    /// The `source-plugin` world. Its `types` and `log` interfaces are shared with
+    /// the writer world below.
+    pub mod source {
+        wasmtime::component::bindgen!({
+            path: "../wit/sluice-plugin@0.1.0",
+            world: "source-plugin",
+            imports: { default: async | trappable },
+            exports: { default: async },
+        });
+    }
+
+    /// The `writer-plugin` world.
+    pub mod writer {
+        wasmtime::component::bindgen!({
+            path: "../wit/sluice-plugin@0.1.0",
+            world: "writer-plugin",
+            imports: { default: async | trappable },
+            exports: { default: async },
+            with: {
+                "sluice:plugin/types": super::source::sluice::plugin::types,
+                "sluice:plugin/log": super::source::sluice::plugin::log,
+                "sluice:plugin/postgres.connection": crate::capabilities::postgres::PgConnection,
+            },
+        });
+    }
+
+    pub use source::sluice::plugin::types;
+}

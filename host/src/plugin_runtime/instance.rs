@@ -1,0 +1,502 @@
+//! Plugin instances: one wasmtime `Store` each, owned by one task, re-created after
+//! any failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use super::bindings::v0_1_0::{source, writer};
+use super::state::{PluginLabel, PluginState};
+use super::{
+    DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginInfo, PluginKind,
+    PluginPre, PluginRuntime, RowBatch, RowRejection, Schema,
+};
+use crate::capabilities::Grants;
+
+/// Why a call into a plugin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin trapped (a panic, an `unreachable`, an out-of-bounds access).
+    #[error("plugin {plugin} trapped in `{func}`: {reason}")]
+    Trap {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// The panic message, or the trap and the plugin's last output.
+        reason: String,
+    },
+    /// The plugin ran past its time limit and was interrupted.
+    #[error("plugin {plugin} ran past its time limit of {limit:?} in `{func}` and was stopped")]
+    Timeout {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The plugin tried to grow its memory past the limit and was stopped.
+    #[error(
+        "plugin {plugin} went over its memory limit of {limit_mib} MiB in `{func}` and was stopped"
+    )]
+    OutOfMemory {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// The limit, in MiB.
+        limit_mib: usize,
+    },
+    /// The plugin answered with an error of its own.
+    #[error("plugin {plugin} failed in `{func}`: {}", describe(error))]
+    Failed {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// What it said.
+        error: PluginError,
+    },
+    /// The plugin answered something the contract does not allow.
+    #[error("plugin {plugin} broke the contract in `{func}`: {reason}")]
+    Contract {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// Whether the plugin itself said to retry later (a store unavailable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            CallError::Failed {
+                error: PluginError::Retriable(_),
+                ..
+            }
+        )
+    }
+
+    /// Whether the plugin's configuration is at fault (retrying cannot help).
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            CallError::Failed {
+                error: PluginError::InvalidConfig(_),
+                ..
+            }
+        )
+    }
+}
+
+fn describe(error: &PluginError) -> String {
+    match error {
+        PluginError::InvalidConfig(m) => format!("invalid configuration: {m}"),
+        PluginError::Retriable(m) => format!("retriable: {m}"),
+        PluginError::Fatal(m) => m.clone(),
+    }
+}
+
+/// Prepares a store for a call: a fresh time budget and no leftovers of the last.
+fn begin_call(store: &mut Store<PluginState>) {
+    let data = store.data_mut();
+    data.clock.start();
+    data.output.clear();
+    data.last_panic = None;
+    data.limiter.hit = None;
+    store.set_epoch_deadline(1);
+}
+
+/// Explains a failed call from what the store saw.
+fn call_error(
+    plugin: &str,
+    func: &'static str,
+    store: &Store<PluginState>,
+    error: wasmtime::Error,
+) -> CallError {
+    let data = store.data();
+    let plugin = plugin.to_string();
+    if data.clock.exceeded {
+        return CallError::Timeout {
+            plugin,
+            func,
+            limit: data.clock.limit(),
+        };
+    }
+    if data.limiter.hit.is_some() {
+        return CallError::OutOfMemory {
+            plugin,
+            func,
+            limit_mib: data.limiter.limit() >> 20,
+        };
+    }
+    let reason = match (&data.last_panic, data.output.text()) {
+        (Some(panic), _) => format!("panicked: {panic}"),
+        (None, Some(output)) => format!("{}; its last output: {output}", trap_text(&error)),
+        (None, None) => trap_text(&error),
+    };
+    CallError::Trap {
+        plugin,
+        func,
+        reason,
+    }
+}
+
+fn trap_text(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{error:#}"),
+    }
+}
+
+/// Calls `about` on a fresh instance, with no capability granted.
+pub(super) async fn about(
+    runtime: &Arc<PluginRuntime>,
+    pre: &PluginPre,
+) -> Result<PluginInfo, CallError> {
+    let label = Arc::new(PluginLabel {
+        plugin: "(loading)".into(),
+        pipeline: "".into(),
+    });
+    let mut store = runtime.new_store(label, Arc::new(Grants::none()));
+    begin_call(&mut store);
+    let result = match pre {
+        PluginPre::Source(pre) => match pre.instantiate_async(&mut store).await {
+            Ok(b) => b.sluice_plugin_source().call_about(&mut store).await,
+            Err(e) => Err(e),
+        },
+        PluginPre::Writer(pre) => match pre.instantiate_async(&mut store).await {
+            Ok(b) => b.sluice_plugin_writer().call_about(&mut store).await,
+            Err(e) => Err(e),
+        },
+    };
+    let info = result.map_err(|e| call_error("(loading)", "about", &store, e))?;
+    Ok(PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+    })
+}
+
+/// Checks a schema a source declared: names, keys, nullability.
+pub fn validate_schema(schema: &Schema) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let valid_name = |n: &str| {
+        n.len() <= 63
+            && n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !valid_name(&schema.name) {
+        problems.push(format!(
+            "schema name `{}` is not lowercase letters, digits and `_`",
+            schema.name
+        ));
+    }
+    if schema.columns.is_empty() {
+        problems.push("it has no columns".to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in &schema.columns {
+        if !valid_name(&c.name) {
+            problems.push(format!(
+                "column name `{}` is not lowercase letters, digits and `_`",
+                c.name
+            ));
+        }
+        if !seen.insert(c.name.as_str()) {
+            problems.push(format!("column `{}` is declared twice", c.name));
+        }
+        if c.key && c.nullable {
+            problems.push(format!("key column `{}` is nullable", c.name));
+        }
+    }
+    if !schema.columns.iter().any(|c| c.key) {
+        problems.push("it has no key column (writes could not be idempotent)".to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn label_for(plugin: &LoadedPlugin, pipeline: &str) -> Arc<PluginLabel> {
+    Arc::new(PluginLabel {
+        plugin: plugin.info.label().into(),
+        pipeline: pipeline.into(),
+    })
+}
+
+/// A source plugin instance for one pipeline.
+pub struct SourceInstance {
+    runtime: Arc<PluginRuntime>,
+    plugin: Arc<LoadedPlugin>,
+    pre: source::SourcePluginPre<PluginState>,
+    label: Arc<PluginLabel>,
+    config: String,
+    live: Option<(Store<PluginState>, source::SourcePlugin, Schema)>,
+}
+
+impl SourceInstance {
+    /// An instance of `plugin` configured with `config` (a JSON object). Nothing
+    /// runs until the first call.
+    ///
+    /// # Panics
+    /// If `plugin` is not a source: callers check `plugin.kind` first.
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        plugin: Arc<LoadedPlugin>,
+        pipeline: &str,
+        config: String,
+    ) -> Self {
+        let PluginPre::Source(pre) = plugin.pre.clone() else {
+            panic!(
+                "{} is a {} plugin, not a source",
+                plugin.info.label(),
+                plugin.kind
+            );
+        };
+        let label = label_for(&plugin, pipeline);
+        Self {
+            runtime,
+            plugin,
+            pre,
+            label,
+            config,
+            live: None,
+        }
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    async fn live(
+        &mut self,
+    ) -> Result<&mut (Store<PluginState>, source::SourcePlugin, Schema), CallError> {
+        if self.live.is_none() {
+            let name = self.plugin.info.label();
+            let mut store = self
+                .runtime
+                .new_store(self.label.clone(), Arc::new(Grants::none()));
+            begin_call(&mut store);
+            let bindings = match self.pre.instantiate_async(&mut store).await {
+                Ok(b) => b,
+                Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
+            };
+            begin_call(&mut store);
+            let schema = match bindings
+                .sluice_plugin_source()
+                .call_configure(&mut store, &self.config)
+                .await
+            {
+                Ok(Ok(schema)) => schema,
+                Ok(Err(error)) => {
+                    return Err(CallError::Failed {
+                        plugin: name,
+                        func: "configure",
+                        error,
+                    });
+                }
+                Err(e) => return Err(call_error(&name, "configure", &store, e)),
+            };
+            validate_schema(&schema).map_err(|reason| CallError::Contract {
+                plugin: name.clone(),
+                func: "configure",
+                reason: format!("it declared an invalid schema: {reason}"),
+            })?;
+            self.live = Some((store, bindings, schema));
+        }
+        Ok(self.live.as_mut().expect("just set"))
+    }
+
+    /// The schema the plugin declares for its configuration (instantiating and
+    /// configuring it if needed).
+    pub async fn schema(&mut self) -> Result<Schema, CallError> {
+        Ok(self.live().await?.2.clone())
+    }
+
+    /// Decodes a batch. On any failure the instance is dropped; the next call
+    /// gets a fresh one.
+    pub async fn decode(&mut self, messages: &[Message]) -> Result<DecodedBatch, CallError> {
+        let name = self.plugin.info.label();
+        let (store, bindings, _) = self.live().await?;
+        begin_call(store);
+        let result = bindings
+            .sluice_plugin_source()
+            .call_decode(&mut *store, messages)
+            .await;
+        let decoded = match result {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let error = call_error(&name, "decode", store, e);
+                self.live = None;
+                return Err(error);
+            }
+        };
+        if let Err(reason) = check_decoded(messages.len(), &decoded) {
+            self.live = None;
+            return Err(CallError::Contract {
+                plugin: name,
+                func: "decode",
+                reason,
+            });
+        }
+        Ok(decoded)
+    }
+}
+
+fn check_decoded(messages: usize, decoded: &DecodedBatch) -> Result<(), String> {
+    if decoded.outcomes.len() != messages {
+        return Err(format!(
+            "{} outcomes for {messages} messages",
+            decoded.outcomes.len()
+        ));
+    }
+    let rows: u64 = decoded
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            MessageOutcome::Rows(n) => u64::from(*n),
+            MessageOutcome::Rejected(_) => 0,
+        })
+        .sum();
+    if rows != u64::from(decoded.rows.count) {
+        return Err(format!(
+            "outcomes announce {rows} rows but the batch holds {}",
+            decoded.rows.count
+        ));
+    }
+    Ok(())
+}
+
+/// A writer plugin instance for one pipeline, with its grants.
+pub struct WriterInstance {
+    runtime: Arc<PluginRuntime>,
+    plugin: Arc<LoadedPlugin>,
+    pre: writer::WriterPluginPre<PluginState>,
+    label: Arc<PluginLabel>,
+    grants: Arc<Grants>,
+    config: String,
+    schema: Schema,
+    live: Option<(Store<PluginState>, writer::WriterPlugin)>,
+}
+
+impl WriterInstance {
+    /// An instance of `plugin` for rows of `schema`, configured with `config` (a
+    /// JSON object) and allowed what `grants` says. Nothing runs until the first
+    /// call.
+    ///
+    /// # Panics
+    /// If `plugin` is not a writer: callers check `plugin.kind` first.
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        plugin: Arc<LoadedPlugin>,
+        pipeline: &str,
+        config: String,
+        schema: Schema,
+        grants: Grants,
+    ) -> Self {
+        let PluginPre::Writer(pre) = plugin.pre.clone() else {
+            panic!(
+                "{} is a {} plugin, not a writer",
+                plugin.info.label(),
+                plugin.kind
+            );
+        };
+        assert_eq!(plugin.kind, PluginKind::Writer);
+        let label = label_for(&plugin, pipeline);
+        Self {
+            runtime,
+            plugin,
+            pre,
+            label,
+            grants: Arc::new(grants),
+            config,
+            schema,
+            live: None,
+        }
+    }
+
+    /// The plugin this instance runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Instantiates and opens the writer if it is not open yet.
+    pub async fn open(&mut self) -> Result<(), CallError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let name = self.plugin.info.label();
+        let mut store = self
+            .runtime
+            .new_store(self.label.clone(), self.grants.clone());
+        begin_call(&mut store);
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
+        };
+        begin_call(&mut store);
+        match bindings
+            .sluice_plugin_writer()
+            .call_open(&mut store, &self.config, &self.schema)
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(CallError::Failed {
+                    plugin: name,
+                    func: "open",
+                    error,
+                });
+            }
+            Err(e) => return Err(call_error(&name, "open", &store, e)),
+        }
+        self.live = Some((store, bindings));
+        Ok(())
+    }
+
+    /// Writes a batch. On any failure the instance (and its connections) is
+    /// dropped; the next call opens a fresh one.
+    pub async fn write(&mut self, batch: &RowBatch) -> Result<Vec<RowRejection>, CallError> {
+        self.open().await?;
+        let name = self.plugin.info.label();
+        let (store, bindings) = self.live.as_mut().expect("opened above");
+        begin_call(store);
+        let result = bindings
+            .sluice_plugin_writer()
+            .call_write(&mut *store, batch)
+            .await;
+        let error = match result {
+            Ok(Ok(rejections)) => {
+                if let Some(bad) = rejections.iter().find(|r| r.row >= batch.count) {
+                    let reason = format!("rejected row {} of a batch of {}", bad.row, batch.count);
+                    self.live = None;
+                    return Err(CallError::Contract {
+                        plugin: name,
+                        func: "write",
+                        reason,
+                    });
+                }
+                return Ok(rejections);
+            }
+            Ok(Err(error)) => CallError::Failed {
+                plugin: name,
+                func: "write",
+                error,
+            },
+            Err(e) => call_error(&name, "write", store, e),
+        };
+        self.live = None;
+        Err(error)
+    }
+}

@@ -1,0 +1,172 @@
+//! What a plugin instance's `Store` holds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capabilities::Grants;
+use crate::capabilities::wasi::{OutputTail, locked_down_ctx};
+
+/// Names that go into every log line about an instance.
+#[derive(Debug)]
+pub struct PluginLabel {
+    /// `name@version` of the plugin.
+    pub plugin: Arc<str>,
+    /// The pipeline the instance serves (empty outside a pipeline).
+    pub pipeline: Arc<str>,
+}
+
+/// The store data of one plugin instance. Owned by exactly one task.
+pub struct PluginState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) label: Arc<PluginLabel>,
+    pub(crate) clock: CallClock,
+    pub(crate) output: OutputTail,
+    /// The message of the last panic the plugin reported (see `capabilities::log`).
+    pub(crate) last_panic: Option<String>,
+    pub(crate) pg_open: usize,
+}
+
+impl PluginState {
+    pub(crate) fn new(
+        label: Arc<PluginLabel>,
+        grants: Arc<Grants>,
+        memory_limit: usize,
+        time_limit: Duration,
+    ) -> Self {
+        let output = OutputTail::default();
+        Self {
+            wasi: locked_down_ctx(&output),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            grants,
+            label,
+            clock: CallClock::new(time_limit),
+            output,
+            last_panic: None,
+            pg_open: 0,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Measures the time a call spends in the plugin's own code.
+///
+/// The limit is on the plugin's time, not on the wall clock: time spent in host
+/// calls (a COPY to Postgres that takes a while under load) does not count, so a
+/// busy store cannot make a healthy writer trap.
+#[derive(Debug)]
+pub(crate) struct CallClock {
+    limit: Duration,
+    started: Instant,
+    in_host: Duration,
+    pub(crate) exceeded: bool,
+}
+
+impl CallClock {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            started: Instant::now(),
+            in_host: Duration::ZERO,
+            exceeded: false,
+        }
+    }
+
+    pub(crate) fn start(&mut self) {
+        self.started = Instant::now();
+        self.in_host = Duration::ZERO;
+        self.exceeded = false;
+    }
+
+    /// Records that a host call begun at `since` has just returned.
+    pub(crate) fn add_host_time(&mut self, since: Instant) {
+        self.in_host += since.elapsed();
+    }
+
+    /// Whether the plugin has used up its time; remembers it if so.
+    pub(crate) fn check(&mut self) -> bool {
+        let in_guest = self.started.elapsed().saturating_sub(self.in_host);
+        if in_guest > self.limit {
+            self.exceeded = true;
+        }
+        self.exceeded
+    }
+
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+/// The memory limit of an instance, remembering when it was hit so the error can
+/// say so (a failed `memory.grow` otherwise surfaces as an opaque trap).
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub(crate) hit: Option<usize>,
+}
+
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        Self { limit, hit: None }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = Some(desired);
+            // Trap rather than return -1: Rust guests abort on allocation failure
+            // anyway, and a trap here carries the reason.
+            wasmtime::bail!(
+                "plugin memory limit of {} bytes exceeded (it asked for {desired})",
+                self.limit
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        // A component has a handful of core instances (the adapter adds some).
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+}
