@@ -13,6 +13,7 @@ pub mod v0_1_0 {
             world: "source-plugin",
             imports: { default: async | trappable },
             exports: { default: async },
+            additional_derives: [PartialEq],
         });
     }
 
@@ -23,6 +24,7 @@ pub mod v0_1_0 {
             world: "writer-plugin",
             imports: { default: async | trappable },
             exports: { default: async },
+            additional_derives: [PartialEq],
             with: {
                 "sluice:plugin/types": super::source::sluice::plugin::types,
                 "sluice:plugin/log": super::source::sluice::plugin::log,

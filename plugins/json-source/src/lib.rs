@@ -1,0 +1,663 @@
+//! `json-source`: a Sluice source plugin that decodes JSON message bodies into rows,
+//! one row per message.
+//!
+//! # Configuration
+//!
+//! The pipeline's `[source.config]` table, given to the plugin as JSON:
+//!
+//! ```json
+//! { "schema": "cdr", "version": 1,
+//!   "columns": [
+//!     {"name": "call_id", "type": "text", "key": true, "path": "call.id"},
+//!     {"name": "started_at", "type": "timestamp", "path": "start"},
+//!     {"name": "duration_s", "type": "int32"},
+//!     {"name": "cost", "type": "numeric", "nullable": true},
+//!     {"name": "raw", "type": "json", "path": "extra"} ]}
+//! ```
+//!
+//! - `schema`, `version`: the name (lowercase letters, digits, `_`) and version of
+//!   the schema the rows follow.
+//! - `columns`, in row order, each with:
+//!   - `name` (required): the column name, lowercase letters, digits and `_`;
+//!   - `type` (required): `bool` (or `boolean`), `int32`, `int64`, `float64`,
+//!     `numeric`, `text`, `bytes`, `timestamp`, `date`, `uuid` or `json`;
+//!   - `key`: part of the key (default false; at least one column is). Writers
+//!     store a row once per key, so a redelivered message is not stored twice;
+//!   - `nullable`: may be null or absent (default true, but false for key columns,
+//!     which cannot be nullable);
+//!   - `path`: where the value is in the body, from the top-level object: the
+//!     column name by default; dotted for nesting (`"call.id"`), or an array of
+//!     keys when a key holds a dot (`["meta", "a.b"]`);
+//!   - `unit` (timestamp only): what a number counts since the epoch, `"s"`
+//!     (default), `"ms"` or `"us"`;
+//!   - `encoding` (bytes only): `"base64"` (default, standard or URL-safe, padding
+//!     optional) or `"hex"`;
+//!   - `coerce` (text only): also take numbers and booleans, as their JSON text.
+//!
+//! Every problem in the configuration is reported at once, each naming the column
+//! (`columns[2] (duration_s): unknown type "int" ...`).
+//!
+//! # Values
+//!
+//! | type | accepts |
+//! |------|---------|
+//! | bool | `true`, `false` |
+//! | int32, int64 | an integer number or numeric string (`12`, `"12"`, `1.0`, `1e3`); not a fraction, not out of range |
+//! | float64 | a number or numeric string |
+//! | numeric | a number, kept as written (no float round trip), or a numeric string |
+//! | text | a string (with `coerce`, also numbers and booleans) |
+//! | bytes | a base64 or hex string |
+//! | timestamp | an RFC 3339 string with `Z` or an offset (optional fraction; digits past microseconds are cut), or a number (or numeric string) of `unit`s since the epoch |
+//! | date | a `YYYY-MM-DD` string |
+//! | uuid | a hyphenated UUID string, any case |
+//! | json | any JSON value, stored as compact JSON text |
+//!
+//! Fields the configuration does not name are ignored. A JSON `null`, or an absent
+//! field, or a `null` object on the way, is a null value.
+//!
+//! # Rejections
+//!
+//! A message that does not fit goes to the dead-letter exchange with one reason:
+//! the body is not JSON, its top level is not an object, a required field is
+//! missing (`missing required field "call.id" (column call_id)`), a non-nullable
+//! field is null, or a value has the wrong type
+//! (`field "duration" (column duration_s): expected an integer, found string "abc"`).
+//!
+//! # Speed
+//!
+//! No `serde_json::Value` is built: one streaming pass matches the wanted keys
+//! against a trie of the configured paths, captures the wanted values as raw text
+//! and skips the rest; each value is then converted straight into the row.
+
+mod config;
+mod convert;
+mod fields;
+mod numbers;
+mod time;
+
+use sluice_plugin_sdk::rows::RowWriter;
+use sluice_plugin_sdk::{Message, PluginError, Schema, Source};
+
+use crate::config::ColumnSpec;
+use crate::convert::Scratch;
+use crate::fields::{ExtractError, Fields, Span};
+
+/// The plugin: decodes JSON bodies into rows of the configured columns.
+#[derive(Debug)]
+pub struct JsonSource {
+    columns: Vec<ColumnSpec>,
+    fields: Fields,
+    /// Where each column's value lies in the current body (reused).
+    spans: Vec<Span>,
+    scratch: Scratch,
+}
+
+impl Source for JsonSource {
+    fn configure(config: &str) -> Result<(Self, Schema), PluginError> {
+        let config::Config { schema, columns } = config::parse(config)?;
+        let source = JsonSource {
+            fields: Fields::new(&columns),
+            spans: vec![None; columns.len()],
+            columns,
+            scratch: Scratch::default(),
+        };
+        Ok((source, schema))
+    }
+
+    fn decode(&mut self, message: &Message, rows: &mut RowWriter) -> Result<(), String> {
+        let body = std::str::from_utf8(&message.body)
+            .map_err(|e| format!("body is not valid JSON: {e}"))?;
+        self.spans.fill(None);
+        self.fields
+            .extract(body, &mut self.spans)
+            .map_err(|e| match e {
+                ExtractError::Json(e) => format!("body is not valid JSON: {e}"),
+                ExtractError::NotAnObject { path, found, .. } if path.is_empty() => {
+                    format!("top level is not a JSON object (found {found})")
+                }
+                ExtractError::NotAnObject {
+                    path,
+                    column,
+                    found,
+                } => format!(
+                    "field {path:?} (column {}): expected an object, found {found}",
+                    self.columns[column].name
+                ),
+            })?;
+        for (column, span) in self.columns.iter().zip(&self.spans) {
+            let raw = span.map(|(start, end)| &body[start..end]);
+            // serde_json checked the text: one starting with `n` is `null`.
+            match raw.filter(|raw| !raw.starts_with('n')) {
+                Some(raw) => {
+                    convert::append(column, raw, rows, &mut self.scratch).map_err(|reason| {
+                        format!(
+                            "field {:?} (column {}): {reason}",
+                            column.path_display, column.name
+                        )
+                    })?
+                }
+                None if column.nullable => {
+                    rows.null();
+                }
+                None if raw.is_none() => {
+                    return Err(format!(
+                        "missing required field {:?} (column {})",
+                        column.path_display, column.name
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "field {:?} (column {}) is null, but the column is not nullable",
+                        column.path_display, column.name
+                    ));
+                }
+            }
+        }
+        rows.end_row();
+        Ok(())
+    }
+}
+
+sluice_plugin_sdk::export_source!(JsonSource);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_plugin_sdk::rows::OwnedValue as V;
+    use sluice_plugin_sdk::testing::{SourceRun, message_json, run_source};
+    use sluice_plugin_sdk::{ColumnType, Message, MessageOutcome, PluginError, Source};
+
+    use super::JsonSource;
+
+    const CDR: &str = r#"{ "schema": "cdr", "version": 1,
+      "columns": [
+        {"name": "call_id", "type": "text", "key": true, "path": "call.id"},
+        {"name": "started_at", "type": "timestamp", "path": "start"},
+        {"name": "duration_s", "type": "int32", "path": "duration"},
+        {"name": "cost", "type": "numeric", "nullable": true},
+        {"name": "raw", "type": "json", "path": "extra"} ]}"#;
+
+    fn run(config: &str, bodies: &[&str]) -> SourceRun {
+        let messages: Vec<Message> = bodies.iter().map(|b| message_json(*b)).collect();
+        run_source::<JsonSource>(config, &messages).unwrap()
+    }
+
+    /// A one-column (plus key) config: `{"name": "v", "type": <ty>, <extra>}`.
+    fn single(ty: &str, extra: &str) -> String {
+        format!(
+            r#"{{"schema": "t", "version": 1, "columns": [
+                {{"name": "id", "type": "int64", "key": true}},
+                {{"name": "v", "type": "{ty}" {extra}}}]}}"#
+        )
+    }
+
+    /// Decodes `{"id": 1, "v": <value>}` into column `v`, or gives the rejection.
+    fn value(ty: &str, extra: &str, value: &str) -> Result<V, String> {
+        let body = format!(r#"{{"id": 1, "v": {value}}}"#);
+        let run = run(&single(ty, extra), &[&body]);
+        match &run.outcomes[0] {
+            MessageOutcome::Rows(1) => Ok(run.rows[0][1].clone()),
+            MessageOutcome::Rejected(r) => Err(r.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn err(ty: &str, extra: &str, v: &str) -> String {
+        value(ty, extra, v).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_the_documented_example() {
+        let run = run(
+            CDR,
+            &[
+                r#"{"call": {"id": "c-1", "leg": 2}, "start": "2024-05-01T12:30:00Z", "duration": 61,
+                 "cost": 0.10, "extra": {"a": [1, 2], "b": null}, "ignored": {"deep": [1]}}"#,
+            ],
+        );
+        assert_eq!(
+            run.schema.column_types(),
+            [
+                ColumnType::Text,
+                ColumnType::Timestamp,
+                ColumnType::Int32,
+                ColumnType::Numeric,
+                ColumnType::Json
+            ]
+        );
+        assert_eq!(
+            run.rows,
+            [vec![
+                V::Text("c-1".into()),
+                V::Timestamp(1_714_566_600_000_000),
+                V::Int32(61),
+                V::Numeric("0.10".into()),
+                V::Json(r#"{"a":[1,2],"b":null}"#.into()),
+            ]]
+        );
+    }
+
+    #[test]
+    fn absent_and_null_fields_of_nullable_columns_are_null() {
+        let run = run(
+            CDR,
+            &[
+                r#"{"call": {"id": "c"}}"#,
+                r#"{"call": {"id": "c"}, "start": null, "extra": null}"#,
+            ],
+        );
+        assert_eq!(
+            run.rows[0],
+            [V::Text("c".into()), V::Null, V::Null, V::Null, V::Null]
+        );
+        assert_eq!(run.rows[1], run.rows[0]);
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(value("bool", "", "true"), Ok(V::Boolean(true)));
+        assert_eq!(value("boolean", "", "false"), Ok(V::Boolean(false)));
+        assert_eq!(
+            err("bool", "", "1"),
+            r#"field "v" (column v): expected a boolean, found number 1"#
+        );
+        assert_eq!(
+            err("bool", "", r#""true""#),
+            r#"field "v" (column v): expected a boolean, found string "true""#
+        );
+    }
+
+    #[test]
+    fn integers() {
+        assert_eq!(value("int32", "", "-42"), Ok(V::Int32(-42)));
+        assert_eq!(value("int32", "", r#""17""#), Ok(V::Int32(17)));
+        assert_eq!(value("int32", "", "2.0"), Ok(V::Int32(2)));
+        assert_eq!(value("int32", "", "2147483647"), Ok(V::Int32(i32::MAX)));
+        assert_eq!(
+            value("int64", "", "-9223372036854775808"),
+            Ok(V::Int64(i64::MIN))
+        );
+        assert_eq!(
+            value("int64", "", "1e15"),
+            Ok(V::Int64(1_000_000_000_000_000))
+        );
+        assert_eq!(
+            err("int32", "", r#""abc""#),
+            r#"field "v" (column v): expected an integer, found string "abc""#
+        );
+        assert_eq!(
+            err("int32", "", "1.5"),
+            r#"field "v" (column v): expected an integer, found number 1.5"#
+        );
+        assert_eq!(
+            err("int32", "", "true"),
+            r#"field "v" (column v): expected an integer, found boolean true"#
+        );
+        assert_eq!(
+            err("int32", "", "{}"),
+            r#"field "v" (column v): expected an integer, found object"#
+        );
+        assert_eq!(
+            err("int32", "", "2147483648"),
+            r#"field "v" (column v): number 2147483648 is out of range for int32"#
+        );
+        assert_eq!(
+            err("int64", "", r#""9223372036854775808""#),
+            r#"field "v" (column v): string "9223372036854775808" is out of range for int64"#
+        );
+    }
+
+    #[test]
+    fn floats() {
+        assert_eq!(value("float64", "", "1.5"), Ok(V::Float64(1.5)));
+        assert_eq!(value("float64", "", "-2"), Ok(V::Float64(-2.0)));
+        assert_eq!(
+            value("float64", "", r#""6.02e23""#),
+            Ok(V::Float64(6.02e23))
+        );
+        assert_eq!(
+            err("float64", "", r#""NaN""#),
+            r#"field "v" (column v): expected a number, found string "NaN""#
+        );
+        assert_eq!(
+            err("float64", "", "1e999"),
+            r#"field "v" (column v): number 1e999 is out of range for float64"#
+        );
+        assert_eq!(
+            err("float64", "", "[]"),
+            r#"field "v" (column v): expected a number, found array"#
+        );
+    }
+
+    #[test]
+    fn numerics_keep_their_exact_text() {
+        assert_eq!(
+            value("numeric", "", "0.1000000000000000000001"),
+            Ok(V::Numeric("0.1000000000000000000001".into()))
+        );
+        assert_eq!(
+            value("numeric", "", "-12.340"),
+            Ok(V::Numeric("-12.340".into()))
+        );
+        assert_eq!(
+            value("numeric", "", "1E+400"),
+            Ok(V::Numeric("1E+400".into()))
+        );
+        assert_eq!(
+            value("numeric", "", r#""99.95""#),
+            Ok(V::Numeric("99.95".into()))
+        );
+        assert_eq!(
+            err("numeric", "", r#""1,5""#),
+            r#"field "v" (column v): expected a number, found string "1,5""#
+        );
+        assert_eq!(
+            err("numeric", "", "false"),
+            r#"field "v" (column v): expected a number, found boolean false"#
+        );
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(value("text", "", r#""héllo""#), Ok(V::Text("héllo".into())));
+        assert_eq!(
+            value("text", "", r#""a\"b\n\u00e9""#),
+            Ok(V::Text("a\"b\né".into()))
+        );
+        assert_eq!(value("text", "", r#""""#), Ok(V::Text(String::new())));
+        assert_eq!(
+            err("text", "", "12"),
+            r#"field "v" (column v): expected a string, found number 12"#
+        );
+        assert_eq!(
+            value("text", r#", "coerce": true"#, "12.50"),
+            Ok(V::Text("12.50".into()))
+        );
+        assert_eq!(
+            value("text", r#", "coerce": true"#, "true"),
+            Ok(V::Text("true".into()))
+        );
+        assert_eq!(
+            err("text", r#", "coerce": true"#, "[1]"),
+            r#"field "v" (column v): expected a string, found array"#
+        );
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(
+            value("bytes", "", r#""aGk=""#),
+            Ok(V::Bytes(b"hi".to_vec()))
+        );
+        assert_eq!(
+            value("bytes", r#", "encoding": "hex""#, r#""00ff""#),
+            Ok(V::Bytes(vec![0, 255]))
+        );
+        assert_eq!(
+            err("bytes", "", r#""a*""#),
+            r#"field "v" (column v): expected a base64 string, found string "a*""#
+        );
+        assert_eq!(
+            err("bytes", r#", "encoding": "hex""#, "1"),
+            r#"field "v" (column v): expected a hex string, found number 1"#
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        let ts = |extra: &str, v: &str| value("timestamp", extra, v);
+        assert_eq!(
+            ts("", r#""2024-05-01T14:30:00.25+02:00""#),
+            Ok(V::Timestamp(1_714_566_600_250_000))
+        );
+        assert_eq!(
+            ts("", "1714566600"),
+            Ok(V::Timestamp(1_714_566_600_000_000))
+        );
+        assert_eq!(
+            ts("", "1714566600.5"),
+            Ok(V::Timestamp(1_714_566_600_500_000))
+        );
+        assert_eq!(
+            ts("", r#""1714566600""#),
+            Ok(V::Timestamp(1_714_566_600_000_000))
+        );
+        assert_eq!(
+            ts(r#", "unit": "ms""#, "1714566600123"),
+            Ok(V::Timestamp(1_714_566_600_123_000))
+        );
+        assert_eq!(ts(r#", "unit": "us""#, "-1"), Ok(V::Timestamp(-1)));
+        assert_eq!(
+            err("timestamp", "", r#""2024-05-01 12:30""#),
+            r#"field "v" (column v): expected an RFC 3339 timestamp or a number of seconds since the epoch, found string "2024-05-01 12:30""#
+        );
+        assert_eq!(
+            err("timestamp", r#", "unit": "ms""#, "true"),
+            r#"field "v" (column v): expected an RFC 3339 timestamp or a number of milliseconds since the epoch, found boolean true"#
+        );
+        assert_eq!(
+            err("timestamp", "", "1e20"),
+            r#"field "v" (column v): number 1e20 is out of range for timestamp"#
+        );
+    }
+
+    #[test]
+    fn dates_uuids_and_json() {
+        assert_eq!(value("date", "", r#""2024-02-29""#), Ok(V::Date(19_782)));
+        assert_eq!(
+            err("date", "", r#""2023-02-29""#),
+            r#"field "v" (column v): expected a date (YYYY-MM-DD), found string "2023-02-29""#
+        );
+        let mut uuid = [0u8; 16];
+        uuid[0] = 0xab;
+        uuid[15] = 0x01;
+        assert_eq!(
+            value("uuid", "", r#""AB000000-0000-0000-0000-000000000001""#),
+            Ok(V::Uuid(uuid))
+        );
+        assert_eq!(
+            err("uuid", "", r#""nope""#),
+            r#"field "v" (column v): expected a UUID (8-4-4-4-12 hex digits), found string "nope""#
+        );
+        assert_eq!(
+            value("json", "", r#"[1, {"a" : "b c"}]"#),
+            Ok(V::Json(r#"[1,{"a":"b c"}]"#.into()))
+        );
+        assert_eq!(value("json", "", "\"x\""), Ok(V::Json("\"x\"".into())));
+    }
+
+    #[test]
+    fn nested_paths_dotted_arrays_and_prefixes() {
+        let config = r#"{"schema": "t", "version": 1, "columns": [
+            {"name": "id", "type": "int64", "key": true, "path": "a.b.c"},
+            {"name": "dotted", "type": "text", "path": ["a", "x.y"]},
+            {"name": "whole", "type": "json", "path": "a"},
+            {"name": "same", "type": "text", "path": "a.b.c", "coerce": true}]}"#;
+        let run = run(
+            config,
+            &[r#"{"a": {"x.y": "dot", "b": {"c": 7, "d": 1}, "x": {"y": "no"}}}"#],
+        );
+        assert_eq!(
+            run.rows,
+            [vec![
+                V::Int64(7),
+                V::Text("dot".into()),
+                V::Json(r#"{"x.y":"dot","b":{"c":7,"d":1},"x":{"y":"no"}}"#.into()),
+                V::Text("7".into()),
+            ]]
+        );
+    }
+
+    #[test]
+    fn rejection_reasons_name_the_field_and_column() {
+        let cases = [
+            (
+                "{\"call\": ",
+                "body is not valid JSON: EOF while parsing a value at line 1 column 9",
+            ),
+            ("[1, 2]", "top level is not a JSON object (found array)"),
+            (
+                "\"x\"",
+                "top level is not a JSON object (found string \"x\")",
+            ),
+            ("{}", "missing required field \"call.id\" (column call_id)"),
+            (
+                r#"{"call": null}"#,
+                "missing required field \"call.id\" (column call_id)",
+            ),
+            (
+                r#"{"call": {"id": null}}"#,
+                "field \"call.id\" (column call_id) is null, but the column is not nullable",
+            ),
+            (
+                r#"{"call": "c-1"}"#,
+                "field \"call\" (column call_id): expected an object, found string \"c-1\"",
+            ),
+            (
+                r#"{"call": {"id": "c"}, "duration": "abc"}"#,
+                "field \"duration\" (column duration_s): expected an integer, found string \"abc\"",
+            ),
+            (
+                r#"{"call": {"id": "c"}} trailing"#,
+                "body is not valid JSON: trailing characters at line 1 column 23",
+            ),
+        ];
+        let bodies: Vec<&str> = cases.iter().map(|(b, _)| *b).collect();
+        let run = run(CDR, &bodies);
+        for (i, (body, reason)) in cases.iter().enumerate() {
+            assert_eq!(run.rejection(i), Some(*reason), "{body}");
+        }
+        assert!(run.rows.is_empty());
+
+        let not_utf8 =
+            run_source::<JsonSource>(CDR, &[Message::new(vec![b'{', 0xff, b'}'])]).unwrap();
+        assert_eq!(
+            not_utf8.rejection(0),
+            Some("body is not valid JSON: invalid utf-8 sequence of 1 bytes from index 1")
+        );
+    }
+
+    #[test]
+    fn a_message_rejected_mid_row_leaves_no_partial_row() {
+        // The first three columns are appended before "duration" fails.
+        let run = run(
+            CDR,
+            &[
+                r#"{"call": {"id": "a"}, "duration": 1}"#,
+                r#"{"call": {"id": "b"}, "start": 0, "duration": 1.5}"#,
+                r#"{"call": {"id": "c"}, "cost": "x"}"#,
+                r#"{"call": {"id": "d"}}"#,
+            ],
+        );
+        assert_eq!(run.outcomes[0], MessageOutcome::Rows(1));
+        assert!(run.rejection(1).is_some());
+        assert!(run.rejection(2).is_some());
+        assert_eq!(run.outcomes[3], MessageOutcome::Rows(1));
+        let ids: Vec<_> = run.rows.iter().map(|r| r[0].clone()).collect();
+        assert_eq!(ids, [V::Text("a".into()), V::Text("d".into())]);
+        assert_eq!(
+            run.rows[1],
+            [V::Text("d".into()), V::Null, V::Null, V::Null, V::Null]
+        );
+    }
+
+    #[test]
+    fn configuration_errors_are_reported_together() {
+        let Err(PluginError::InvalidConfig(e)) = JsonSource::configure(
+            r#"{"schema": "cdr", "version": 1, "columns": [
+                {"name": "call_id", "type": "text", "key": true},
+                {"name": "x", "type": "text"},
+                {"name": "duration_s", "type": "int"},
+                {"name": "y", "type": "text", "unit": "s"}]}"#,
+        ) else {
+            panic!("expected a configuration error")
+        };
+        assert!(
+            e.starts_with(
+                r#"columns[2] (duration_s): unknown type "int" (expected one of bool, int32"#
+            ),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(r#"; columns[3] (y): "unit" applies only to timestamp columns"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn handles_json_values_the_reference_parser_accepts() {
+        let run = run(
+            CDR,
+            &[&json!({"call": {"id": "z"}, "cost": 1e-7, "extra": json!({"k": "v"})}).to_string()],
+        );
+        assert_eq!(run.rows[0][3], V::Numeric("1e-7".into()));
+        assert_eq!(run.rows[0][4], V::Json(r#"{"k":"v"}"#.into()));
+    }
+
+    /// A 9-field CDR of about 230 bytes, as the throughput target assumes.
+    pub(crate) const BENCH_CONFIG: &str = r#"{"schema": "cdr", "version": 1, "columns": [
+        {"name": "call_id", "type": "uuid", "key": true},
+        {"name": "caller", "type": "text"},
+        {"name": "callee", "type": "text"},
+        {"name": "started_at", "type": "timestamp"},
+        {"name": "duration_s", "type": "int32"},
+        {"name": "cell_id", "type": "int64"},
+        {"name": "cost", "type": "numeric"},
+        {"name": "roaming", "type": "bool"},
+        {"name": "status", "type": "text"}]}"#;
+
+    pub(crate) const BENCH_BODY: &str = r#"{"call_id":"5f0c6b2e-8d1a-4c3e-9b7f-2a6d4e8c1f03","caller":"+447700900123","callee":"+33612345678","started_at":"2026-11-27T15:04:05.123Z","duration_s":347,"cell_id":2341987654,"cost":"0.4250","roaming":false,"status":"completed"}"#;
+
+    #[test]
+    fn bench_body_decodes() {
+        assert!(
+            (200..=260).contains(&BENCH_BODY.len()),
+            "{}",
+            BENCH_BODY.len()
+        );
+        let run = run(BENCH_CONFIG, &[BENCH_BODY]);
+        assert_eq!(run.outcomes, [MessageOutcome::Rows(1)]);
+        assert_eq!(run.rows[0][4], V::Int32(347));
+    }
+
+    /// `cargo test --release -p json-source -- --ignored --nocapture bench_decode`
+    ///
+    /// Prints the best of 5 rounds of 200 batches of 1000 messages, in wall-clock
+    /// time and (on Linux) in CPU time of the thread, which stays meaningful on a
+    /// busy machine.
+    #[test]
+    #[ignore = "a benchmark: run it in release, see its doc"]
+    fn bench_decode() {
+        use sluice_plugin_sdk::rows::RowWriter;
+        use std::time::Instant;
+
+        /// Nanoseconds this thread spent on a CPU, if the kernel says.
+        fn cpu_ns() -> Option<u64> {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+            stat.split_whitespace().next()?.parse().ok()
+        }
+
+        let (mut source, _) = JsonSource::configure(BENCH_CONFIG).unwrap();
+        let batch: Vec<Message> = (0..1000).map(|_| message_json(BENCH_BODY)).collect();
+        let rounds = 200;
+        let per_message = |ns: f64| ns / (rounds * batch.len()) as f64;
+        let (mut best_wall, mut best_cpu) = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            let (start, start_cpu) = (Instant::now(), cpu_ns());
+            for _ in 0..rounds {
+                let mut rows = RowWriter::with_capacity(128 * 1024);
+                let outcomes = source.decode_batch(&batch, &mut rows);
+                assert_eq!(outcomes.len(), batch.len());
+                std::hint::black_box(rows.finish());
+            }
+            best_wall = best_wall.min(per_message(start.elapsed().as_nanos() as f64));
+            if let (Some(a), Some(b)) = (start_cpu, cpu_ns()) {
+                best_cpu = best_cpu.min(per_message((b - a) as f64));
+            }
+        }
+        println!(
+            "json-source decode ({} bytes, 9 fields): {best_wall:.0} ns/message wall, {best_cpu:.0} ns/message CPU",
+            BENCH_BODY.len()
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Sluice's Postgres writer: lands each batch in a table created from the source
+//! schema, fast and idempotent on the schema's key columns.
+//!
+//! - `config`: what the writer's configuration may say.
+//! - `table`: creating and evolving the table (`open`).
+//! - `copy_stream` and `numeric`: the batch as one binary `COPY` stream.
+//! - `landing`: the fast path, the idempotent slow path, and rejecting the rows
+//!   Postgres refuses (`write`).
+//! - `refusal`: reading the server's errors; `sql`: every statement.
+
+mod config;
+mod copy_stream;
+mod landing;
+mod numeric;
+mod refusal;
+mod sql;
+mod table;
+
+use crate::config::Config;
+use crate::copy_stream::CopyStream;
+use crate::landing::{Lander, Path, Session};
+use crate::sql::{Statements, TableName};
+use sluice_plugin_sdk::postgres::{Connection, PgError, PgErrorKind};
+use sluice_plugin_sdk::rows::RowBatch;
+use sluice_plugin_sdk::{Column, ColumnType, PluginError, RowRejection, Schema, Writer};
+
+/// The writer: one per plugin instance, holding its connection and the buffers it
+/// reuses from batch to batch.
+pub struct PostgresWriter {
+    /// The grant the connection is opened through.
+    grant: String,
+    /// `None` after a failure that may have broken the connection (a lost
+    /// connection leaves a dead one behind): the next write opens a new one.
+    connection: Option<Connection>,
+    table: TableName,
+    columns: Vec<Column>,
+    types: Vec<ColumnType>,
+    stream: CopyStream,
+    lander: Lander,
+}
+
+impl Writer for PostgresWriter {
+    fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
+        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let problems = table::schema_problems(schema);
+        if !problems.is_empty() {
+            return Err(PluginError::InvalidConfig(format!(
+                "schema {} version {} cannot be written to postgres: {}",
+                schema.name,
+                schema.version,
+                problems.join("; ")
+            )));
+        }
+        let statements = Statements::new(&config.table, schema);
+        let mut writer = PostgresWriter {
+            grant: config.connection,
+            connection: None,
+            table: config.table,
+            columns: schema.columns.clone(),
+            types: schema.columns.iter().map(|c| c.ty).collect(),
+            stream: CopyStream::new(),
+            lander: Lander::new(statements),
+        };
+        writer.connect()?;
+        let connection = writer.connection.as_ref().expect("just connected");
+        for warning in table::prepare(connection, &writer.table, schema)? {
+            sluice_plugin_sdk::warn!("{warning}");
+        }
+        Ok(writer)
+    }
+
+    fn write(&mut self, batch: &RowBatch) -> Result<Vec<RowRejection>, PluginError> {
+        let mut rejections = Vec::new();
+        self.stream
+            .encode(&self.columns, &self.types, batch, &mut rejections)
+            .map_err(|e| PluginError::Fatal(format!("the row batch is malformed: {e}")))?;
+        if self.connection.is_none() {
+            self.connect()?;
+        }
+        let connection = self.connection.as_mut().expect("connected above");
+        let path = match self
+            .lander
+            .land(connection, &mut self.stream, &mut rejections)
+        {
+            Ok(path) => path,
+            Err(e) => {
+                if e.kind == PgErrorKind::Retriable {
+                    // Dropping it closes it; the host's retry gets a new one.
+                    self.connection = None;
+                }
+                return Err(plugin_error(&format!("writing to {}", self.table), e));
+            }
+        };
+        rejections.sort_by_key(|r| r.row);
+        match path {
+            Path::Empty | Path::Fast => {}
+            // Normal after a redelivery; worth seeing when it happens all the time.
+            Path::Slow { pieces } => sluice_plugin_sdk::debug!(
+                "{} rows went through the staging table of {} in {pieces} piece(s)",
+                self.stream.len(),
+                self.table
+            ),
+        }
+        Ok(rejections)
+    }
+}
+
+impl PostgresWriter {
+    /// Opens a connection through the grant, replacing any other.
+    fn connect(&mut self) -> Result<(), PluginError> {
+        self.connection = None;
+        let connection = Connection::open(&self.grant).map_err(|e| {
+            plugin_error(&format!("opening postgres connection `{}`", self.grant), e)
+        })?;
+        // A staging table this connection kept from an earlier writer (were the
+        // host to pool connections) may have the columns of an older schema
+        // version; a new connection may have none.
+        connection
+            .batch_execute(&self.lander.statements().drop_stage)
+            .map_err(|e| plugin_error("dropping an old staging table", e))?;
+        self.lander.forget_stage();
+        self.connection = Some(connection);
+        Ok(())
+    }
+}
+
+// Only for wasm: natively, the exports' symbol names (`sluice:plugin/writer@0.1.0#…`)
+// break the cdylib's link, and `cargo test` builds the cdylib too.
+#[cfg(target_arch = "wasm32")]
+sluice_plugin_sdk::export_writer!(PostgresWriter);
+
+impl Session for Connection {
+    fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
+        Connection::batch_execute(self, sql)
+    }
+
+    fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, PgError> {
+        Connection::copy_in(self, statement, data)
+    }
+}
+
+/// The plugin error for a failed step, decided in one place: a lost connection or
+/// an overloaded server is worth retrying, a connection the writer was not granted
+/// is the configuration's fault, anything else is fatal.
+pub(crate) fn plugin_error(doing: &str, error: PgError) -> PluginError {
+    let message = format!("{doing}: {}", refusal::describe(&error));
+    match error.kind {
+        PgErrorKind::Retriable => PluginError::Retriable(message),
+        PgErrorKind::AccessDenied => PluginError::InvalidConfig(message),
+        PgErrorKind::Data | PgErrorKind::Other => PluginError::Fatal(message),
+    }
+}

@@ -1,0 +1,64 @@
+//! A misbehaving source for the host's tests. The body of each message says what
+//! to do: `panic`, `loop`, `alloc`, `probe` (report what the sandbox lets it see),
+//! or anything else to emit one row keyed by the body.
+
+use std::hint::black_box;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_plugin_sdk::rows::RowWriter;
+use sluice_plugin_sdk::{ColumnType, Message, PluginError, Schema, Source};
+
+/// The chaos source.
+pub struct Chaos;
+
+impl Source for Chaos {
+    fn configure(config: &str) -> Result<(Self, Schema), PluginError> {
+        if config.contains("\"fail\"") {
+            return Err(PluginError::InvalidConfig(
+                "asked to fail (`fail` in the config)".into(),
+            ));
+        }
+        Ok((
+            Chaos,
+            Schema::new("chaos", 1)
+                .key("id", ColumnType::Text)
+                .column("note", ColumnType::Text),
+        ))
+    }
+
+    fn decode(&mut self, message: &Message, rows: &mut RowWriter) -> Result<(), String> {
+        let body = std::str::from_utf8(&message.body).map_err(|e| e.to_string())?;
+        match body {
+            "panic" => panic!("chaos: asked to panic"),
+            "loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "probe" => {
+                let env = std::env::vars().count();
+                let file = std::fs::read("/etc/passwd").is_ok();
+                let clock = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                rows.text("probe")
+                    .text(&format!("env={env} file={file} clock={clock}"))
+                    .end_row();
+            }
+            id => {
+                rows.text(id).null().end_row();
+            }
+        }
+        Ok(())
+    }
+}
+
+sluice_plugin_sdk::export_source!(Chaos);

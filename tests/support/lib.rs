@@ -1,0 +1,154 @@
+//! Shared fixtures for Sluice's integration tests and benchmarks: the built
+//! plugins, a private Postgres schema per test, CDR messages.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice::plugin_build::{self, BuildOptions};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The plugin crates the tests use, relative to the workspace root.
+pub const TEST_PLUGIN_CRATES: &[&str] = &[
+    "plugins/json-source",
+    "plugins/postgres-writer",
+    "tests/plugins/chaos-source",
+    "tests/plugins/not-a-plugin",
+];
+
+/// The folder with every test plugin built as a component (`<name>.wasm`).
+///
+/// Built once per test process with `sluice plugin build` (the same code path
+/// users run); cargo makes it a no-op when nothing changed. A file lock keeps
+/// concurrent test processes from building at the same time.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let dir = root.join("target").join("test-plugins");
+        std::fs::create_dir_all(&dir).expect("creating target/test-plugins");
+        let lock = std::fs::File::create(dir.join(".lock")).expect("creating the build lock");
+        lock.lock().expect("locking target/test-plugins");
+        let crates = TEST_PLUGIN_CRATES.iter().map(|c| root.join(c)).collect();
+        let opts = BuildOptions::new(crates, dir.clone());
+        if let Err(e) = plugin_build::build(&opts) {
+            panic!("building the test plugins failed: {e:#}");
+        }
+        dir
+    })
+}
+
+/// The built component of `name` (e.g. `json-source`).
+pub fn plugin(name: &str) -> PathBuf {
+    plugins_dir().join(format!("{name}.wasm"))
+}
+
+/// A name no other test (in this or another process) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Connection string of the local Postgres the tests use.
+pub fn postgres_url() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Connection string of the local RabbitMQ the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("SLUICE_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// A private Postgres schema for one test, dropped by [`TestSchema::drop_now`].
+pub struct TestSchema {
+    /// Its name.
+    pub name: String,
+    /// A client for the test's own checks.
+    pub client: tokio_postgres::Client,
+}
+
+impl TestSchema {
+    /// Creates a uniquely named schema.
+    pub async fn create() -> anyhow::Result<Self> {
+        let (client, connection) =
+            tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let name = unique_name("sluice_test");
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await?;
+        Ok(Self { name, client })
+    }
+
+    /// `SELECT count(*)` of a table in this schema.
+    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_one(&format!("SELECT count(*) FROM {}.{table}", self.name), &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A call detail record as JSON, about 230 bytes, the benchmark's and tests' message.
+pub fn cdr_json(i: u64) -> String {
+    format!(
+        concat!(
+            r#"{{"call":{{"id":"c-{:012}","caller":"+3361{:07}","callee":"+3362{:07}"}},"#,
+            r#""start":"2026-11-27T10:{:02}:{:02}Z","duration":{},"cell":"FR-PAR-{:04}","#,
+            r#""cost":"{}.{:02}","type":"voice","roaming":{}}}"#
+        ),
+        i,
+        i % 10_000_000,
+        (i * 7) % 10_000_000,
+        (i / 60) % 60,
+        i % 60,
+        i % 3600,
+        i % 5000,
+        i % 10,
+        i % 100,
+        i % 7 == 0
+    )
+}
+
+/// The json-source configuration matching [`cdr_json`], as JSON text.
+pub fn cdr_source_config(version: u32, extra_columns: &str) -> String {
+    format!(
+        r#"{{"schema":"cdr","version":{version},"columns":[
+            {{"name":"call_id","type":"text","key":true,"path":"call.id"}},
+            {{"name":"caller","type":"text","path":"call.caller","nullable":false}},
+            {{"name":"callee","type":"text","path":"call.callee","nullable":false}},
+            {{"name":"started_at","type":"timestamp","path":"start","nullable":false}},
+            {{"name":"duration_s","type":"int32","path":"duration","nullable":false}},
+            {{"name":"cell","type":"text"}},
+            {{"name":"cost","type":"numeric"}},
+            {{"name":"call_type","type":"text","path":"type"}},
+            {{"name":"roaming","type":"bool"}}{extra_columns}
+        ]}}"#
+    )
+}
