@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::Config;
 use crate::plugin_build::{self, BuildOptions, WasmTarget};
 use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
 
@@ -36,6 +37,19 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the daemon: consumes every pipeline's queue until SIGTERM or SIGINT.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Checks a configuration and every plugin it names, reporting every problem
+    /// at once. Exits 0 when all is well, 1 otherwise. Connects to nothing.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Lists the plugins in a folder: name, version, world, WIT version, content hash.
     Plugins {
         /// The plugin folder.
@@ -71,11 +85,30 @@ enum PluginCommand {
     },
 }
 
+/// The whole program: runs the command line and turns an error into its message
+/// (the whole chain: "loading plugins/x.wasm: corrupt or truncated component: ...")
+/// and exit code 1.
+pub fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sluice: error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     crate::telemetry::init(cli.log_format, cli.log_level.as_deref())?;
     match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            tokio_runtime()?.block_on(crate::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(&config),
         Command::Plugins { dir } => list_plugins(dir),
         Command::Plugin(PluginCommand::Build {
             crates,
@@ -104,6 +137,44 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    tokio_runtime()?.block_on(async {
+        let runtime = PluginRuntime::new(RuntimeConfig {
+            cache_dir: Some(config.daemon.cache_dir.clone()),
+            memory_limit: config.daemon.plugin_memory_limit,
+            call_time_limit: config.daemon.plugin_call_timeout,
+        })?;
+        let problems = crate::check::check(&config, &runtime).await;
+        if problems.is_empty() {
+            println!(
+                "{}: ok ({} pipelines)",
+                config.file.display(),
+                config.pipelines.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        } else {
+            println!("{}: {} problems:", config.file.display(), problems.len());
+            for p in &problems {
+                println!("  - {}: {}", p.path, p.message);
+            }
+            Ok(ExitCode::from(1))
+        }
+    })
 }
 
 fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {

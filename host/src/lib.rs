@@ -2,7 +2,12 @@
 //! source and writer plugins into Postgres and customer-managed stores.
 
 pub mod capabilities;
+pub mod check;
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod pipeline;
 pub mod plugin_build;
 pub mod plugin_runtime;
+pub mod queue_input;
 pub mod telemetry;

@@ -1,14 +1,5 @@
-//! The `sluice` binary: a small `main` around [`sluice::cli::run`].
+//! The `sluice` binary: a small `main` around [`sluice::cli::main`].
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    match sluice::cli::run() {
-        Ok(code) => code,
-        Err(error) => {
-            // The whole chain: "loading plugins/x.wasm: corrupt or truncated component: ...".
-            eprintln!("sluice: error: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> std::process::ExitCode {
+    sluice::cli::main()
 }

@@ -3,6 +3,7 @@
 //! exchange, so tests run in parallel and never see each other's data.
 
 mod cdr_to_postgres;
+mod daemon;
 mod plugin_limits;
 mod plugin_loading;
 

@@ -1,6 +1,8 @@
 //! Shared fixtures for Sluice's integration tests and benchmarks: the built
 //! plugins, a private Postgres schema per test, CDR messages.
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,14 +89,26 @@ pub struct TestSchema {
 impl TestSchema {
     /// Creates a uniquely named schema.
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_named(&unique_name("sluice_test")).await
+    }
+
+    /// Creates the schema `name` (which must be unique to the test).
+    pub async fn create_named(name: &str) -> anyhow::Result<Self> {
         let (client, connection) =
             tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        let name = unique_name("sluice_test");
         client
             .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await?;
-        Ok(Self { name, client })
+        Ok(Self {
+            name: name.to_string(),
+            client,
+        })
+    }
+
+    /// Rows of `table`, or 0 while it does not exist yet.
+    pub async fn count_or_zero(&self, table: &str) -> i64 {
+        self.count(table).await.unwrap_or(0)
     }
 
     /// `SELECT count(*)` of a table in this schema.

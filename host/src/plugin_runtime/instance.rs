@@ -72,6 +72,24 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The export whose call failed (`decode`, `write`, `configure`, `open`,
+    /// `instantiate`, `about`).
+    pub fn func(&self) -> &'static str {
+        match self {
+            CallError::Trap { func, .. }
+            | CallError::Timeout { func, .. }
+            | CallError::OutOfMemory { func, .. }
+            | CallError::Failed { func, .. }
+            | CallError::Contract { func, .. } => func,
+        }
+    }
+
+    /// Whether the plugin crashed or misbehaved (trap, timeout, memory limit,
+    /// contract) rather than answering with an error of its own.
+    pub fn is_crash(&self) -> bool {
+        !matches!(self, CallError::Failed { .. })
+    }
+
     /// Whether the plugin itself said to retry later (a store unavailable).
     pub fn is_retriable(&self) -> bool {
         matches!(

@@ -1,0 +1,240 @@
+//! `sluice check`: whether a valid [`Config`] can run with the plugins in its
+//! plugin folder, without reaching a broker or a database.
+//!
+//! Every `*.wasm` file in the folder is loaded once (a file that fails to load is
+//! a problem of its own); then every plugin a pipeline names must be there, in
+//! the right world, and each source must accept its configuration and declare a
+//! valid schema. Writers are not opened: that needs their database.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Config, Problem};
+use crate::plugin_runtime::{LoadedPlugin, PluginKind, PluginRuntime, SourceInstance};
+
+/// Every problem that keeps `config` from running with its plugins; empty when
+/// none.
+pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let dir = &config.daemon.plugin_dir;
+    let plugins = match load_folder(runtime, dir, &mut problems).await {
+        Ok(plugins) => plugins,
+        Err(problem) => return vec![problem],
+    };
+    let available = || {
+        if plugins.is_empty() {
+            "the folder holds no plugin".to_string()
+        } else {
+            let names: Vec<&str> = plugins.keys().map(String::as_str).collect();
+            format!("found: {}", names.join(", "))
+        }
+    };
+
+    for (i, pipeline) in config.pipelines.iter().enumerate() {
+        let at = format!("pipelines[{i}]");
+        let wanted = std::iter::once((
+            format!("{at}.source.plugin"),
+            &pipeline.source.plugin,
+            PluginKind::Source,
+        ))
+        .chain(pipeline.writers.iter().enumerate().map(|(j, w)| {
+            (
+                format!("{at}.writers[{j}].plugin"),
+                &w.plugin,
+                PluginKind::Writer,
+            )
+        }));
+        for (path, name, kind) in wanted {
+            let Some(found) = plugins.get(name.as_str()) else {
+                problems.push(Problem::new(
+                    path,
+                    format!(
+                        "no plugin named `{name}` in {} ({})",
+                        dir.display(),
+                        available()
+                    ),
+                ));
+                continue;
+            };
+            if found.len() > 1 {
+                let files: Vec<String> = found.iter().map(|p| file_name(&p.path)).collect();
+                problems.push(Problem::new(
+                    &path,
+                    format!(
+                        "plugin `{name}` is in {} files ({}); which one runs would be a matter of chance: keep one",
+                        found.len(),
+                        files.join(", ")
+                    ),
+                ));
+            }
+            let plugin = &found[0];
+            if plugin.kind != kind {
+                problems.push(Problem::new(
+                    path,
+                    format!(
+                        "`{name}` ({}) is a {} plugin; expected a {kind} plugin here",
+                        file_name(&plugin.path),
+                        plugin.kind
+                    ),
+                ));
+                continue;
+            }
+            if kind == PluginKind::Source {
+                let config_json = pipeline.source.config.to_string();
+                let mut instance = SourceInstance::new(
+                    runtime.clone(),
+                    Arc::new(plugin.clone()),
+                    &pipeline.name,
+                    config_json,
+                );
+                if let Err(e) = instance.schema().await {
+                    let path = if e.is_config_error() {
+                        format!("{at}.source.config")
+                    } else {
+                        format!("{at}.source")
+                    };
+                    problems.push(Problem::new(path, e.to_string()));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Loads every `*.wasm` in `dir`, by plugin name (several files may claim one
+/// name). A file that fails to load is pushed to `problems`; a folder that cannot
+/// be read is the error.
+async fn load_folder(
+    runtime: &Arc<PluginRuntime>,
+    dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> Result<BTreeMap<String, Vec<LoadedPlugin>>, Problem> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Problem::new(
+            "daemon.plugin_dir",
+            format!(
+                "cannot read the plugin folder {}: {e}; expected a folder of .wasm plugins (build them with `sluice plugin build --out {}`)",
+                dir.display(),
+                dir.display()
+            ),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    let mut plugins: BTreeMap<String, Vec<LoadedPlugin>> = BTreeMap::new();
+    for file in files {
+        match runtime.load(&file).await {
+            Ok(plugin) => plugins
+                .entry(plugin.info.name.clone())
+                .or_default()
+                .push(plugin),
+            Err(e) => {
+                // The path already names the file; the message need not repeat it.
+                let message = e.to_string();
+                let prefix = format!("{}: ", file.display());
+                let message = message.strip_prefix(&prefix).unwrap_or(&message);
+                problems.push(Problem::new(
+                    format!("plugin_dir/{}", file_name(&file)),
+                    message,
+                ));
+            }
+        }
+    }
+    Ok(plugins)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::plugin_runtime::RuntimeConfig;
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "sluice-check-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn config_in(dir: &Path) -> Config {
+        let text = r#"
+            [connections.rabbit]
+            type = "amqp"
+            url = "amqp://guest@127.0.0.1:5672/%2f"
+            [[pipelines]]
+            name = "cdr"
+            connection = "rabbit"
+            queue = { name = "cdr" }
+            source = { plugin = "json-source" }
+            writers = [{ plugin = "postgres-writer" }]
+        "#;
+        Config::from_str_with_env(text, &dir.join("config.toml"), |_| None).unwrap()
+    }
+
+    fn runtime() -> Arc<PluginRuntime> {
+        PluginRuntime::new(RuntimeConfig::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reports_a_missing_plugin_folder_alone() {
+        let dir = TempDir::new();
+        let mut config = config_in(&dir.0);
+        config.daemon.plugin_dir = dir.0.join("nowhere");
+        let problems = check(&config, &runtime()).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "daemon.plugin_dir");
+        assert!(problems[0].message.contains("nowhere"), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn reports_bad_files_and_every_missing_plugin() {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.0.join("plugins-dist")).unwrap();
+        std::fs::write(dir.0.join("plugins-dist/broken.wasm"), b"not wasm").unwrap();
+        std::fs::write(dir.0.join("plugins-dist/notes.txt"), b"ignored").unwrap();
+        let problems = check(&config_in(&dir.0), &runtime()).await;
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "plugin_dir/broken.wasm",
+                "pipelines[0].source.plugin",
+                "pipelines[0].writers[0].plugin"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("not a WebAssembly file"));
+        assert!(
+            problems[1]
+                .message
+                .contains("no plugin named `json-source`")
+        );
+        assert!(problems[1].message.contains("holds no plugin"));
+    }
+}

@@ -1,0 +1,619 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+/// A minimal valid configuration; tests append to it or replace parts.
+const MINIMAL: &str = r#"
+[connections.rabbit]
+type = "amqp"
+url = "amqp://guest@127.0.0.1:5672/%2f"
+
+[connections.warehouse]
+type = "postgres"
+url = "postgres://postgres@127.0.0.1:5432/postgres"
+
+[[pipelines]]
+name = "cdr"
+connection = "rabbit"
+queue = { name = "cdr", bindings = [{ exchange = "cdr", routing_key = "cdr.#" }] }
+source = { plugin = "json-source" }
+
+[[pipelines.writers]]
+plugin = "postgres-writer"
+grants = { postgres = ["warehouse"] }
+"#;
+
+fn parse_with(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_str_with_env(text, Path::new("/etc/sluice/config.toml"), |name| {
+        env.get(name).cloned()
+    })
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_with(text, &[])
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => e.problems,
+    }
+}
+
+fn paths(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.path.as_str()).collect()
+}
+
+/// The problem at `path`, failing the test if there is none.
+fn at<'a>(problems: &'a [Problem], path: &str) -> &'a Problem {
+    problems
+        .iter()
+        .find(|p| p.path == path)
+        .unwrap_or_else(|| panic!("no problem at {path}: {problems:#?}"))
+}
+
+#[test]
+fn root_config_toml_parses_and_validates() {
+    let file = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"));
+    let config = Config::load(file).unwrap_or_else(|e| panic!("{e}"));
+    let folder = std::path::absolute(file.parent().unwrap()).unwrap();
+    assert_eq!(config.daemon.plugin_dir, folder.join("plugins-dist"));
+    assert_eq!(
+        config.daemon.admin_addr,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(config.pipelines.len(), 1);
+    let cdr = &config.pipelines[0];
+    assert_eq!(cdr.name, "cdr");
+    assert_eq!(cdr.amqp_connection, "rabbit");
+    assert_eq!(cdr.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!((cdr.prefetch, cdr.consumers), (2000, 2));
+    assert_eq!(cdr.batch.max_messages, 1000);
+    assert_eq!(cdr.queue.name, "cdr");
+    assert_eq!(
+        cdr.queue.bindings,
+        [Binding {
+            exchange: "cdr".into(),
+            exchange_type: ExchangeType::Topic,
+            routing_key: "cdr.#".into()
+        }]
+    );
+    assert_eq!(cdr.dead_letter.queue.as_deref(), Some("cdr.dead"));
+    assert_eq!(cdr.source.plugin, "json-source");
+    let columns = cdr.source.config["columns"].as_array().unwrap();
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "call_id",
+            "caller",
+            "callee",
+            "started_at",
+            "duration_s",
+            "cell",
+            "cost",
+            "call_type",
+            "roaming"
+        ]
+    );
+    assert_eq!(
+        columns[0],
+        json!({"name": "call_id", "type": "text", "key": true, "path": "call.id"})
+    );
+    let writer = &cdr.writers[0];
+    assert_eq!(writer.plugin, "postgres-writer");
+    assert_eq!(
+        writer.config,
+        json!({"connection": "warehouse", "table": "cdr"})
+    );
+    assert_eq!(writer.postgres_grants, ["warehouse"]);
+    let grant = &writer.grants.postgres["warehouse"];
+    assert_eq!(grant.config().get_dbname(), Some("postgres"));
+}
+
+#[test]
+fn reports_every_mistake_at_once_with_its_key_path() {
+    let text = r#"
+[daemon]
+plugin_dir = "plugins"
+colour = "blue"
+
+[connections.rabbit]
+type = "amqp"
+url = "amqp://sluice@127.0.0.1:5672/%2f"
+
+[connections.warehouse]
+type = "postgres"
+url = "postgres://sluice@db/warehouse"
+password_env = "SLUICE_TEST_UNSET_PASSWORD"
+
+[[pipelines]]
+name = "cdr"
+connection = "rabbitt"
+prefetch = 100
+batch = { max_messages = 500, max_wait = "200" }
+queue = { name = "cdr" }
+source = { plugin = "json-source" }
+writers = [{ plugin = "postgres-writer", grants = { postgres = ["warehouse"] } }]
+
+[[pipelines]]
+name = "events"
+connection = "rabbit"
+queue = { name = "events", durable = true }
+source = { plugin = "json-source" }
+writers = [{ plugin = "postgres-writer" }]
+"#;
+    let error = parse(text).unwrap_err();
+    let problems = &error.problems;
+    assert_eq!(
+        paths(problems),
+        [
+            "daemon.colour",
+            "connections.warehouse.password_env",
+            "pipelines[0].connection",
+            "pipelines[0].batch.max_wait",
+            "pipelines[0].prefetch",
+            "pipelines[1].queue.durable",
+        ],
+        "{error}"
+    );
+    assert!(
+        at(problems, "daemon.colour")
+            .message
+            .contains("unknown key `colour`")
+    );
+    assert!(
+        at(problems, "connections.warehouse.password_env")
+            .message
+            .contains("SLUICE_TEST_UNSET_PASSWORD is not set")
+    );
+    let connection = &at(problems, "pipelines[0].connection").message;
+    assert!(
+        connection.contains("no connection named `rabbitt`"),
+        "{connection}"
+    );
+    assert!(
+        connection.contains("did you mean `rabbit`?"),
+        "{connection}"
+    );
+    assert!(
+        at(problems, "pipelines[0].batch.max_wait")
+            .message
+            .contains("\"200\" is not a duration")
+    );
+    assert!(
+        at(problems, "pipelines[0].prefetch")
+            .message
+            .contains("prefetch 100 is smaller than batch.max_messages 500")
+    );
+    assert!(
+        at(problems, "pipelines[1].queue.durable")
+            .message
+            .contains("expected one of: name, declare, type, delivery_limit, bindings")
+    );
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with("/etc/sluice/config.toml: 6 problems:\n  - daemon.colour: unknown key"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn wrong_types_are_reported_alongside_other_problems() {
+    let text = MINIMAL.replace(
+        "name = \"cdr\"\nconnection",
+        "name = \"cdr\"\nconsumers = \"two\"\nprefetch = 70000\nconnection",
+    ) + "\n[daemon]\nplugin_memory_mib = 0\nshutdown_timeout = 30\n";
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "daemon.shutdown_timeout",
+            "daemon.plugin_memory_mib",
+            "pipelines[0].consumers",
+            "pipelines[0].prefetch"
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("found the integer 30"));
+    assert!(
+        problems[1]
+            .message
+            .contains("expected an integer from 1 to 4096")
+    );
+    assert!(problems[2].message.contains("found the string \"two\""));
+    assert!(problems[3].message.contains("70000 is out of range"));
+}
+
+#[test]
+fn syntax_error_is_one_problem_with_its_position() {
+    let error = parse("[daemon]\nplugin_dir = \"plugins\"\nadmin_addr = \n").unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].path, "line 3, column 14");
+}
+
+#[test]
+fn a_value_where_a_table_belongs_is_one_problem_with_its_position() {
+    let error = parse(&MINIMAL.replace("queue = {", "batch = 5\nqueue = {")).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert!(error.problems[0].path.starts_with("line "), "{error}");
+    assert!(
+        error.problems[0]
+            .message
+            .contains("a table with max_messages and max_wait"),
+        "{error}"
+    );
+}
+
+#[test]
+fn applies_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(
+        config.daemon,
+        DaemonConfig {
+            plugin_dir: "/etc/sluice/plugins-dist".into(),
+            cache_dir: crate::plugin_build::default_cache_dir().join("components"),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            shutdown_timeout: Duration::from_secs(30),
+            plugin_memory_limit: 256 << 20,
+            plugin_call_timeout: Duration::from_secs(10),
+        }
+    );
+    let p = &config.pipelines[0];
+    assert_eq!((p.prefetch, p.consumers), (2000, 2));
+    assert_eq!(
+        p.batch,
+        BatchConfig {
+            max_messages: 1000,
+            max_wait: Duration::from_millis(200)
+        }
+    );
+    assert_eq!(
+        p.queue,
+        QueueConfig {
+            name: "cdr".into(),
+            declare: true,
+            kind: QueueKind::Classic,
+            delivery_limit: None,
+            bindings: vec![Binding {
+                exchange: "cdr".into(),
+                exchange_type: ExchangeType::Topic,
+                routing_key: "cdr.#".into()
+            }],
+        }
+    );
+    assert_eq!(
+        p.dead_letter,
+        DeadLetterConfig {
+            exchange: "cdr.dead".into(),
+            queue: Some("cdr.dead".into()),
+            declare: true
+        }
+    );
+    assert_eq!(
+        p.retry,
+        RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(p.source.config, json!({}));
+    assert_eq!(p.writers[0].config, json!({}));
+}
+
+#[test]
+fn default_prefetch_is_twice_the_batch_capped_at_65535() {
+    let with_batch = |n: u32| {
+        MINIMAL.replace(
+            "queue = {",
+            &format!("batch = {{ max_messages = {n} }}\nqueue = {{"),
+        )
+    };
+    assert_eq!(parse(&with_batch(10)).unwrap().pipelines[0].prefetch, 20);
+    assert_eq!(
+        parse(&with_batch(40_000)).unwrap().pipelines[0].prefetch,
+        65535
+    );
+    let problems = problems(&with_batch(70_000));
+    assert_eq!(paths(&problems), ["pipelines[0].batch.max_messages"]);
+    assert!(problems[0].message.contains("largest prefetch (65535)"));
+}
+
+#[test]
+fn resolves_relative_paths_against_the_config_folder() {
+    let text =
+        format!("[daemon]\nplugin_dir = \"plugins\"\ncache_dir = \"/var/cache/sluice\"\n{MINIMAL}");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.daemon.plugin_dir, Path::new("/etc/sluice/plugins"));
+    assert_eq!(config.daemon.cache_dir, Path::new("/var/cache/sluice"));
+
+    // A bare file name resolves against the working directory, made absolute.
+    let config = Config::from_str_with_env(&text, Path::new("config.toml"), |_| None).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        config.daemon.plugin_dir,
+        std::path::absolute(cwd.join("plugins")).unwrap()
+    );
+    assert_eq!(config.file, Path::new("config.toml"));
+}
+
+#[test]
+fn passwords_from_the_environment_reach_url_and_grant_but_never_output() {
+    let secret = "s3cr:t/p@ss";
+    let text = MINIMAL
+        .replace(
+            "url = \"amqp://guest@127.0.0.1:5672/%2f\"",
+            "url = \"amqp://guest@127.0.0.1:5672/%2f\"\npassword_env = \"RABBIT_PW\"",
+        )
+        .replace(
+            "url = \"postgres://postgres@127.0.0.1:5432/postgres\"",
+            "url = \"postgres://postgres@127.0.0.1:5432/postgres\"\npassword_env = \"PG_PW\"",
+        );
+    let env = [("RABBIT_PW", secret), ("PG_PW", secret)];
+    let config = parse_with(&text, &env).unwrap();
+    let p = &config.pipelines[0];
+    assert_eq!(
+        p.amqp_url,
+        "amqp://guest:s3cr%3At%2Fp%40ss@127.0.0.1:5672/%2f"
+    );
+    assert_eq!(p.amqp_url_redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
+    let grant = &p.writers[0].grants.postgres["warehouse"];
+    assert_eq!(grant.config().get_password(), Some(secret.as_bytes()));
+
+    let debug = format!("{config:?} {config:#?}");
+    assert!(!debug.contains("s3cr"), "{debug}");
+    assert!(debug.contains("guest:***@"), "{debug}");
+
+    // An error elsewhere in the file does not show the password either.
+    let broken = text.replace(
+        "name = \"cdr\"\nconnection",
+        "name = \"cdr\"\nconsumers = 0\nconnection",
+    );
+    let error = parse_with(&broken, &env).unwrap_err();
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("s3cr"), "{shown}");
+}
+
+#[test]
+fn a_password_for_an_amqp_url_without_a_user_is_refused() {
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"",
+        "url = \"amqp://127.0.0.1:5672/%2f\"\npassword_env = \"RABBIT_PW\"",
+    );
+    let error = parse_with(&text, &[("RABBIT_PW", "x")]).unwrap_err();
+    assert_eq!(paths(&error.problems), ["connections.rabbit.url"]);
+    assert!(error.problems[0].message.contains("no user"));
+}
+
+#[test]
+fn refuses_invalid_urls() {
+    let text = MINIMAL
+        .replace(
+            "amqp://guest@127.0.0.1:5672/%2f",
+            "http://guest:hunter2@127.0.0.1/",
+        )
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://db:notaport/x",
+        );
+    let error = parse(&text).unwrap_err();
+    assert_eq!(
+        paths(&error.problems),
+        ["connections.rabbit.url", "connections.warehouse.url"],
+        "{error}"
+    );
+    assert!(
+        error.problems[0]
+            .message
+            .contains("expected `amqp` or `amqps`")
+    );
+    assert!(!error.to_string().contains("hunter2"));
+}
+
+#[test]
+fn connections_and_grants_must_have_the_right_type() {
+    let text = MINIMAL
+        .replace("connection = \"rabbit\"", "connection = \"warehouse\"")
+        .replace(
+            "postgres = [\"warehouse\"]",
+            "postgres = [\"rabbit\", \"lake\"]",
+        );
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "pipelines[0].connection",
+            "pipelines[0].writers[0].grants.postgres[0]",
+            "pipelines[0].writers[0].grants.postgres[1]"
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("`warehouse` is a postgres connection")
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("only postgres connections can be granted")
+    );
+    assert!(
+        problems[2]
+            .message
+            .contains("postgres connections: warehouse")
+    );
+}
+
+#[test]
+fn unknown_connection_type_is_reported_once() {
+    let text = MINIMAL.replace("type = \"amqp\"", "type = \"kafka\"");
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        ["connections.rabbit.type"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("expected \"amqp\" or \"postgres\"")
+    );
+}
+
+#[test]
+fn delivery_limit_is_for_quorum_queues_only() {
+    let classic = MINIMAL.replace(
+        "queue = { name = \"cdr\"",
+        "queue = { name = \"cdr\", delivery_limit = 5",
+    );
+    let problems = problems(&classic);
+    assert_eq!(paths(&problems), ["pipelines[0].queue.delivery_limit"]);
+    assert!(problems[0].message.contains("only to quorum queues"));
+
+    let quorum = MINIMAL.replace(
+        "queue = { name = \"cdr\"",
+        "queue = { name = \"cdr\", type = \"quorum\", delivery_limit = 5",
+    );
+    let queue = &parse(&quorum).unwrap().pipelines[0].queue;
+    assert_eq!(
+        (queue.kind, queue.delivery_limit),
+        (QueueKind::Quorum, Some(5))
+    );
+}
+
+#[test]
+fn writers_are_required() {
+    let text = MINIMAL
+        .split("[[pipelines.writers]]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "writers = []\n";
+    let problems = problems(&text);
+    assert_eq!(paths(&problems), ["pipelines[0].writers"]);
+    assert!(problems[0].message.contains("at least one"));
+}
+
+#[test]
+fn pipelines_must_have_unique_names_and_queues() {
+    let second = MINIMAL.split("[[pipelines]]").nth(1).unwrap();
+    let text = format!("{MINIMAL}\n[[pipelines]]{second}");
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        ["pipelines[1].name", "pipelines[1].queue.name"],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("already used by pipelines[0]"));
+    assert!(
+        problems[1]
+            .message
+            .contains("already consumed by pipelines[0]")
+    );
+}
+
+#[test]
+fn dead_letters_must_not_route_back_into_the_queue() {
+    let text = MINIMAL.replace(
+        "source = {",
+        "dead_letter = { exchange = \"cdr\", queue = \"cdr\" }\nsource = {",
+    );
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "pipelines[0].dead_letter.exchange",
+            "pipelines[0].dead_letter.queue"
+        ]
+    );
+    let none = MINIMAL.replace("source = {", "dead_letter = { queue = false }\nsource = {");
+    assert_eq!(parse(&none).unwrap().pipelines[0].dead_letter.queue, None);
+}
+
+#[test]
+fn bindings_need_a_routing_key_for_topic_and_direct_exchanges() {
+    let text = MINIMAL.replace(
+        "bindings = [{ exchange = \"cdr\", routing_key = \"cdr.#\" }]",
+        "bindings = [{ exchange = \"cdr\" }, { exchange = \"all\", exchange_type = \"fanout\" }, { exchange = \"\", routing_key = \"x\" }]",
+    );
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "pipelines[0].queue.bindings[0].routing_key",
+            "pipelines[0].queue.bindings[2].exchange"
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("\"#\" takes every message"));
+    assert!(problems[1].message.contains("default exchange"));
+}
+
+#[test]
+fn plugin_config_tables_pass_through_as_json() {
+    let text = MINIMAL.replace(
+        "source = { plugin = \"json-source\" }",
+        "[pipelines.source]\nplugin = \"json-source\"\n[pipelines.source.config]\nfree = { form = [1, 2.5, true] }\nsince = 2026-01-01T00:00:00Z\n[[pipelines.writers]]\nplugin = \"postgres-writer\"\nconfig = \"table=cdr\"\n",
+    );
+    let error = parse(&text).unwrap_err();
+    // The free-form source config raises no unknown keys; a writer config that is
+    // not a table is refused.
+    assert_eq!(
+        paths(&error.problems),
+        ["pipelines[0].writers[0].config"],
+        "{error}"
+    );
+
+    let text = text.replace("config = \"table=cdr\"\n", "");
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.pipelines[0].source.config,
+        json!({"free": {"form": [1, 2.5, true]}, "since": "2026-01-01T00:00:00Z"})
+    );
+}
+
+#[test]
+fn admin_addr_can_be_off_default_or_an_address() {
+    let with = |value: &str| format!("[daemon]\nadmin_addr = {value}\n{MINIMAL}");
+    assert_eq!(parse(&with("false")).unwrap().daemon.admin_addr, None);
+    assert_eq!(
+        parse(&with("\"\"")).unwrap().daemon.admin_addr,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert_eq!(
+        parse(&with("\"[::]:9000\"")).unwrap().daemon.admin_addr,
+        Some("[::]:9000".parse().unwrap())
+    );
+    let problems = problems(&with("\"localhost:9464\""));
+    assert_eq!(paths(&problems), ["daemon.admin_addr"]);
+    assert!(problems[0].message.contains("not a host name"));
+}
+
+#[test]
+fn an_empty_file_asks_for_a_pipeline() {
+    let problems = problems("");
+    assert_eq!(paths(&problems), ["pipelines"]);
+}
+
+#[test]
+fn retry_backoffs_must_be_ordered() {
+    let text = MINIMAL.replace(
+        "source = {",
+        "retry = { initial_backoff = \"10s\", max_backoff = \"1s\" }\nsource = {",
+    );
+    let problems = problems(&text);
+    assert_eq!(paths(&problems), ["pipelines[0].retry.max_backoff"]);
+}

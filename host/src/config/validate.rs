@@ -1,0 +1,453 @@
+//! From the file as written ([`super::raw`]) to a [`Config`]: defaults applied,
+//! ranges and references checked, secrets read from the environment. Every
+//! problem is collected with its key path; a check that depends on a value that
+//! was itself wrong is skipped, so one mistake is reported once.
+
+mod pipeline;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::amqp_url;
+use super::raw::{Lenient, RawConfig, RawConnection, RawDaemon, describe, key_path};
+use super::{Config, DaemonConfig, Problem};
+use crate::capabilities::postgres::PostgresGrant;
+
+/// The admin address when the file does not set one.
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+/// AMQP short strings (queue, exchange and routing key names) hold 255 bytes.
+const AMQP_NAME_MAX: usize = 255;
+
+pub(super) fn validate(
+    raw: RawConfig,
+    unknown_keys: Vec<Problem>,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator {
+        problems: unknown_keys,
+        env,
+    };
+    let base = config_folder(file);
+    let daemon = v.daemon(raw.daemon.unwrap_or_default(), &base);
+    let connections = v.connections(raw.connections.unwrap_or_default());
+    let pipelines = v.pipelines(raw.pipelines.unwrap_or_default(), &connections);
+    if v.problems.is_empty() {
+        Ok(Config {
+            file: file.to_path_buf(),
+            daemon,
+            pipelines,
+        })
+    } else {
+        // Unknown keys were found first, while parsing; put each problem with its
+        // section and pipeline so that the list reads in file order.
+        v.problems.sort_by_key(|p| section_order(&p.path));
+        Err(v.problems)
+    }
+}
+
+/// The folder relative paths in the file are resolved against, made absolute so
+/// that a later change of working directory does not move them.
+fn config_folder(file: &Path) -> PathBuf {
+    let folder = file.parent().unwrap_or(Path::new(""));
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf())
+}
+
+fn section_order(path: &str) -> (u8, usize) {
+    if path.starts_with("line ") || path.is_empty() {
+        (0, 0)
+    } else if path.starts_with("daemon") {
+        (1, 0)
+    } else if path.starts_with("connections") {
+        (2, 0)
+    } else if let Some(rest) = path.strip_prefix("pipelines[") {
+        let index = rest.split(']').next().and_then(|n| n.parse().ok());
+        (3, index.unwrap_or(0))
+    } else {
+        (4, 0)
+    }
+}
+
+/// A connection as validated: its type, and its settings when they were valid.
+enum Connection {
+    Amqp(Option<String>),
+    Postgres(Option<Box<PostgresGrant>>),
+    /// Its type was missing or wrong (already reported).
+    Unknown,
+}
+
+impl Connection {
+    fn kind(&self) -> &'static str {
+        match self {
+            Connection::Amqp(_) => "amqp",
+            Connection::Postgres(_) => "postgres",
+            Connection::Unknown => "unknown",
+        }
+    }
+}
+
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn report(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    /// The value if it has the expected type; `None` if absent or wrong (reported).
+    fn typed<T>(&mut self, path: &str, value: Option<Lenient<T>>, expected: &str) -> Option<T> {
+        match value?.0 {
+            Ok(v) => Some(v),
+            Err(found) => {
+                self.report(
+                    path,
+                    format!("expected {expected}, found {}", describe(&found)),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string that must be present and not empty.
+    fn required(
+        &mut self,
+        path: &str,
+        value: Option<Lenient<String>>,
+        expected: &str,
+    ) -> Option<String> {
+        if value.is_none() {
+            self.report(path, format!("missing; expected {expected}"));
+            return None;
+        }
+        let s = self.typed(path, value, expected)?;
+        if s.is_empty() {
+            self.report(path, format!("is empty; expected {expected}"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, path: &str, value: Option<Lenient<bool>>, default: bool) -> bool {
+        self.typed(path, value, "true or false").unwrap_or(default)
+    }
+
+    /// `default` when absent, the value when in `range`, `None` when wrong (reported).
+    fn integer(
+        &mut self,
+        path: &str,
+        value: Option<Lenient<i64>>,
+        range: RangeInclusive<i64>,
+        default: i64,
+    ) -> Option<i64> {
+        let expected = format!("an integer from {} to {}", range.start(), range.end());
+        if value.is_none() {
+            return Some(default);
+        }
+        let n = self.typed(path, value, &expected)?;
+        if range.contains(&n) {
+            Some(n)
+        } else {
+            self.report(path, format!("{n} is out of range; expected {expected}"));
+            None
+        }
+    }
+
+    /// `default` when absent, the duration when within `min..=max`, `None` when
+    /// wrong (reported).
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<Lenient<String>>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Option<Duration> {
+        const EXPECTED: &str = "a duration with a unit, like \"200ms\", \"30s\" or \"5m\"";
+        if value.is_none() {
+            return Some(default);
+        }
+        let text = self.typed(path, value, EXPECTED)?;
+        let d = match humantime::parse_duration(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.report(
+                    path,
+                    format!("{text:?} is not a duration ({e}); expected {EXPECTED}"),
+                );
+                return None;
+            }
+        };
+        if d < min || d > max {
+            self.report(
+                path,
+                format!(
+                    "{text:?} is out of range; expected from {} to {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A file-system path, relative ones resolved against `base`.
+    fn folder(
+        &mut self,
+        path: &str,
+        value: Option<Lenient<String>>,
+        base: &Path,
+    ) -> Option<PathBuf> {
+        let dir = self.typed(path, value, "a folder path")?;
+        if dir.is_empty() {
+            self.report(path, "is empty; expected a folder path");
+            return None;
+        }
+        Some(base.join(dir))
+    }
+
+    /// Checks a pipeline, connection or grant name.
+    fn name(&mut self, path: &str, name: &str, what: &str) -> bool {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid {
+            self.report(
+                path,
+                format!(
+                    "{name:?} is not a valid {what} name; expected lowercase letters, digits, `_` and `-`"
+                ),
+            );
+        }
+        valid
+    }
+
+    /// Checks a queue or exchange name or a routing key against AMQP's limits.
+    fn amqp_name(&mut self, path: &str, name: &str, what: &str) {
+        if name.len() > AMQP_NAME_MAX {
+            self.report(
+                path,
+                format!(
+                    "the {what} is {} bytes long; AMQP allows at most {AMQP_NAME_MAX}",
+                    name.len()
+                ),
+            );
+        }
+        if what == "queue name" && name.starts_with("amq.") {
+            self.report(
+                path,
+                format!("{name:?}: queue names starting with `amq.` are reserved by RabbitMQ"),
+            );
+        }
+    }
+
+    fn daemon(&mut self, raw: RawDaemon, base: &Path) -> DaemonConfig {
+        let plugin_dir = match raw.plugin_dir {
+            None => Some(base.join("plugins-dist")),
+            some => self.folder("daemon.plugin_dir", some, base),
+        };
+        let cache_dir = match raw.cache_dir {
+            None => Some(crate::plugin_build::default_cache_dir().join("components")),
+            some => self.folder("daemon.cache_dir", some, base),
+        };
+        let default_admin: SocketAddr = DEFAULT_ADMIN_ADDR.parse().expect("a valid address");
+        let admin_addr = match raw.admin_addr {
+            None | Some(toml::Value::Boolean(true)) => Some(default_admin),
+            Some(toml::Value::String(s)) if s.is_empty() => Some(default_admin),
+            Some(toml::Value::Boolean(false)) => None,
+            Some(toml::Value::String(s)) => match s.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.report(
+                        "daemon.admin_addr",
+                        format!(
+                            "{s:?} is not an address; expected IP:port, like \"127.0.0.1:9464\" or \"[::]:9464\" (not a host name), or false for no admin server"
+                        ),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.report(
+                    "daemon.admin_addr",
+                    format!(
+                        "expected an IP:port string like \"127.0.0.1:9464\", or false for no admin server, found {}",
+                        describe(&other)
+                    ),
+                );
+                None
+            }
+        };
+        let shutdown_timeout = self.duration(
+            "daemon.shutdown_timeout",
+            raw.shutdown_timeout,
+            Duration::from_secs(30),
+            (Duration::from_millis(1), Duration::from_secs(3600)),
+        );
+        let memory_mib = self.integer(
+            "daemon.plugin_memory_mib",
+            raw.plugin_memory_mib,
+            1..=4096,
+            256,
+        );
+        let plugin_call_timeout = self.duration(
+            "daemon.plugin_call_timeout",
+            raw.plugin_call_timeout,
+            Duration::from_secs(10),
+            // The runtime checks time limits every 10ms; less cannot be enforced.
+            (Duration::from_millis(10), Duration::from_secs(600)),
+        );
+        DaemonConfig {
+            plugin_dir: plugin_dir.unwrap_or_default(),
+            cache_dir: cache_dir.unwrap_or_default(),
+            admin_addr,
+            shutdown_timeout: shutdown_timeout.unwrap_or_default(),
+            plugin_memory_limit: (memory_mib.unwrap_or(256) as usize) << 20,
+            plugin_call_timeout: plugin_call_timeout.unwrap_or_default(),
+        }
+    }
+
+    fn connections(
+        &mut self,
+        raw: BTreeMap<String, RawConnection>,
+    ) -> BTreeMap<String, Connection> {
+        let mut out = BTreeMap::new();
+        for (name, raw) in raw {
+            let at = key_path("connections", &name);
+            self.name(&at, &name, "connection");
+            let kind_path = format!("{at}.type");
+            let kind = self.required(&kind_path, raw.kind, "\"amqp\" or \"postgres\"");
+            let url = self.required(&format!("{at}.url"), raw.url, "a connection URL");
+            let password = self.password(&at, &name, raw.password_env);
+            let connection = match kind.as_deref() {
+                Some("amqp") => Connection::Amqp(url.and_then(|url| {
+                    self.amqp_url(&format!("{at}.url"), &url, password.as_deref())
+                })),
+                Some("postgres") => Connection::Postgres(url.and_then(|url| {
+                    self.postgres_grant(&format!("{at}.url"), &url, password.as_deref())
+                        .map(Box::new)
+                })),
+                Some(other) => {
+                    self.report(
+                        kind_path,
+                        format!(
+                            "unknown connection type {other:?}; expected \"amqp\" or \"postgres\""
+                        ),
+                    );
+                    Connection::Unknown
+                }
+                None => Connection::Unknown,
+            };
+            out.insert(name, connection);
+        }
+        out
+    }
+
+    /// The password `password_env` names, read from the environment.
+    fn password(
+        &mut self,
+        at: &str,
+        connection: &str,
+        password_env: Option<Lenient<String>>,
+    ) -> Option<String> {
+        let path = format!("{at}.password_env");
+        let var = self.typed(&path, password_env, "the name of an environment variable")?;
+        if var.is_empty() || var.contains('=') || var.contains('\0') {
+            self.report(
+                path,
+                format!("{var:?} is not an environment variable name; expected a name like \"SLUICE_DB_PASSWORD\""),
+            );
+            return None;
+        }
+        match (self.env)(&var) {
+            None => {
+                self.report(
+                    path,
+                    format!(
+                        "environment variable {var} is not set; it must hold the password of connection `{connection}`"
+                    ),
+                );
+                None
+            }
+            Some(p) if p.is_empty() => {
+                self.report(
+                    path,
+                    format!(
+                        "environment variable {var} is empty; it must hold the password of connection `{connection}`"
+                    ),
+                );
+                None
+            }
+            Some(p) => Some(p),
+        }
+    }
+
+    fn amqp_url(&mut self, path: &str, url: &str, password: Option<&str>) -> Option<String> {
+        let parsed = match amqp_url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.report(path, format!("invalid AMQP URL: {why}"));
+                return None;
+            }
+        };
+        match password {
+            None => Some(url.to_string()),
+            Some(password) => match parsed.with_password(password) {
+                Ok(url) => Some(url),
+                Err(why) => {
+                    self.report(path, format!("cannot apply password_env: {why}"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn postgres_grant(
+        &mut self,
+        path: &str,
+        url: &str,
+        password: Option<&str>,
+    ) -> Option<PostgresGrant> {
+        let grant = match PostgresGrant::from_url(url) {
+            Ok(grant) => grant,
+            Err(e) => {
+                // The cause (which option is wrong) is in the source chain; no
+                // part of it repeats the string, so no password shows.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    why.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                self.report(
+                    path,
+                    format!(
+                        "invalid Postgres connection string ({why}); expected postgres://user@host:5432/dbname or \"host=... user=... dbname=...\""
+                    ),
+                );
+                return None;
+            }
+        };
+        if grant.config().get_hosts().is_empty() {
+            self.report(
+                path,
+                "the connection string names no host; expected postgres://user@host:5432/dbname",
+            );
+            return None;
+        }
+        Some(match password {
+            Some(password) => grant.with_password(password),
+            None => grant,
+        })
+    }
+}

@@ -1,0 +1,631 @@
+//! Validation of `[[pipelines]]`: each pipeline's queue, batch, plugins, dead
+//! letters and retries, and the checks across pipelines (unique names, one
+//! pipeline per queue, one type per exchange).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::{Map, Value as Json};
+
+use super::super::raw::{
+    Lenient, RawBatch, RawBinding, RawDeadLetter, RawPipeline, RawQueue, RawRetry, RawSource,
+    RawWriter, closest, describe, key_path,
+};
+use super::super::{
+    BatchConfig, Binding, DeadLetterConfig, ExchangeType, PipelineConfig, QueueConfig, QueueKind,
+    RetryConfig, SourceConfig, WriterConfig,
+};
+use super::{Connection, Validator};
+use crate::capabilities::Grants;
+
+/// The largest prefetch AMQP can express (`basic.qos` takes a 16-bit count).
+const PREFETCH_MAX: i64 = u16::MAX as i64;
+
+impl Validator<'_> {
+    pub(super) fn pipelines(
+        &mut self,
+        raw: Vec<RawPipeline>,
+        connections: &BTreeMap<String, Connection>,
+    ) -> Vec<PipelineConfig> {
+        if raw.is_empty() {
+            self.report(
+                "pipelines",
+                "no pipelines; expected at least one [[pipelines]] table",
+            );
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        // (connection, queue) -> the pipeline consuming it.
+        let mut queues: HashMap<(String, String), usize> = HashMap::new();
+        // (connection, exchange) -> its type and the binding that declared it.
+        let mut exchanges: HashMap<(String, String), (ExchangeType, String)> = HashMap::new();
+        for (i, raw) in raw.into_iter().enumerate() {
+            let at = format!("pipelines[{i}]");
+            let pipeline = self.pipeline(&at, raw, connections);
+            if !pipeline.name.is_empty() {
+                if let Some(first) = names.get(&pipeline.name) {
+                    self.report(
+                        format!("{at}.name"),
+                        format!(
+                            "pipeline name `{}` is already used by pipelines[{first}]; names must be unique",
+                            pipeline.name
+                        ),
+                    );
+                } else {
+                    names.insert(pipeline.name.clone(), i);
+                }
+            }
+            if !pipeline.amqp_connection.is_empty() && !pipeline.queue.name.is_empty() {
+                let key = (
+                    pipeline.amqp_connection.clone(),
+                    pipeline.queue.name.clone(),
+                );
+                if let Some(first) = queues.get(&key) {
+                    self.report(
+                        format!("{at}.queue.name"),
+                        format!(
+                            "queue `{}` on connection `{}` is already consumed by pipelines[{first}]: each message would reach only one of them; to store a feed twice, give one pipeline two writers, or bind a second queue",
+                            key.1, key.0
+                        ),
+                    );
+                } else {
+                    queues.insert(key, i);
+                }
+            }
+            if pipeline.queue.declare {
+                for (j, binding) in pipeline.queue.bindings.iter().enumerate() {
+                    let path = format!("{at}.queue.bindings[{j}].exchange_type");
+                    let key = (pipeline.amqp_connection.clone(), binding.exchange.clone());
+                    match exchanges.get(&key) {
+                        Some((ty, first)) if *ty != binding.exchange_type => self.report(
+                            path,
+                            format!(
+                                "exchange `{}` is declared as {} at {first}; an exchange has one type, so declaring it as {} would fail",
+                                binding.exchange,
+                                ty.as_str(),
+                                binding.exchange_type.as_str()
+                            ),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            exchanges.insert(key, (binding.exchange_type, path));
+                        }
+                    }
+                }
+            }
+            out.push(pipeline);
+        }
+        out
+    }
+
+    fn pipeline(
+        &mut self,
+        at: &str,
+        raw: RawPipeline,
+        connections: &BTreeMap<String, Connection>,
+    ) -> PipelineConfig {
+        let name_path = format!("{at}.name");
+        let name = self
+            .required(&name_path, raw.name, "the pipeline's name")
+            .filter(|n| self.name(&name_path, n, "pipeline"))
+            .unwrap_or_default();
+
+        let (amqp_connection, amqp_url) = self.pipeline_connection(at, raw.connection, connections);
+
+        let (batch, max_messages) = self.batch(at, raw.batch.unwrap_or_default());
+        let consumers = self.integer(&format!("{at}.consumers"), raw.consumers, 1..=64, 2);
+        let prefetch_path = format!("{at}.prefetch");
+        let explicit_prefetch = raw.prefetch.is_some();
+        let default_prefetch = max_messages.map_or(2000, |m| (2 * m).min(PREFETCH_MAX));
+        let prefetch = self.integer(
+            &prefetch_path,
+            raw.prefetch,
+            1..=PREFETCH_MAX,
+            default_prefetch,
+        );
+        if let (Some(p), Some(m)) = (prefetch, max_messages)
+            && p < m
+        {
+            if explicit_prefetch {
+                self.report(
+                    prefetch_path,
+                    format!(
+                        "prefetch {p} is smaller than batch.max_messages {m}: a batch could never fill, and every batch would wait the full max_wait; expected at least {m} (2 × max_messages is a good start)"
+                    ),
+                );
+            } else {
+                self.report(
+                    format!("{at}.batch.max_messages"),
+                    format!(
+                        "{m} is more than the largest prefetch ({PREFETCH_MAX}): a batch could never fill; expected at most {PREFETCH_MAX}"
+                    ),
+                );
+            }
+        }
+
+        let queue = match raw.queue {
+            Some(queue) => self.queue(at, queue),
+            None => {
+                self.report(
+                    format!("{at}.queue"),
+                    "missing; expected a table like { name = \"cdr\", bindings = [...] }",
+                );
+                empty_queue()
+            }
+        };
+        let source = match raw.source {
+            Some(source) => self.source(at, source),
+            None => {
+                self.report(
+                    format!("{at}.source"),
+                    "missing; expected a [pipelines.source] table with plugin and config",
+                );
+                SourceConfig {
+                    plugin: String::new(),
+                    config: Json::Object(Map::new()),
+                }
+            }
+        };
+        let writers = match raw.writers {
+            Some(writers) if !writers.is_empty() => writers
+                .into_iter()
+                .enumerate()
+                .map(|(j, w)| self.writer(&format!("{at}.writers[{j}]"), w, connections))
+                .collect(),
+            _ => {
+                self.report(
+                    format!("{at}.writers"),
+                    "no writers; expected at least one [[pipelines.writers]] table",
+                );
+                Vec::new()
+            }
+        };
+        let dead_letter = self.dead_letter(at, &name, &queue, raw.dead_letter.unwrap_or_default());
+        let retry = self.retry(at, raw.retry.unwrap_or_default());
+
+        PipelineConfig {
+            name,
+            amqp_url: amqp_url.unwrap_or_default(),
+            amqp_connection,
+            queue,
+            prefetch: prefetch.unwrap_or(1) as u16,
+            consumers: consumers.unwrap_or(1) as u16,
+            batch,
+            source,
+            writers,
+            dead_letter,
+            retry,
+        }
+    }
+
+    /// The amqp connection a pipeline names: its name and URL.
+    fn pipeline_connection(
+        &mut self,
+        at: &str,
+        value: Option<Lenient<String>>,
+        connections: &BTreeMap<String, Connection>,
+    ) -> (String, Option<String>) {
+        let path = format!("{at}.connection");
+        let Some(name) = self.required(&path, value, "the name of an amqp connection") else {
+            return (String::new(), None);
+        };
+        match connections.get(&name) {
+            Some(Connection::Amqp(url)) => (name, url.clone()),
+            Some(Connection::Unknown) => (name, None),
+            Some(other) => {
+                let message = format!(
+                    "`{name}` is a {} connection; a pipeline consumes from an amqp connection",
+                    other.kind()
+                );
+                self.report(path, message);
+                (name, None)
+            }
+            None => {
+                let message = missing_connection(&name, connections, "amqp");
+                self.report(path, message);
+                (name, None)
+            }
+        }
+    }
+
+    /// The batch settings, and `max_messages` if it was valid.
+    fn batch(&mut self, at: &str, raw: RawBatch) -> (BatchConfig, Option<i64>) {
+        let max_messages = self.integer(
+            &format!("{at}.batch.max_messages"),
+            raw.max_messages,
+            1..=100_000,
+            1000,
+        );
+        let max_wait = self.duration(
+            &format!("{at}.batch.max_wait"),
+            raw.max_wait,
+            Duration::from_millis(200),
+            // Messages wait unacked; RabbitMQ's consumer_timeout (30 minutes by
+            // default) must never be reached by waiting alone.
+            (Duration::from_millis(1), Duration::from_secs(600)),
+        );
+        let batch = BatchConfig {
+            max_messages: max_messages.unwrap_or(1) as usize,
+            max_wait: max_wait.unwrap_or_default(),
+        };
+        (batch, max_messages)
+    }
+
+    fn queue(&mut self, at: &str, raw: RawQueue) -> QueueConfig {
+        let at = format!("{at}.queue");
+        let name_path = format!("{at}.name");
+        let name = self
+            .required(&name_path, raw.name, "the name of the queue to consume")
+            .unwrap_or_default();
+        self.amqp_name(&name_path, &name, "queue name");
+        let declare = self.boolean(&format!("{at}.declare"), raw.declare, true);
+        let kind_path = format!("{at}.type");
+        let kind = match self
+            .typed(&kind_path, raw.kind, "\"classic\" or \"quorum\"")
+            .as_deref()
+        {
+            None | Some("classic") => QueueKind::Classic,
+            Some("quorum") => QueueKind::Quorum,
+            Some(other) => {
+                self.report(
+                    kind_path,
+                    format!("unknown queue type {other:?}; expected \"classic\" or \"quorum\""),
+                );
+                QueueKind::Classic
+            }
+        };
+        let limit_path = format!("{at}.delivery_limit");
+        let had_limit = raw.delivery_limit.is_some();
+        let delivery_limit = self
+            .integer(&limit_path, raw.delivery_limit, 1..=i64::from(u32::MAX), 1)
+            .filter(|_| had_limit)
+            .map(|n| n as u32);
+        if had_limit && kind == QueueKind::Classic {
+            self.report(
+                limit_path,
+                "delivery_limit applies only to quorum queues; set type = \"quorum\" or remove it (a classic queue redelivers without limit)",
+            );
+        }
+        let bindings = raw
+            .bindings
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, b)| self.binding(&format!("{at}.bindings[{j}]"), b))
+            .collect();
+        QueueConfig {
+            name,
+            declare,
+            kind,
+            delivery_limit,
+            bindings,
+        }
+    }
+
+    fn binding(&mut self, at: &str, raw: RawBinding) -> Option<Binding> {
+        let exchange_path = format!("{at}.exchange");
+        let exchange = match raw.exchange {
+            None => {
+                self.report(&exchange_path, "missing; expected the name of an exchange");
+                None
+            }
+            some => match self.typed(&exchange_path, some, "the name of an exchange") {
+                Some(e) if e.is_empty() => {
+                    self.report(
+                        &exchange_path,
+                        "the default exchange \"\" cannot be bound (it reaches every queue by its name already); expected the name of an exchange",
+                    );
+                    None
+                }
+                other => other,
+            },
+        };
+        if let Some(e) = &exchange {
+            self.amqp_name(&exchange_path, e, "exchange name");
+        }
+        let type_path = format!("{at}.exchange_type");
+        let exchange_type = match self
+            .typed(
+                &type_path,
+                raw.exchange_type,
+                "\"direct\", \"topic\", \"fanout\" or \"headers\"",
+            )
+            .as_deref()
+        {
+            None | Some("topic") => Some(ExchangeType::Topic),
+            Some("direct") => Some(ExchangeType::Direct),
+            Some("fanout") => Some(ExchangeType::Fanout),
+            Some("headers") => Some(ExchangeType::Headers),
+            Some(other) => {
+                self.report(
+                    type_path,
+                    format!(
+                        "unknown exchange type {other:?}; expected \"direct\", \"topic\", \"fanout\" or \"headers\""
+                    ),
+                );
+                None
+            }
+        };
+        let key_path = format!("{at}.routing_key");
+        let routing_key = match (raw.routing_key, exchange_type) {
+            (None, Some(t @ (ExchangeType::Direct | ExchangeType::Topic))) => {
+                self.report(
+                    &key_path,
+                    format!(
+                        "missing; a {} exchange routes by key, so expected a binding key like \"cdr.#\"{}",
+                        t.as_str(),
+                        if t == ExchangeType::Topic {
+                            " (\"#\" takes every message)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                None
+            }
+            (None, _) => Some(String::new()),
+            (some, _) => self.typed(&key_path, some, "a binding key string"),
+        };
+        if let Some(key) = &routing_key {
+            self.amqp_name(&key_path, key, "routing key");
+        }
+        Some(Binding {
+            exchange: exchange?,
+            exchange_type: exchange_type?,
+            routing_key: routing_key?,
+        })
+    }
+
+    fn source(&mut self, at: &str, raw: RawSource) -> SourceConfig {
+        let at = format!("{at}.source");
+        let plugin = self
+            .required(
+                &format!("{at}.plugin"),
+                raw.plugin,
+                "the source plugin's name",
+            )
+            .unwrap_or_default();
+        let config = self.plugin_config(&format!("{at}.config"), raw.config);
+        SourceConfig { plugin, config }
+    }
+
+    fn writer(
+        &mut self,
+        at: &str,
+        raw: RawWriter,
+        connections: &BTreeMap<String, Connection>,
+    ) -> WriterConfig {
+        let plugin = self
+            .required(
+                &format!("{at}.plugin"),
+                raw.plugin,
+                "the writer plugin's name",
+            )
+            .unwrap_or_default();
+        let config = self.plugin_config(&format!("{at}.config"), raw.config);
+        let mut grants = Grants::none();
+        let mut postgres_grants: Vec<String> = Vec::new();
+        let grants_path = format!("{at}.grants.postgres");
+        let names = raw.grants.and_then(|g| {
+            self.typed(
+                &grants_path,
+                g.postgres,
+                "a list of postgres connection names, like [\"warehouse\"]",
+            )
+        });
+        for (k, name) in names.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("{grants_path}[{k}]");
+            if postgres_grants.contains(&name) {
+                self.report(path, format!("`{name}` is granted twice"));
+                continue;
+            }
+            match connections.get(&name) {
+                Some(Connection::Postgres(grant)) => {
+                    if let Some(grant) = grant {
+                        grants = grants.with_postgres(name.clone(), (**grant).clone());
+                    }
+                }
+                Some(Connection::Unknown) => {}
+                Some(other) => {
+                    let message = format!(
+                        "`{name}` is an {} connection; only postgres connections can be granted",
+                        other.kind()
+                    );
+                    self.report(path, message);
+                }
+                None => {
+                    let message = missing_connection(&name, connections, "postgres");
+                    self.report(path, message);
+                }
+            }
+            postgres_grants.push(name);
+        }
+        WriterConfig {
+            plugin,
+            config,
+            grants,
+            postgres_grants,
+        }
+    }
+
+    /// A plugin's `config` table, as a JSON object.
+    fn plugin_config(&mut self, path: &str, value: Option<toml::Value>) -> Json {
+        match value {
+            None => Json::Object(Map::new()),
+            Some(table @ toml::Value::Table(_)) => self.json_of(path, table),
+            Some(other) => {
+                self.report(
+                    path,
+                    format!(
+                        "expected a table of the plugin's settings, found {}",
+                        describe(&other)
+                    ),
+                );
+                Json::Object(Map::new())
+            }
+        }
+    }
+
+    fn json_of(&mut self, path: &str, value: toml::Value) -> Json {
+        match value {
+            toml::Value::String(s) => Json::String(s),
+            toml::Value::Integer(i) => Json::from(i),
+            toml::Value::Float(f) => match serde_json::Number::from_f64(f) {
+                Some(n) => Json::Number(n),
+                None => {
+                    self.report(
+                        path,
+                        format!("{f} has no JSON form; expected a finite number"),
+                    );
+                    Json::Null
+                }
+            },
+            toml::Value::Boolean(b) => Json::Bool(b),
+            // Plugins get JSON, which has no datetime: pass the RFC 3339 text.
+            toml::Value::Datetime(d) => Json::String(d.to_string()),
+            toml::Value::Array(items) => Json::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| self.json_of(&format!("{path}[{i}]"), item))
+                    .collect(),
+            ),
+            toml::Value::Table(table) => Json::Object(
+                table
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let json = self.json_of(&key_path(path, &k), v);
+                        (k, json)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        at: &str,
+        pipeline: &str,
+        queue: &QueueConfig,
+        raw: RawDeadLetter,
+    ) -> DeadLetterConfig {
+        let at = format!("{at}.dead_letter");
+        let default_name = format!("{pipeline}.dead");
+        let exchange_path = format!("{at}.exchange");
+        let exchange = match raw.exchange {
+            None => default_name.clone(),
+            some => self
+                .required(&exchange_path, some, "the name of the dead-letter exchange")
+                .unwrap_or_default(),
+        };
+        self.amqp_name(&exchange_path, &exchange, "exchange name");
+        if !exchange.is_empty() && queue.bindings.iter().any(|b| b.exchange == exchange) {
+            self.report(
+                &exchange_path,
+                format!(
+                    "`{exchange}` is an exchange the pipeline's queue is bound to: rejected messages could route back into the queue; expected another exchange (the default is \"<pipeline>.dead\")"
+                ),
+            );
+        }
+        let queue_path = format!("{at}.queue");
+        let dead_queue = match raw.queue {
+            None | Some(toml::Value::Boolean(true)) => Some(default_name),
+            Some(toml::Value::Boolean(false)) => None,
+            Some(toml::Value::String(s)) if !s.is_empty() => Some(s),
+            Some(other) => {
+                self.report(
+                    &queue_path,
+                    format!(
+                        "expected a queue name, or false for none, found {}",
+                        describe(&other)
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(q) = &dead_queue {
+            self.amqp_name(&queue_path, q, "queue name");
+            if !queue.name.is_empty() && *q == queue.name {
+                self.report(
+                    &queue_path,
+                    format!(
+                        "`{q}` is the pipeline's own queue: rejected messages would be consumed again; expected another queue (the default is \"<pipeline>.dead\")"
+                    ),
+                );
+            }
+        }
+        let declare = self.boolean(&format!("{at}.declare"), raw.declare, true);
+        DeadLetterConfig {
+            exchange,
+            queue: dead_queue,
+            declare,
+        }
+    }
+
+    fn retry(&mut self, at: &str, raw: RawRetry) -> RetryConfig {
+        let range = (Duration::from_millis(1), Duration::from_secs(300));
+        let initial = self.duration(
+            &format!("{at}.retry.initial_backoff"),
+            raw.initial_backoff,
+            Duration::from_millis(100),
+            range,
+        );
+        let max_path = format!("{at}.retry.max_backoff");
+        let max = self.duration(&max_path, raw.max_backoff, Duration::from_secs(30), range);
+        if let (Some(initial), Some(max)) = (initial, max)
+            && max < initial
+        {
+            self.report(
+                max_path,
+                format!(
+                    "{} is shorter than initial_backoff ({}); expected at least that",
+                    humantime::format_duration(max),
+                    humantime::format_duration(initial)
+                ),
+            );
+        }
+        RetryConfig {
+            initial_backoff: initial.unwrap_or_default(),
+            max_backoff: max.unwrap_or_default(),
+        }
+    }
+}
+
+fn empty_queue() -> QueueConfig {
+    QueueConfig {
+        name: String::new(),
+        declare: false,
+        kind: QueueKind::Classic,
+        delivery_limit: None,
+        bindings: Vec::new(),
+    }
+}
+
+/// Says that no connection is called `name`, suggesting a close one and listing
+/// those of the `kind` needed.
+fn missing_connection(
+    name: &str,
+    connections: &BTreeMap<String, Connection>,
+    kind: &str,
+) -> String {
+    let of_kind: Vec<&str> = connections
+        .iter()
+        .filter(|(_, c)| c.kind() == kind)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut message = format!("no connection named `{name}`");
+    if let Some(close) = closest(name, &of_kind) {
+        message.push_str(&format!(" (did you mean `{close}`?)"));
+    }
+    if of_kind.is_empty() {
+        message.push_str(&format!(
+            "; expected the name of a [connections.NAME] table with type = \"{kind}\", and there is none"
+        ));
+    } else {
+        message.push_str(&format!(
+            "; expected one of the {kind} connections: {}",
+            of_kind.join(", ")
+        ));
+    }
+    message
+}

@@ -1,0 +1,468 @@
+//! One pipeline: consumers that take batches from the queue, decode them with the
+//! source plugin, write them with every writer plugin, dead-letter what was
+//! refused, and ack only what every writer committed.
+//!
+//! Each consumer task owns one AMQP session and its own plugin instances, and
+//! handles one batch at a time, so when a batch is done every earlier delivery of
+//! its channel is settled and one `ack(multiple)` covers it. Several consumers
+//! keep several batches in flight (decoding on one core while another batch is
+//! being written). Failures are handled here, in one place:
+//!
+//! - a writer's retriable error, or any error that is not about the data (a store
+//!   refusing to open, an invalid configuration), is retried with backoff while
+//!   the messages stay unacked; the pipeline stalls but loses nothing;
+//! - a plugin that crashes on a batch (trap, timeout, memory) has the batch split
+//!   in halves until the message or row that crashes it is found; that one is
+//!   dead-lettered with the crash as its reason and the rest goes on;
+//! - a lost broker connection drops the session; the broker requeues what was
+//!   not acked, and the consumer reconnects with backoff. Rows written but not
+//!   acked are written again on redelivery, and the writers' idempotence on the
+//!   key columns keeps one copy.
+
+mod batch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::batch::{RowSpans, merge_decoded};
+use crate::config::PipelineConfig;
+use crate::plugin_runtime::{
+    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
+    SourceInstance, WriterInstance,
+};
+use crate::queue_input::{DeadLetter, Received, Session};
+
+/// The plugins a pipeline runs.
+#[derive(Clone)]
+pub struct PipelinePlugins {
+    /// The source.
+    pub source: Arc<LoadedPlugin>,
+    /// The writers, in configuration order.
+    pub writers: Vec<Arc<LoadedPlugin>>,
+}
+
+/// Starts the pipeline's consumers. They stop when `shutdown` turns true, after
+/// finishing (and acking) the batch in hand.
+pub fn spawn(
+    config: Arc<PipelineConfig>,
+    runtime: Arc<PluginRuntime>,
+    plugins: PipelinePlugins,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    (0..config.consumers as usize)
+        .map(|index| {
+            let worker = Worker::new(config.clone(), runtime.clone(), &plugins, index);
+            tokio::spawn(run_consumer(worker, shutdown.clone()))
+        })
+        .collect()
+}
+
+/// Why a batch was given up without being acked.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    /// The daemon is shutting down; the broker redelivers the batch later.
+    #[error("shutting down")]
+    Shutdown,
+    /// The AMQP session failed; reconnect.
+    #[error(transparent)]
+    Session(#[from] anyhow::Error),
+}
+
+/// Exponential backoff between `initial` and `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// Sleeps for the next delay, or returns `Stop::Shutdown` if shutdown comes
+    /// first.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = stopped(shutdown) => Err(Stop::Shutdown),
+        }
+    }
+
+    fn peek(&self) -> Duration {
+        self.next
+    }
+}
+
+/// What a consumer owns: its plugin instances and its place in the pipeline.
+struct Worker {
+    config: Arc<PipelineConfig>,
+    runtime: Arc<PluginRuntime>,
+    index: usize,
+    source: SourceInstance,
+    writer_plugins: Vec<Arc<LoadedPlugin>>,
+    /// Created once the source has declared its schema.
+    writers: Vec<WriterInstance>,
+    /// The column types of the source's schema, to find row boundaries.
+    types: Vec<sluice_plugin_sdk::ColumnType>,
+    backoff: Backoff,
+}
+
+/// The outcome of one message after decoding: its rows or why it was refused.
+struct Refusal {
+    stage: &'static str,
+    plugin: String,
+    reason: String,
+}
+
+impl Worker {
+    fn new(
+        config: Arc<PipelineConfig>,
+        runtime: Arc<PluginRuntime>,
+        plugins: &PipelinePlugins,
+        index: usize,
+    ) -> Self {
+        let source = SourceInstance::new(
+            runtime.clone(),
+            plugins.source.clone(),
+            &config.name,
+            config.source.config.to_string(),
+        );
+        let backoff = Backoff::new(config.retry.initial_backoff, config.retry.max_backoff);
+        Self {
+            config,
+            runtime,
+            index,
+            source,
+            writer_plugins: plugins.writers.clone(),
+            writers: Vec::new(),
+            types: Vec::new(),
+            backoff,
+        }
+    }
+
+    /// Creates the writer instances for the source's schema (once).
+    async fn ensure_writers(&mut self) -> Result<(), CallError> {
+        if self.writers.len() == self.writer_plugins.len() {
+            return Ok(());
+        }
+        let schema = self.source.schema().await?;
+        self.types = schema
+            .columns
+            .iter()
+            .map(|c| batch::sdk_type(c.type_))
+            .collect();
+        self.writers = self
+            .writer_plugins
+            .iter()
+            .zip(&self.config.writers)
+            .map(|(plugin, wc)| {
+                WriterInstance::new(
+                    self.runtime.clone(),
+                    plugin.clone(),
+                    &self.config.name,
+                    wc.config.to_string(),
+                    schema.clone(),
+                    wc.grants.clone(),
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Waits out a failure that is not about the data: the messages stay unacked
+    /// and the same batch is tried again.
+    async fn stall(
+        &mut self,
+        what: &str,
+        error: &CallError,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stop> {
+        let retry_in = self.backoff.peek();
+        if error.is_retriable() {
+            tracing::warn!(pipeline = %self.config.name, consumer = self.index, error = %error, ?retry_in, "{what} failed; retrying, messages stay in the queue");
+        } else {
+            tracing::error!(pipeline = %self.config.name, consumer = self.index, error = %error, ?retry_in, "{what} failed and needs attention; retrying, messages stay in the queue");
+        }
+        self.backoff.wait(shutdown).await
+    }
+
+    /// Decodes a batch, isolating messages that crash the source.
+    async fn decode(
+        &mut self,
+        messages: &[Message],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(DecodedBatch, Vec<Option<Refusal>>), Stop> {
+        loop {
+            if let Err(e) = self.ensure_writers().await {
+                self.stall("configuring the source", &e, shutdown).await?;
+                continue;
+            }
+            match self.source.decode(messages).await {
+                Ok(decoded) => {
+                    let plugin = self.source.plugin().info.label();
+                    let refusals = decoded
+                        .outcomes
+                        .iter()
+                        .map(|o| match o {
+                            MessageOutcome::Rows(_) => None,
+                            MessageOutcome::Rejected(reason) => Some(Refusal {
+                                stage: "decode",
+                                plugin: plugin.clone(),
+                                reason: reason.clone(),
+                            }),
+                        })
+                        .collect();
+                    return Ok((decoded, refusals));
+                }
+                Err(e) if e.is_crash() && e.func() == "decode" => {
+                    if messages.len() == 1 {
+                        tracing::warn!(pipeline = %self.config.name, error = %e, "a message crashes the source plugin; dead-lettering it");
+                        let refusal = Refusal {
+                            stage: "decode",
+                            plugin: self.source.plugin().info.label(),
+                            reason: e.to_string(),
+                        };
+                        let empty = DecodedBatch {
+                            outcomes: vec![MessageOutcome::Rejected(refusal.reason.clone())],
+                            rows: RowBatch {
+                                count: 0,
+                                data: Vec::new(),
+                            },
+                        };
+                        return Ok((empty, vec![Some(refusal)]));
+                    }
+                    let (left, right) = messages.split_at(messages.len() / 2);
+                    let (a, ra) = Box::pin(self.decode(left, shutdown)).await?;
+                    let (b, rb) = Box::pin(self.decode(right, shutdown)).await?;
+                    return Ok((merge_decoded(a, b), ra.into_iter().chain(rb).collect()));
+                }
+                Err(e) => self.stall("decoding", &e, shutdown).await?,
+            }
+        }
+    }
+
+    /// Writes `rows` with writer `w` until it commits, isolating rows that crash
+    /// it. Returns the rejected rows (indices into `rows`) with their reasons.
+    async fn write(
+        &mut self,
+        w: usize,
+        rows: &RowBatch,
+        spans: &RowSpans,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<(u32, String)>, Stop> {
+        loop {
+            match self.writers[w].write(rows).await {
+                Ok(rejections) => {
+                    return Ok(rejections.into_iter().map(|r| (r.row, r.reason)).collect());
+                }
+                Err(e) if e.is_crash() && e.func() == "write" => {
+                    if rows.count <= 1 {
+                        tracing::warn!(pipeline = %self.config.name, error = %e, "a row crashes a writer plugin; dead-lettering its message");
+                        return Ok((0..rows.count).map(|r| (r, e.to_string())).collect());
+                    }
+                    let mid = rows.count / 2;
+                    let (left, right) = (
+                        spans.slice(rows, 0, mid),
+                        spans.slice(rows, mid, rows.count),
+                    );
+                    let left_spans = spans.sub(0, mid);
+                    let right_spans = spans.sub(mid, rows.count);
+                    let mut out = Box::pin(self.write(w, &left, &left_spans, shutdown)).await?;
+                    let right_out = Box::pin(self.write(w, &right, &right_spans, shutdown)).await?;
+                    out.extend(right_out.into_iter().map(|(r, reason)| (r + mid, reason)));
+                    return Ok(out);
+                }
+                Err(e) => self.stall("writing", &e, shutdown).await?,
+            }
+        }
+    }
+
+    /// Handles one batch end to end. Returns once its messages are acked (or
+    /// dead-lettered and acked).
+    async fn process(
+        &mut self,
+        session: &Session,
+        received: Vec<Received>,
+        messages: Vec<Message>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stop> {
+        let started = Instant::now();
+        let (decoded, mut refusals) = self.decode(&messages, shutdown).await?;
+        let owners = batch::row_owners(&decoded.outcomes);
+        let mut rows_written = 0u64;
+        if decoded.rows.count > 0 {
+            let spans = RowSpans::new(&self.types, &decoded.rows).map_err(|e| {
+                Stop::Session(anyhow::anyhow!("the source produced unreadable rows: {e}"))
+            })?;
+            for w in 0..self.writers.len() {
+                let rejected = self.write(w, &decoded.rows, &spans, shutdown).await?;
+                rows_written += u64::from(decoded.rows.count) - rejected.len() as u64;
+                let plugin = self.writers[w].plugin().info.label();
+                for (row, reason) in rejected {
+                    let message = owners[row as usize] as usize;
+                    let refusal = refusals[message].get_or_insert_with(|| Refusal {
+                        stage: "write",
+                        plugin: plugin.clone(),
+                        reason: String::new(),
+                    });
+                    if !refusal.reason.is_empty() {
+                        refusal.reason.push_str("; ");
+                    }
+                    refusal.reason.push_str(&format!("row {row}: {reason}"));
+                }
+            }
+        }
+        self.backoff.reset();
+
+        let letters: Vec<DeadLetter> = refusals
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                r.as_ref().map(|r| DeadLetter {
+                    message: &messages[i],
+                    received: &received[i],
+                    pipeline: &self.config.name,
+                    stage: r.stage,
+                    plugin: &r.plugin,
+                    reason: r.reason.clone(),
+                })
+            })
+            .collect();
+        if !letters.is_empty() {
+            session
+                .dead_letter(&self.config.dead_letter, &letters)
+                .await?;
+            for letter in &letters {
+                tracing::warn!(
+                    pipeline = %self.config.name,
+                    stage = letter.stage,
+                    plugin = letter.plugin,
+                    reason = %letter.reason,
+                    "message dead-lettered"
+                );
+            }
+        }
+        let last = received.last().expect("a batch is never empty").tag;
+        session.ack_through(last).await?;
+        tracing::debug!(
+            pipeline = %self.config.name,
+            consumer = self.index,
+            messages = messages.len(),
+            rows = decoded.rows.count,
+            rows_written,
+            dead_lettered = letters.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch acked"
+        );
+        Ok(())
+    }
+}
+
+/// Resolves once shutdown is asked for.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not in a caller's
+    // `select!` arm.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Runs one consumer until shutdown: session after session, batch after batch.
+async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
+    let name = worker.config.name.clone();
+    let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match consume(&mut worker, &mut shutdown, &mut reconnect).await {
+            Ok(()) | Err(Stop::Shutdown) => break,
+            Err(Stop::Session(e)) => {
+                tracing::warn!(pipeline = %name, consumer = worker.index, error = format!("{e:#}"), retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
+                if reconnect.wait(&mut shutdown).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(pipeline = %name, consumer = worker.index, "consumer stopped");
+}
+
+/// One AMQP session: consume batches until shutdown or a session error.
+async fn consume(
+    worker: &mut Worker,
+    shutdown: &mut watch::Receiver<bool>,
+    reconnect: &mut Backoff,
+) -> Result<(), Stop> {
+    let (session, mut stream) = Session::open(&worker.config, worker.index).await?;
+    reconnect.reset();
+    tracing::info!(pipeline = %worker.config.name, consumer = worker.index, queue = %worker.config.queue.name, "consuming");
+    let max = worker.config.batch.max_messages;
+    let max_wait = worker.config.batch.max_wait;
+    loop {
+        // Wait for the first message of a batch, or for shutdown.
+        let first = tokio::select! {
+            d = stream.next() => d,
+            _ = stopped(shutdown) => {
+                session.cancel().await.ok();
+                session.close().await;
+                return Ok(());
+            }
+        };
+        let Some(first) = first else {
+            return Err(Stop::Session(anyhow::anyhow!(
+                "the broker ended the consumer"
+            )));
+        };
+        let (r, m) = crate::queue_input::receive(first.map_err(anyhow::Error::from)?);
+        let mut received = vec![r];
+        let mut messages = vec![m];
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut stopping = false;
+        while messages.len() < max {
+            tokio::select! {
+                d = stream.next() => match d {
+                    Some(Ok(d)) => {
+                        let (r, m) = crate::queue_input::receive(d);
+                        received.push(r);
+                        messages.push(m);
+                    }
+                    Some(Err(e)) => return Err(Stop::Session(e.into())),
+                    None => return Err(Stop::Session(anyhow::anyhow!("the broker ended the consumer"))),
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stopped(shutdown) => { stopping = true; break; }
+            }
+        }
+        if stopping {
+            // Stop the flow first, then finish what is in hand.
+            session.cancel().await.ok();
+        }
+        match worker.process(&session, received, messages, shutdown).await {
+            Ok(()) => {}
+            Err(Stop::Shutdown) => {
+                session.close().await;
+                return Err(Stop::Shutdown);
+            }
+            Err(e) => return Err(e),
+        }
+        if stopping || *shutdown.borrow() {
+            session.cancel().await.ok();
+            session.close().await;
+            return Ok(());
+        }
+    }
+}

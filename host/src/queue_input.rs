@@ -1,0 +1,442 @@
+//! RabbitMQ with lapin: the topology a pipeline declares, its consuming and
+//! dead-letter channels, messages as plugins see them, acks and dead-lettering.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+use crate::config::{DeadLetterConfig, ExchangeType, PipelineConfig, QueueKind};
+use crate::plugin_runtime::{HeaderValue, Message};
+
+/// Headers Sluice adds to a dead-lettered message, saying why it is there.
+pub mod headers {
+    /// The reason: the plugin's rejection text or the error.
+    pub const REASON: &str = "x-sluice-reason";
+    /// `name@version` of the plugin that refused the message.
+    pub const PLUGIN: &str = "x-sluice-plugin";
+    /// `decode` (the source refused it) or `write` (a writer refused its rows).
+    pub const STAGE: &str = "x-sluice-stage";
+    /// The pipeline.
+    pub const PIPELINE: &str = "x-sluice-pipeline";
+    /// Where the message was first published.
+    pub const ORIGINAL_EXCHANGE: &str = "x-sluice-original-exchange";
+    /// Its routing key there.
+    pub const ORIGINAL_ROUTING_KEY: &str = "x-sluice-original-routing-key";
+    /// When it was dead-lettered (seconds since the Unix epoch).
+    pub const FAILED_AT: &str = "x-sluice-failed-at";
+}
+
+/// One AMQP session of one consumer: a connection with a consuming channel and a
+/// publishing channel in confirm mode for dead letters.
+pub struct Session {
+    connection: Connection,
+    consume: Channel,
+    publish: Channel,
+    consumer_tag: String,
+}
+
+/// A message taken from the queue: its delivery tag on the consuming channel, its
+/// properties (kept to dead-letter it faithfully) and the message plugins see.
+pub struct Received {
+    /// Delivery tag on the session's consuming channel.
+    pub tag: u64,
+    /// The AMQP properties, as delivered.
+    pub properties: BasicProperties,
+}
+
+impl Session {
+    /// Connects, declares the pipeline's topology, sets the prefetch and starts
+    /// consuming. `consumer` names the connection in the broker's UI.
+    pub async fn open(
+        pipeline: &PipelineConfig,
+        consumer: usize,
+    ) -> anyhow::Result<(Self, Consumer)> {
+        let name = format!("sluice {} consumer {consumer}", pipeline.name);
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+        let connection = Connection::connect(&pipeline.amqp_url, props)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to RabbitMQ (connection `{}`)",
+                    pipeline.amqp_connection
+                )
+            })?;
+        let consume = connection
+            .create_channel()
+            .await
+            .context("opening the consuming channel")?;
+        declare_topology(&consume, pipeline).await?;
+        consume
+            .basic_qos(pipeline.prefetch, BasicQosOptions { global: false })
+            .await
+            .context("setting the prefetch")?;
+        let publish = connection
+            .create_channel()
+            .await
+            .context("opening the dead-letter channel")?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        let consumer_tag = format!(
+            "sluice-{}-{}-{}",
+            pipeline.name,
+            consumer,
+            std::process::id()
+        );
+        let stream = consume
+            .basic_consume(
+                pipeline.queue.name.as_str().into(),
+                consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming from queue `{}`", pipeline.queue.name))?;
+        Ok((
+            Self {
+                connection,
+                consume,
+                publish,
+                consumer_tag,
+            },
+            stream,
+        ))
+    }
+
+    /// Acks every delivery up to and including `tag` on the consuming channel.
+    pub async fn ack_through(&self, tag: u64) -> anyhow::Result<()> {
+        self.consume
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .context("acking")?;
+        Ok(())
+    }
+
+    /// Stops the broker from sending more messages; those already sent stay ours
+    /// until acked or the channel closes.
+    pub async fn cancel(&self) -> anyhow::Result<()> {
+        self.consume
+            .basic_cancel(
+                self.consumer_tag.as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await
+            .context("cancelling the consumer")?;
+        Ok(())
+    }
+
+    /// Closes the connection (unacked messages go back to the queue).
+    pub async fn close(self) {
+        let _ = self
+            .connection
+            .close(200, "sluice shutting down".into())
+            .await;
+    }
+
+    /// Publishes the messages to the dead-letter exchange with their reasons, and
+    /// returns once the broker confirmed every one of them. Only then may they be
+    /// acked: a message is never both unacked-lost and unpublished.
+    pub async fn dead_letter(
+        &self,
+        dl: &DeadLetterConfig,
+        letters: &[DeadLetter<'_>],
+    ) -> anyhow::Result<()> {
+        let mut confirms = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let props = letter.properties();
+            let confirm = self
+                .publish
+                .basic_publish(
+                    dl.exchange.as_str().into(),
+                    letter.message.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &letter.message.body,
+                    props,
+                )
+                .await
+                .context("publishing to the dead-letter exchange")?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm
+                .await
+                .context("waiting for the dead-letter confirm")?;
+            if confirmation.is_nack() {
+                bail!(
+                    "the broker refused a message on dead-letter exchange `{}`",
+                    dl.exchange
+                );
+            }
+            if !confirmation.is_ack() {
+                bail!("publisher confirms are not enabled on the dead-letter channel");
+            }
+            if confirmation.take_message().is_some() {
+                bail!(
+                    "dead-letter exchange `{}` routed the message nowhere (no queue bound)",
+                    dl.exchange
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message on its way to the dead-letter exchange, and why.
+pub struct DeadLetter<'a> {
+    /// The message as received.
+    pub message: &'a Message,
+    /// Its original properties.
+    pub received: &'a Received,
+    /// The pipeline.
+    pub pipeline: &'a str,
+    /// `decode` or `write`.
+    pub stage: &'static str,
+    /// `name@version` of the plugin that refused it.
+    pub plugin: &'a str,
+    /// Why.
+    pub reason: String,
+}
+
+impl DeadLetter<'_> {
+    fn properties(&self) -> BasicProperties {
+        let mut headers = self
+            .received
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+        headers.insert(headers::REASON.into(), text(&self.reason));
+        headers.insert(headers::PLUGIN.into(), text(self.plugin));
+        headers.insert(headers::STAGE.into(), text(self.stage));
+        headers.insert(headers::PIPELINE.into(), text(self.pipeline));
+        headers.insert(
+            headers::ORIGINAL_EXCHANGE.into(),
+            text(&self.message.exchange),
+        );
+        headers.insert(
+            headers::ORIGINAL_ROUTING_KEY.into(),
+            text(&self.message.routing_key),
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        headers.insert(headers::FAILED_AT.into(), AMQPValue::Timestamp(now));
+        // Persistent, whatever it was: a dead letter is kept until someone looks.
+        self.received
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2)
+    }
+}
+
+/// Declares what the pipeline's configuration says to declare: its queue (classic
+/// or quorum), the exchanges it is bound to, and the dead-letter exchange and
+/// queue. Declaring is idempotent; a declaration that conflicts with an existing
+/// queue (another type, say) is an error that names it.
+pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> anyhow::Result<()> {
+    let queue = &pipeline.queue;
+    if queue.declare {
+        let mut args = FieldTable::default();
+        if queue.kind == QueueKind::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            if let Some(limit) = queue.delivery_limit {
+                args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(limit));
+            }
+        }
+        channel
+            .queue_declare(
+                queue.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .with_context(|| format!("declaring queue `{}`", queue.name))?;
+        for binding in &queue.bindings {
+            declare_exchange(
+                channel,
+                &binding.exchange,
+                exchange_kind(binding.exchange_type),
+            )
+            .await?;
+            channel
+                .queue_bind(
+                    queue.name.as_str().into(),
+                    binding.exchange.as_str().into(),
+                    binding.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding queue `{}` to exchange `{}`",
+                        queue.name, binding.exchange
+                    )
+                })?;
+        }
+    }
+    let dl = &pipeline.dead_letter;
+    if dl.declare {
+        declare_exchange(channel, &dl.exchange, ExchangeKind::Topic).await?;
+        if let Some(dlq) = &dl.queue {
+            channel
+                .queue_declare(
+                    dlq.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("declaring dead-letter queue `{dlq}`"))?;
+            channel
+                .queue_bind(
+                    dlq.as_str().into(),
+                    dl.exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("binding dead-letter queue `{dlq}`"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> anyhow::Result<()> {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("declaring exchange `{name}`"))
+}
+
+fn exchange_kind(t: ExchangeType) -> ExchangeKind {
+    match t {
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+/// Splits a delivery into what the host keeps and what the plugin sees. The body
+/// moves; nothing is copied.
+pub fn receive(delivery: lapin::message::Delivery) -> (Received, Message) {
+    let props = &delivery.properties;
+    let headers = props
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), header_value(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = Message {
+        body: delivery.data,
+        exchange: delivery.exchange.as_str().to_string(),
+        routing_key: delivery.routing_key.as_str().to_string(),
+        headers,
+        content_type: props.content_type().as_ref().map(short),
+        message_id: props.message_id().as_ref().map(short),
+        timestamp: *props.timestamp(),
+        redelivered: delivery.redelivered,
+    };
+    (
+        Received {
+            tag: delivery.delivery_tag,
+            properties: delivery.properties,
+        },
+        message,
+    )
+}
+
+fn short(s: &ShortString) -> String {
+    s.as_str().to_string()
+}
+
+fn header_value(v: &AMQPValue) -> HeaderValue {
+    match v {
+        AMQPValue::Void => HeaderValue::Void,
+        AMQPValue::Boolean(b) => HeaderValue::Boolean(*b),
+        AMQPValue::ShortShortInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortShortUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::ShortUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongUInt(i) => HeaderValue::Int((*i).into()),
+        AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+        AMQPValue::Float(f) => HeaderValue::Float((*f).into()),
+        AMQPValue::Double(f) => HeaderValue::Float(*f),
+        AMQPValue::DecimalValue(d) => {
+            HeaderValue::Float(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => HeaderValue::Text(s.as_str().to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderValue::Text(text.to_string()),
+            Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
+        },
+        AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
+        AMQPValue::Timestamp(t) => HeaderValue::Timestamp(*t),
+        // Nested tables and arrays: their JSON text.
+        AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => {
+            HeaderValue::Text(serde_json::to_string(v).unwrap_or_default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_header_values_map_to_plugin_header_values() {
+        assert_eq!(header_value(&AMQPValue::LongUInt(7)), HeaderValue::Int(7));
+        assert_eq!(
+            header_value(&AMQPValue::LongString("cdr".into())),
+            HeaderValue::Text("cdr".into())
+        );
+        assert_eq!(
+            header_value(&AMQPValue::Timestamp(1_700_000_000)),
+            HeaderValue::Timestamp(1_700_000_000)
+        );
+        let mut nested = FieldTable::default();
+        nested.insert("a".into(), AMQPValue::Boolean(true));
+        match header_value(&AMQPValue::FieldTable(nested)) {
+            HeaderValue::Text(json) => assert!(json.contains('a'), "{json}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! A Sluice daemon as a child process, with its own queue, exchanges and
+//! Postgres schema, and the RabbitMQ client side of the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::{amqp_url, cdr_source_config, plugins_dir, postgres_url, unique_name};
+
+/// Everything one daemon test owns on the shared servers, and its config file.
+pub struct Setup {
+    /// The pipeline's name (also part of every other name).
+    pub pipeline: String,
+    /// The queue it consumes.
+    pub queue: String,
+    /// The exchange messages are published to.
+    pub exchange: String,
+    /// The dead-letter queue.
+    pub dead_queue: String,
+    /// The Postgres schema the rows land in (table `cdr`).
+    pub pg_schema: String,
+    /// The Postgres application name of the daemon's connections.
+    pub pg_app: String,
+    /// The folder with the config file and logs.
+    pub dir: PathBuf,
+}
+
+impl Setup {
+    /// Fresh names for everything, and a config file.
+    pub fn new(tag: &str) -> Self {
+        let pipeline = unique_name(tag).replace('_', "-");
+        let dir = std::env::temp_dir().join(&pipeline);
+        std::fs::create_dir_all(&dir).unwrap();
+        let setup = Setup {
+            queue: format!("{pipeline}.in"),
+            exchange: format!("{pipeline}.x"),
+            dead_queue: format!("{pipeline}.dead"),
+            pg_schema: pipeline.replace('-', "_"),
+            pg_app: format!("{pipeline}-pg"),
+            pipeline,
+            dir,
+        };
+        setup.write_config("");
+        setup
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Writes the config; `pipeline_extra` is added to the pipeline table (e.g.
+    /// `consumers = 1`).
+    pub fn write_config(&self, pipeline_extra: &str) {
+        let source_config = cdr_source_config(1, "");
+        let text = format!(
+            r#"
+[daemon]
+plugin_dir = "{plugins}"
+cache_dir = "{cache}"
+admin_addr = "127.0.0.1:0"
+shutdown_timeout = "20s"
+plugin_call_timeout = "10s"
+
+[connections.rabbit]
+type = "amqp"
+url = "{amqp}"
+
+[connections.warehouse]
+type = "postgres"
+url = "{pg}?application_name={app}"
+
+[[pipelines]]
+name = "{name}"
+connection = "rabbit"
+{extra}
+queue = {{ name = "{queue}", bindings = [{{ exchange = "{exchange}", routing_key = "cdr.#" }}] }}
+dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
+retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
+
+[pipelines.source]
+plugin = "json-source"
+config = {source}
+
+[[pipelines.writers]]
+plugin = "postgres-writer"
+grants = {{ postgres = ["warehouse"] }}
+config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
+"#,
+            plugins = plugins_dir().display(),
+            cache = crate::workspace_root()
+                .join("target/test-component-cache")
+                .display(),
+            amqp = amqp_url(),
+            pg = postgres_url(),
+            app = self.pg_app,
+            name = self.pipeline,
+            extra = pipeline_extra,
+            queue = self.queue,
+            exchange = self.exchange,
+            dead = self.dead_queue,
+            schema = self.pg_schema,
+            source = json_to_toml_inline(&source_config),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+}
+
+/// The json-source config (JSON) as a TOML inline table.
+fn json_to_toml_inline(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    fn render(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Object(map) => {
+                let items: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", render(v)))
+                    .collect();
+                format!("{{ {} }}", items.join(", "))
+            }
+            serde_json::Value::Array(items) => {
+                format!(
+                    "[{}]",
+                    items.iter().map(render).collect::<Vec<_>>().join(", ")
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+    render(&value)
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `<bin> run --config <setup's config>`, logging to a file. `bin` is
+    /// the `sluice` executable (`env!("CARGO_BIN_EXE_sluice-under-test")` in the
+    /// integration tests).
+    pub fn start(bin: &str, setup: &Setup, log_name: &str) -> Daemon {
+        let log = setup.dir.join(format!("{log_name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(setup.config_path())
+            .env("RUST_LOG", "info,sluice=debug")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("starting the daemon");
+        Daemon { child, log }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// `kill -9`, and waits for it to be gone.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the daemon to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A publisher (and inspector) on the test's own channel.
+pub struct Broker {
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Broker {
+    /// Connects to the local RabbitMQ.
+    pub async fn connect() -> Broker {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        Broker {
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// Declares the setup's queue and binding the way the daemon will, so that
+    /// messages published before it starts are kept.
+    pub async fn prepare(&self, setup: &Setup) {
+        use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+        self.channel
+            .exchange_declare(
+                setup.exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_declare(
+                setup.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                setup.queue.as_str().into(),
+                setup.exchange.as_str().into(),
+                "cdr.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes persistent messages to the setup's exchange and waits for every
+    /// confirm.
+    pub async fn publish(&self, setup: &Setup, bodies: impl IntoIterator<Item = String>) {
+        let mut pending = Vec::new();
+        for (i, body) in bodies.into_iter().enumerate() {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(format!("m-{i}").into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    setup.exchange.as_str().into(),
+                    "cdr.voice".into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap();
+            pending.push(confirm);
+            if pending.len() >= 2000 {
+                for c in pending.drain(..) {
+                    assert!(c.await.unwrap().is_ack());
+                }
+            }
+        }
+        for c in pending {
+            assert!(c.await.unwrap().is_ack());
+        }
+    }
+
+    /// Messages ready in a queue (not counting those delivered and unacked).
+    pub async fn ready(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+
+    /// Takes every message of a queue (acking them): body and headers.
+    pub async fn drain(&self, queue: &str) -> Vec<(String, FieldTable)> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers = msg
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            out.push((
+                String::from_utf8_lossy(&msg.delivery.data).into_owned(),
+                headers,
+            ));
+        }
+        out
+    }
+
+    /// Deletes the setup's queues and exchanges.
+    pub async fn cleanup(&self, setup: &Setup) {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for q in [&setup.queue, &setup.dead_queue] {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [setup.exchange.clone(), format!("{}.dead", setup.pipeline)] {
+            let _ = self
+                .channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns true, at most `limit`; panics with
+/// `what` otherwise.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// The path of a file in the folder of the setup (logs, configs).
+pub fn in_dir(setup: &Setup, name: &str) -> PathBuf {
+    Path::new(&setup.dir).join(name)
+}
