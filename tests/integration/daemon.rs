@@ -20,9 +20,15 @@ struct World {
 }
 
 async fn world(tag: &str) -> World {
+    let w = world_unprepared(tag).await;
+    w.broker.prepare(&w.setup).await;
+    w
+}
+
+/// A world whose queue the daemon itself declares.
+async fn world_unprepared(tag: &str) -> World {
     let setup = Setup::new(tag);
     let broker = Broker::connect().await;
-    broker.prepare(&setup).await;
     let db = TestSchema::create_named(&setup.pg_schema).await.unwrap();
     World { setup, broker, db }
 }
@@ -250,7 +256,7 @@ async fn killed_postgres_backends_are_retried_and_nothing_is_lost_or_dead_letter
     let mut daemon = start(&w.setup, "daemon");
     w.wait_rows(1_000, "the first rows").await;
     let mut kills = 0;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let killed: i64 = w
             .db
             .client
@@ -262,7 +268,7 @@ async fn killed_postgres_backends_are_retried_and_nothing_is_lost_or_dead_letter
             .unwrap()
             .get(0);
         kills += killed;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(kills > 0, "no backend to kill");
     w.wait_rows(20_000, "every row").await;
@@ -364,5 +370,43 @@ async fn three_daemons_on_one_queue_one_killed_and_restarted_land_every_message_
     }
     assert_eq!(w.rows().await, 30_000);
     assert_eq!(w.distinct_rows().await, 30_000);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_quorum_queue_with_a_delivery_limit_is_declared_and_consumed() {
+    let w = world_unprepared("quorum").await;
+    w.setup
+        .write_config_with("", r#", type = "quorum", delivery_limit = 5"#);
+    let mut daemon = start(&w.setup, "daemon");
+    eventually(LONG, "the daemon to declare its queue", || async {
+        w.broker.try_ready(&w.setup.queue).await.is_some()
+    })
+    .await;
+    w.broker.publish(&w.setup, cdrs(0..5_000)).await;
+    w.wait_rows(5_000, "every row").await;
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "type",
+            "arguments",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{}\t", w.setup.queue)))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains("quorum") && line.contains("x-delivery-limit"),
+        "{line}"
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    assert_eq!(w.distinct_rows().await, 5_000);
     w.finish().await;
 }

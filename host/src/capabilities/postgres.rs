@@ -84,6 +84,19 @@ impl Drop for PgConnection {
 }
 
 impl PgConnection {
+    /// Waits until the server has finished the last extended-protocol request.
+    ///
+    /// tokio-postgres returns from `execute` and from a COPY's `finish` on
+    /// CommandComplete, but outside a transaction block the server commits at the
+    /// Sync that follows, and a backend terminated in between rolls the statement
+    /// back after the client saw it succeed. A simple query behind it answers only
+    /// once that Sync was processed, so success here means committed; a failure
+    /// here is retriable, and the writer's idempotence absorbs the retry if the
+    /// commit did happen.
+    async fn settle(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("").await
+    }
+
     async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -346,10 +359,13 @@ impl HostConnection for PluginState {
             let params: Vec<Param> = params.iter().map(Param).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            conn.client
+            let n = conn
+                .client
                 .execute(&stmt, &refs)
                 .await
-                .map_err(|e| classify(&e))
+                .map_err(|e| classify(&e))?;
+            conn.settle().await.map_err(|e| classify(&e))?;
+            Ok(n)
         }
         .await;
         self.clock.add_host_time(started);
@@ -400,7 +416,9 @@ impl HostConnection for PluginState {
             sink.send(Bytes::from(data))
                 .await
                 .map_err(|e| classify(&e))?;
-            sink.finish().await.map_err(|e| classify(&e))
+            let n = sink.finish().await.map_err(|e| classify(&e))?;
+            conn.settle().await.map_err(|e| classify(&e))?;
+            Ok(n)
         }
         .await;
         self.clock.add_host_time(started);
