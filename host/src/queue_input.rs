@@ -326,6 +326,11 @@ pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> a
 }
 
 async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> anyhow::Result<()> {
+    // The default exchange and the broker's `amq.*` exchanges exist already and
+    // may not be declared by clients.
+    if name.is_empty() || name.starts_with("amq.") {
+        return Ok(());
+    }
     channel
         .exchange_declare(
             name.into(),

@@ -57,7 +57,7 @@ pub enum MessageOutcome {
 /// ```
 pub trait Source: Sized + 'static {
     /// Reads the plugin's configuration (a JSON object, from the pipeline's
-    /// `[source.config]` table) and declares the schema of the rows it produces.
+    /// `[pipelines.source.config]` table) and declares the schema of the rows it produces.
     /// Called once on every new instance, before any decoding.
     fn configure(config: &str) -> Result<(Self, Schema), PluginError>;
 

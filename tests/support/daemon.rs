@@ -58,6 +58,12 @@ impl Setup {
     /// Writes the config; `pipeline_extra` is added to the pipeline table (e.g.
     /// `consumers = 1`).
     pub fn write_config(&self, pipeline_extra: &str) {
+        self.write_config_with(pipeline_extra, "");
+    }
+
+    /// Like [`write_config`](Self::write_config), with `queue_extra` added to the
+    /// queue table (e.g. `type = "quorum"`).
+    pub fn write_config_with(&self, pipeline_extra: &str, queue_extra: &str) {
         let source_config = cdr_source_config(1, "");
         let text = format!(
             r#"
@@ -80,7 +86,7 @@ url = "{pg}?application_name={app}"
 name = "{name}"
 connection = "rabbit"
 {extra}
-queue = {{ name = "{queue}", bindings = [{{ exchange = "{exchange}", routing_key = "cdr.#" }}] }}
+queue = {{ name = "{queue}", bindings = [{{ exchange = "{exchange}", routing_key = "cdr.#" }}]{queue_extra} }}
 dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
 retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
 
@@ -102,6 +108,7 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
             app = self.pg_app,
             name = self.pipeline,
             extra = pipeline_extra,
+            queue_extra = queue_extra,
             queue = self.queue,
             exchange = self.exchange,
             dead = self.dead_queue,
@@ -303,20 +310,27 @@ impl Broker {
         }
     }
 
+    /// Messages ready in a queue (not counting those delivered and unacked), or
+    /// `None` if the queue does not exist.
+    pub async fn try_ready(&self, queue: &str) -> Option<u32> {
+        // A passive declare of a missing queue closes its channel: use a
+        // throwaway one.
+        let channel = self._connection.create_channel().await.ok()?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await;
+        let count = declared.ok()?.message_count();
+        let _ = channel.close(200, "done".into()).await;
+        Some(count)
+    }
+
     /// Messages ready in a queue (not counting those delivered and unacked).
     pub async fn ready(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map(|q| q.message_count())
-            .unwrap_or(0)
+        self.try_ready(queue).await.unwrap_or(0)
     }
 
     /// Takes every message of a queue (acking them): body and headers.

@@ -3,7 +3,7 @@
 //!
 //! # Configuration
 //!
-//! The pipeline's `[source.config]` table, given to the plugin as JSON:
+//! The pipeline's `[pipelines.source.config]` table, given to the plugin as JSON:
 //!
 //! ```json
 //! { "schema": "cdr", "version": 1,

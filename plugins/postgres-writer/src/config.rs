@@ -3,8 +3,12 @@
 //! once.
 //!
 //! ```toml
-//! [pipeline.writer.config]
-//! connection = "main"   # required: a key of the writer's `grants.postgres`
+//! [[pipelines.writers]]
+//! plugin = "postgres-writer"
+//! grants = { postgres = ["main"] }
+//!
+//! [pipelines.writers.config]
+//! connection = "main"   # required: a name in the writer's `grants.postgres`
 //! table = "cdr"         # default: the source schema's name
 //! schema = "telecom"    # default: none, the table is found through search_path
 //! ```
