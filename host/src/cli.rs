@@ -104,8 +104,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     crate::telemetry::init(cli.log_format, cli.log_level.as_deref())?;
     match cli.command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
-            tokio_runtime()?.block_on(crate::daemon::run(config))?;
+            tokio_runtime()?.block_on(crate::daemon::run(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),

@@ -1,13 +1,16 @@
 //! Sluice: an ingestion daemon that pipes RabbitMQ messages through WebAssembly
 //! source and writer plugins into Postgres and customer-managed stores.
 
+pub mod admin;
 pub mod capabilities;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin_build;
 pub mod plugin_runtime;
 pub mod queue_input;
+pub mod service;
 pub mod telemetry;

@@ -29,7 +29,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::batch::{RowSpans, merge_decoded};
+use crate::admin::Health;
 use crate::config::PipelineConfig;
+use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{
     CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
     SourceInstance, WriterInstance,
@@ -45,17 +47,39 @@ pub struct PipelinePlugins {
     pub writers: Vec<Arc<LoadedPlugin>>,
 }
 
+/// What a pipeline reports to: its metrics and the daemon's health.
+#[derive(Clone)]
+pub struct Reporting {
+    /// The pipeline's metrics.
+    pub metrics: PipelineMetrics,
+    /// Readiness and liveness of every consumer.
+    pub health: Arc<Health>,
+}
+
+/// How often an idle consumer tells the health state it is alive.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
+
 /// Starts the pipeline's consumers. They stop when `shutdown` turns true, after
 /// finishing (and acking) the batch in hand.
 pub fn spawn(
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
     plugins: PipelinePlugins,
+    reporting: Reporting,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     (0..config.consumers as usize)
         .map(|index| {
-            let worker = Worker::new(config.clone(), runtime.clone(), &plugins, index);
+            reporting
+                .health
+                .consumer_down(&config.name, index, "starting");
+            let worker = Worker::new(
+                config.clone(),
+                runtime.clone(),
+                &plugins,
+                reporting.clone(),
+                index,
+            );
             tokio::spawn(run_consumer(worker, shutdown.clone()))
         })
         .collect()
@@ -112,6 +136,7 @@ impl Backoff {
 struct Worker {
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
+    report: Reporting,
     index: usize,
     source: SourceInstance,
     writer_plugins: Vec<Arc<LoadedPlugin>>,
@@ -134,6 +159,7 @@ impl Worker {
         config: Arc<PipelineConfig>,
         runtime: Arc<PluginRuntime>,
         plugins: &PipelinePlugins,
+        report: Reporting,
         index: usize,
     ) -> Self {
         let source = SourceInstance::new(
@@ -146,6 +172,7 @@ impl Worker {
         Self {
             config,
             runtime,
+            report,
             index,
             source,
             writer_plugins: plugins.writers.clone(),
@@ -153,6 +180,38 @@ impl Worker {
             types: Vec::new(),
             backoff,
         }
+    }
+
+    /// Configures the source and opens every writer, retrying with backoff until
+    /// they are up (or shutdown).
+    async fn prepare(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
+        loop {
+            let result = match self.ensure_writers().await {
+                Ok(()) => self.open_writers().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.backoff.reset();
+                    return Ok(());
+                }
+                Err(e) => {
+                    let why = format!("plugins not ready: {e}");
+                    self.report
+                        .health
+                        .consumer_down(&self.config.name, self.index, &why);
+                    self.stall("write", "opening the plugins", &e, shutdown)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn open_writers(&mut self) -> Result<(), CallError> {
+        for writer in &mut self.writers {
+            writer.open().await?;
+        }
+        Ok(())
     }
 
     /// Creates the writer instances for the source's schema (once).
@@ -188,11 +247,14 @@ impl Worker {
     /// and the same batch is tried again.
     async fn stall(
         &mut self,
+        stage: &'static str,
         what: &str,
         error: &CallError,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
         let retry_in = self.backoff.peek();
+        self.report.metrics.retry(stage);
+        self.report.health.beat(&self.config.name, self.index);
         if error.is_retriable() {
             tracing::warn!(pipeline = %self.config.name, consumer = self.index, error = %error, ?retry_in, "{what} failed; retrying, messages stay in the queue");
         } else {
@@ -209,12 +271,23 @@ impl Worker {
     ) -> Result<(DecodedBatch, Vec<Option<Refusal>>), Stop> {
         loop {
             if let Err(e) = self.ensure_writers().await {
-                self.stall("configuring the source", &e, shutdown).await?;
+                self.stall("decode", "configuring the source", &e, shutdown)
+                    .await?;
                 continue;
             }
-            match self.source.decode(messages).await {
+            let called = Instant::now();
+            let result = self.source.decode(messages).await;
+            let plugin = self.source.plugin().info.label();
+            self.report
+                .metrics
+                .plugin_call(&plugin, "decode", called.elapsed());
+            if let Err(e) = &result {
+                self.report
+                    .metrics
+                    .plugin_failure(&plugin, e.func(), e.kind());
+            }
+            match result {
                 Ok(decoded) => {
-                    let plugin = self.source.plugin().info.label();
                     let refusals = decoded
                         .outcomes
                         .iter()
@@ -251,7 +324,7 @@ impl Worker {
                     let (b, rb) = Box::pin(self.decode(right, shutdown)).await?;
                     return Ok((merge_decoded(a, b), ra.into_iter().chain(rb).collect()));
                 }
-                Err(e) => self.stall("decoding", &e, shutdown).await?,
+                Err(e) => self.stall("decode", "decoding", &e, shutdown).await?,
             }
         }
     }
@@ -266,7 +339,18 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Vec<(u32, String)>, Stop> {
         loop {
-            match self.writers[w].write(rows).await {
+            let called = Instant::now();
+            let result = self.writers[w].write(rows).await;
+            let plugin = self.writers[w].plugin().info.label();
+            self.report
+                .metrics
+                .plugin_call(&plugin, "write", called.elapsed());
+            if let Err(e) = &result {
+                self.report
+                    .metrics
+                    .plugin_failure(&plugin, e.func(), e.kind());
+            }
+            match result {
                 Ok(rejections) => {
                     return Ok(rejections.into_iter().map(|r| (r.row, r.reason)).collect());
                 }
@@ -287,7 +371,7 @@ impl Worker {
                     out.extend(right_out.into_iter().map(|(r, reason)| (r + mid, reason)));
                     return Ok(out);
                 }
-                Err(e) => self.stall("writing", &e, shutdown).await?,
+                Err(e) => self.stall("write", "writing", &e, shutdown).await?,
             }
         }
     }
@@ -302,6 +386,7 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
         let started = Instant::now();
+        self.report.metrics.received(messages.len() as u64);
         let (decoded, mut refusals) = self.decode(&messages, shutdown).await?;
         let owners = batch::row_owners(&decoded.outcomes);
         let mut rows_written = 0u64;
@@ -311,8 +396,13 @@ impl Worker {
             })?;
             for w in 0..self.writers.len() {
                 let rejected = self.write(w, &decoded.rows, &spans, shutdown).await?;
-                rows_written += u64::from(decoded.rows.count) - rejected.len() as u64;
+                let written = u64::from(decoded.rows.count) - rejected.len() as u64;
+                rows_written += written;
                 let plugin = self.writers[w].plugin().info.label();
+                self.report.metrics.rows_written(&plugin, written);
+                self.report
+                    .metrics
+                    .rows_rejected(&plugin, rejected.len() as u64);
                 for (row, reason) in rejected {
                     let message = owners[row as usize] as usize;
                     let refusal = refusals[message].get_or_insert_with(|| Refusal {
@@ -348,6 +438,7 @@ impl Worker {
                 .dead_letter(&self.config.dead_letter, &letters)
                 .await?;
             for letter in &letters {
+                self.report.metrics.dead_lettered(letter.stage, 1);
                 tracing::warn!(
                     pipeline = %self.config.name,
                     stage = letter.stage,
@@ -359,6 +450,9 @@ impl Worker {
         }
         let last = received.last().expect("a batch is never empty").tag;
         session.ack_through(last).await?;
+        self.report.metrics.acked(messages.len() as u64);
+        self.report.metrics.batch(messages.len(), started.elapsed());
+        self.report.health.beat(&self.config.name, self.index);
         tracing::debug!(
             pipeline = %self.config.name,
             consumer = self.index,
@@ -384,20 +478,32 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
     let name = worker.config.name.clone();
     let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        match consume(&mut worker, &mut shutdown, &mut reconnect).await {
-            Ok(()) | Err(Stop::Shutdown) => break,
-            Err(Stop::Session(e)) => {
-                tracing::warn!(pipeline = %name, consumer = worker.index, error = format!("{e:#}"), retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
-                if reconnect.wait(&mut shutdown).await.is_err() {
-                    break;
+    // Connect to the stores before taking messages: a daemon that reports ready
+    // has its writers open.
+    if worker.prepare(&mut shutdown).await.is_ok() {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match consume(&mut worker, &mut shutdown, &mut reconnect).await {
+                Ok(()) | Err(Stop::Shutdown) => break,
+                Err(Stop::Session(e)) => {
+                    let why = format!("RabbitMQ session lost: {e:#}");
+                    worker
+                        .report
+                        .health
+                        .consumer_down(&name, worker.index, &why);
+                    worker.report.metrics.connected(worker.index, false);
+                    tracing::warn!(pipeline = %name, consumer = worker.index, error = format!("{e:#}"), retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
+                    if reconnect.wait(&mut shutdown).await.is_err() {
+                        break;
+                    }
+                    worker.report.metrics.reconnected();
                 }
             }
         }
     }
+    worker.report.metrics.connected(worker.index, false);
     tracing::info!(pipeline = %name, consumer = worker.index, "consumer stopped");
 }
 
@@ -409,13 +515,23 @@ async fn consume(
 ) -> Result<(), Stop> {
     let (session, mut stream) = Session::open(&worker.config, worker.index).await?;
     reconnect.reset();
+    worker
+        .report
+        .health
+        .consumer_up(&worker.config.name, worker.index);
+    worker.report.metrics.connected(worker.index, true);
     tracing::info!(pipeline = %worker.config.name, consumer = worker.index, queue = %worker.config.queue.name, "consuming");
     let max = worker.config.batch.max_messages;
     let max_wait = worker.config.batch.max_wait;
     loop {
-        // Wait for the first message of a batch, or for shutdown.
+        // Wait for the first message of a batch, or for shutdown, telling the
+        // health state now and then that an idle consumer is alive.
         let first = tokio::select! {
             d = stream.next() => d,
+            _ = tokio::time::sleep(IDLE_BEAT) => {
+                worker.report.health.beat(&worker.config.name, worker.index);
+                continue;
+            }
             _ = stopped(shutdown) => {
                 session.cancel().await.ok();
                 session.close().await;

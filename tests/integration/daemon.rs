@@ -3,30 +3,30 @@
 
 use std::time::Duration;
 
-use sluice_tests::daemon::{Broker, Daemon, Setup, eventually};
+use sluice_tests::daemon::{Broker, Daemon, Setup, close_connections_of, eventually};
 use sluice_tests::{TestSchema, cdr_json};
 
 /// Starts the daemon built by this package.
-fn start(setup: &Setup, log_name: &str) -> Daemon {
+pub(crate) fn start(setup: &Setup, log_name: &str) -> Daemon {
     Daemon::start(env!("CARGO_BIN_EXE_sluice-under-test"), setup, log_name)
 }
 
-const LONG: Duration = Duration::from_secs(120);
+pub(crate) const LONG: Duration = Duration::from_secs(120);
 
-struct World {
-    setup: Setup,
-    broker: Broker,
-    db: TestSchema,
+pub(crate) struct World {
+    pub(crate) setup: Setup,
+    pub(crate) broker: Broker,
+    pub(crate) db: TestSchema,
 }
 
-async fn world(tag: &str) -> World {
+pub(crate) async fn world(tag: &str) -> World {
     let w = world_unprepared(tag).await;
     w.broker.prepare(&w.setup).await;
     w
 }
 
 /// A world whose queue the daemon itself declares.
-async fn world_unprepared(tag: &str) -> World {
+pub(crate) async fn world_unprepared(tag: &str) -> World {
     let setup = Setup::new(tag);
     let broker = Broker::connect().await;
     let db = TestSchema::create_named(&setup.pg_schema).await.unwrap();
@@ -34,11 +34,11 @@ async fn world_unprepared(tag: &str) -> World {
 }
 
 impl World {
-    async fn rows(&self) -> i64 {
+    pub(crate) async fn rows(&self) -> i64 {
         self.db.count_or_zero("cdr").await
     }
 
-    async fn distinct_rows(&self) -> i64 {
+    pub(crate) async fn distinct_rows(&self) -> i64 {
         self.db
             .client
             .query_one(
@@ -50,18 +50,18 @@ impl World {
             .unwrap_or(0)
     }
 
-    async fn wait_rows(&self, n: i64, what: &str) {
+    pub(crate) async fn wait_rows(&self, n: i64, what: &str) {
         eventually(LONG, what, || async { self.rows().await >= n }).await;
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.broker.cleanup(&self.setup).await;
         self.db.drop_now().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.setup.dir);
     }
 }
 
-fn cdrs(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
+pub(crate) fn cdrs(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
     range.map(cdr_json)
 }
 
@@ -287,40 +287,6 @@ async fn killed_postgres_backends_are_retried_and_nothing_is_lost_or_dead_letter
     );
     assert!(daemon.log().contains("retrying"), "the retries are logged");
     w.finish().await;
-}
-
-/// Closes the daemon's own broker connections (other suites share the broker, so
-/// never `close_all_connections`).
-fn close_connections_of(pipeline: &str) -> usize {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut closed = 0;
-    for line in text
-        .lines()
-        .filter(|l| l.contains(&format!("sluice {pipeline} consumer")))
-    {
-        let pid = line.split_whitespace().next().unwrap();
-        let status = std::process::Command::new("rabbitmqctl")
-            .args([
-                "close_connection",
-                pid,
-                "test: broker closes the connection",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        closed += 1;
-    }
-    closed
 }
 
 #[tokio::test]

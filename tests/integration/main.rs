@@ -6,6 +6,7 @@ mod cdr_to_postgres;
 mod daemon;
 mod plugin_limits;
 mod plugin_loading;
+mod service;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -29,6 +29,8 @@ pub struct Setup {
     pub pg_app: String,
     /// The folder with the config file and logs.
     pub dir: PathBuf,
+    /// The admin server's port.
+    pub admin_port: u16,
 }
 
 impl Setup {
@@ -45,6 +47,7 @@ impl Setup {
             pg_app: format!("{pipeline}-pg"),
             pipeline,
             dir,
+            admin_port: free_port(),
         };
         setup.write_config("");
         setup
@@ -70,7 +73,7 @@ impl Setup {
 [daemon]
 plugin_dir = "{plugins}"
 cache_dir = "{cache}"
-admin_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:{admin_port}"
 shutdown_timeout = "20s"
 plugin_call_timeout = "10s"
 
@@ -107,6 +110,7 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
             pg = postgres_url(),
             app = self.pg_app,
             name = self.pipeline,
+            admin_port = self.admin_port,
             extra = pipeline_extra,
             queue_extra = queue_extra,
             queue = self.queue,
@@ -117,6 +121,34 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
+}
+
+/// A TCP port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET http://127.0.0.1:<port><path>`: the status code and the body, or `None`
+/// when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// The json-source config (JSON) as a TOML inline table.
@@ -154,6 +186,16 @@ impl Daemon {
     /// the `sluice` executable (`env!("CARGO_BIN_EXE_sluice-under-test")` in the
     /// integration tests).
     pub fn start(bin: &str, setup: &Setup, log_name: &str) -> Daemon {
+        Self::start_with_env(bin, setup, log_name, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(
+        bin: &str,
+        setup: &Setup,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = setup.dir.join(format!("{log_name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
@@ -161,6 +203,9 @@ impl Daemon {
             .arg(setup.config_path())
             .env("RUST_LOG", "info,sluice=debug")
             .env_remove("RUST_BACKTRACE")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -394,4 +439,38 @@ where
 /// The path of a file in the folder of the setup (logs, configs).
 pub fn in_dir(setup: &Setup, name: &str) -> PathBuf {
     Path::new(&setup.dir).join(name)
+}
+
+/// Closes the daemon's own broker connections (other suites share the broker, so
+/// never `close_all_connections`).
+pub fn close_connections_of(pipeline: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text
+        .lines()
+        .filter(|l| l.contains(&format!("sluice {pipeline} consumer")))
+    {
+        let pid = line.split_whitespace().next().unwrap();
+        let status = std::process::Command::new("rabbitmqctl")
+            .args([
+                "close_connection",
+                pid,
+                "test: broker closes the connection",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
 }

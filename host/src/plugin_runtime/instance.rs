@@ -84,6 +84,18 @@ impl CallError {
         }
     }
 
+    /// The kind of failure, as metrics label it: `trap`, `timeout`, `memory`,
+    /// `failed` or `contract`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Trap { .. } => "trap",
+            CallError::Timeout { .. } => "timeout",
+            CallError::OutOfMemory { .. } => "memory",
+            CallError::Failed { .. } => "failed",
+            CallError::Contract { .. } => "contract",
+        }
+    }
+
     /// Whether the plugin crashed or misbehaved (trap, timeout, memory limit,
     /// contract) rather than answering with an error of its own.
     pub fn is_crash(&self) -> bool {

@@ -1,0 +1,511 @@
+//! The admin server (`admin_addr`): `/healthz`, `/readyz` and `/metrics`, and
+//! [`Health`], the state `/readyz` and the systemd watchdog
+//! ([`crate::service::spawn_watchdog`]) read.
+//!
+//! - `GET /healthz`: `200 ok` while the process serves HTTP (liveness).
+//! - `GET /readyz`: `200 ready` when the plugins are loaded, the daemon is not
+//!   draining, and every consumer has its RabbitMQ session open; otherwise `503`
+//!   with one line per reason (`pipeline cdr consumer 1: RabbitMQ session lost: …`).
+//! - `GET /metrics`: every metric, OpenMetrics text ([`Metrics::render`]).
+//!
+//! Other paths get `404`, other methods `405`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// The `Content-Type` of `/metrics`: [`Metrics::render`] writes OpenMetrics text.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// A client gets this long to send its request headers, so idle or slow
+/// connections cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `/readyz` and the watchdog know about the daemon.
+///
+/// A consumer is registered by its first [`Health::consumer_up`],
+/// [`Health::consumer_down`] or [`Health::beat`], and stays until
+/// [`Health::remove_pipeline`]; call that once the pipeline's consumers have
+/// stopped (a later call would register them again).
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Consumers by pipeline, then by index.
+    pipelines: BTreeMap<String, BTreeMap<usize, Consumer>>,
+    plugins_loaded: bool,
+    draining: bool,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    /// The AMQP session is open and consuming.
+    connected: bool,
+    /// The consumer loop's last sign of life.
+    last_beat: Instant,
+    /// Why the session went down last.
+    last_error: Option<String>,
+}
+
+impl Consumer {
+    fn new() -> Self {
+        Self {
+            connected: false,
+            last_beat: Instant::now(),
+            last_error: None,
+        }
+    }
+}
+
+impl Health {
+    /// Not ready: no plugins loaded, no consumers.
+    pub fn new() -> Arc<Health> {
+        Arc::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent, so a panic elsewhere while the
+        // lock was held does not make it unusable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_consumer(&self, pipeline: &str, consumer: usize, f: impl FnOnce(&mut Consumer)) {
+        let mut state = self.state();
+        let consumers = match state.pipelines.get_mut(pipeline) {
+            Some(c) => c,
+            None => state.pipelines.entry(pipeline.to_owned()).or_default(),
+        };
+        f(consumers.entry(consumer).or_insert_with(Consumer::new));
+    }
+
+    /// Consumer `consumer` of `pipeline` has its AMQP session open and consuming.
+    /// Counts as a beat.
+    pub fn consumer_up(&self, pipeline: &str, consumer: usize) {
+        self.with_consumer(pipeline, consumer, |c| {
+            c.connected = true;
+            c.last_beat = Instant::now();
+        });
+    }
+
+    /// Consumer `consumer` of `pipeline` lost (or could not open) its session,
+    /// because of `why`. Counts as a beat: the loop is alive, reconnecting.
+    pub fn consumer_down(&self, pipeline: &str, consumer: usize, why: &str) {
+        self.with_consumer(pipeline, consumer, |c| {
+            c.connected = false;
+            c.last_beat = Instant::now();
+            c.last_error = Some(why.to_owned());
+        });
+    }
+
+    /// The consumer loop is alive: it finished a batch, waited idle, or is waiting
+    /// between retries. The watchdog stops pinging when a consumer has not beaten
+    /// for a whole watchdog interval.
+    pub fn beat(&self, pipeline: &str, consumer: usize) {
+        self.with_consumer(pipeline, consumer, |c| c.last_beat = Instant::now());
+    }
+
+    /// Forgets a pipeline's consumers (the pipeline was removed by a reload, or
+    /// has stopped).
+    pub fn remove_pipeline(&self, pipeline: &str) {
+        self.state().pipelines.remove(pipeline);
+    }
+
+    /// Whether the plugins are loaded (and the pipelines resolved).
+    pub fn set_plugins_loaded(&self, loaded: bool) {
+        self.state().plugins_loaded = loaded;
+    }
+
+    /// Whether the daemon is draining for shutdown: not ready, and no longer
+    /// checked by the watchdog (the shutdown timeout bounds the drain).
+    pub fn set_draining(&self, draining: bool) {
+        self.state().draining = draining;
+    }
+
+    /// `Ok` when the plugins are loaded, the daemon is not draining and every
+    /// registered consumer is up; otherwise every reason it is not, one per line
+    /// of the `/readyz` answer.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let state = self.state();
+        let mut reasons = Vec::new();
+        if !state.plugins_loaded {
+            reasons.push("plugins not loaded".to_owned());
+        }
+        if state.draining {
+            reasons.push("draining: the daemon is shutting down".to_owned());
+        }
+        for (pipeline, consumers) in &state.pipelines {
+            for (index, c) in consumers.iter().filter(|(_, c)| !c.connected) {
+                reasons.push(match &c.last_error {
+                    Some(why) => {
+                        format!(
+                            "pipeline {pipeline} consumer {index}: RabbitMQ session lost: {why}"
+                        )
+                    }
+                    None => format!("pipeline {pipeline} consumer {index}: not consuming yet"),
+                });
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    /// Whether every registered consumer beat within `window`. Always true while
+    /// draining.
+    pub fn alive_within(&self, window: Duration) -> bool {
+        self.stuck(window).is_empty()
+    }
+
+    /// The consumers that have not beaten within `window`, described as
+    /// `pipeline cdr consumer 1: no progress for 42.1s`; none while draining.
+    pub fn stuck(&self, window: Duration) -> Vec<String> {
+        let state = self.state();
+        if state.draining {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut stuck = Vec::new();
+        for (pipeline, consumers) in &state.pipelines {
+            for (index, c) in consumers {
+                let quiet = now.saturating_duration_since(c.last_beat);
+                if quiet > window {
+                    stuck.push(format!(
+                        "pipeline {pipeline} consumer {index}: no progress for {:.1}s",
+                        quiet.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        stuck
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` (port 0 picks a free
+/// port) until `shutdown` turns true (or its sender is dropped). Returns the bound
+/// address and the accept loop's task.
+///
+/// Pass a receiver that turns true when the daemon exits, not when draining
+/// starts: while draining, `/readyz` answers 503 and `/metrics` stays scrapeable.
+/// At shutdown, open connections finish the request in hand and close.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin server to {addr} (`admin_addr`)"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the admin server's address")?;
+    tracing::info!(addr = %bound, "admin server listening: /healthz, /readyz, /metrics");
+    let task = tokio::spawn(accept_loop(listener, metrics, health, shutdown));
+    Ok((bound, task))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, usually: wait instead of spinning.
+                tracing::warn!(error = %e, "admin server: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let health = health.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &metrics, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "admin server: connection ended with an error");
+            }
+        });
+    }
+    tracing::debug!("admin server stopped");
+}
+
+/// Resolves when `shutdown` turns true or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n",
+        );
+    }
+    if req.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET"));
+        return response;
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match health.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reasons) => {
+                let mut body = String::new();
+                for reason in reasons {
+                    body.push_str(&reason.replace('\n', " "));
+                    body.push('\n');
+                }
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+        },
+        _ => with_type(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.render()),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    with_type(status, TEXT_CONTENT_TYPE, body)
+}
+
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// An answer read off the wire.
+    struct Answer {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut raw = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw))
+            .await
+            .expect("the server answers within 5s")
+            .expect("read");
+        let (headers, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+        let status = headers
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        Answer {
+            status,
+            headers: headers.to_ascii_lowercase(),
+            body: body.to_owned(),
+        }
+    }
+
+    async fn start() -> (
+        SocketAddr,
+        JoinHandle<()>,
+        Arc<Metrics>,
+        Arc<Health>,
+        watch::Sender<bool>,
+    ) {
+        let metrics = Metrics::new();
+        let health = Health::new();
+        let (stop, stopped) = watch::channel(false);
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            health.clone(),
+            stopped,
+        )
+        .await
+        .expect("serve");
+        (addr, task, metrics, health, stop)
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_ok_on_a_port_it_picked() {
+        let (addr, _task, _metrics, _health, _stop) = start().await;
+        assert_ne!(addr.port(), 0);
+        let answer = request(addr, "GET", "/healthz").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_plugins_consumers_and_draining() {
+        let (addr, _task, _metrics, health, _stop) = start().await;
+
+        let answer = request(addr, "GET", "/readyz").await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body, "plugins not loaded\n");
+
+        health.set_plugins_loaded(true);
+        health.consumer_up("cdr", 0);
+        health.consumer_up("cdr", 1);
+        let answer = request(addr, "GET", "/readyz").await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
+
+        health.consumer_down("cdr", 1, "connection reset by peer");
+        health.beat("sms", 0);
+        let answer = request(addr, "GET", "/readyz").await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(
+            answer.body,
+            "pipeline cdr consumer 1: RabbitMQ session lost: connection reset by peer\n\
+             pipeline sms consumer 0: not consuming yet\n"
+        );
+
+        health.consumer_up("cdr", 1);
+        health.remove_pipeline("sms");
+        let answer = request(addr, "GET", "/readyz").await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
+
+        health.set_draining(true);
+        let answer = request(addr, "GET", "/readyz").await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body, "draining: the daemon is shutting down\n");
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_the_registry_as_openmetrics() {
+        let (addr, _task, metrics, _health, _stop) = start().await;
+        metrics.pipeline("cdr").received(10);
+        let answer = request(addr, "GET", "/metrics").await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer
+                .headers
+                .contains(&format!("content-type: {METRICS_CONTENT_TYPE}")),
+            "{}",
+            answer.headers
+        );
+        assert!(
+            answer
+                .body
+                .lines()
+                .any(|l| l == r#"sluice_messages_received_total{pipeline="cdr"} 10"#),
+            "{}",
+            answer.body
+        );
+        assert!(answer.body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_get_404_and_other_methods_405() {
+        let (addr, _task, _metrics, _health, _stop) = start().await;
+        assert_eq!(request(addr, "GET", "/").await.status, 404);
+        assert_eq!(request(addr, "GET", "/metricsz").await.status, 404);
+        let answer = request(addr, "POST", "/metrics").await;
+        assert_eq!(answer.status, 405);
+        assert!(answer.headers.contains("allow: get"), "{}", answer.headers);
+        assert_eq!(request(addr, "DELETE", "/healthz").await.status, 405);
+        // The query string is not part of the path.
+        assert_eq!(request(addr, "GET", "/healthz?verbose=1").await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn stops_accepting_when_shutdown_turns_true() {
+        let (addr, task, _metrics, _health, stop) = start().await;
+        assert_eq!(request(addr, "GET", "/healthz").await.status, 200);
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the accept loop ends")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn refuses_an_address_in_use_with_the_config_key() {
+        let (addr, _task, metrics, health, _stop) = start().await;
+        let (_, stopped) = watch::channel(false);
+        let e = serve(addr, metrics, health, stopped).await.unwrap_err();
+        assert!(format!("{e:#}").contains("admin_addr"), "{e:#}");
+    }
+
+    #[test]
+    fn a_consumer_that_stops_beating_is_stuck_unless_draining() {
+        let health = Health::new();
+        assert!(health.alive_within(Duration::ZERO), "no consumers: alive");
+        health.consumer_up("cdr", 0);
+        health.beat("cdr", 1);
+        assert!(health.alive_within(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(30));
+        health.beat("cdr", 1);
+        let stuck = health.stuck(Duration::from_millis(20));
+        assert_eq!(stuck.len(), 1, "{stuck:?}");
+        assert!(
+            stuck[0].starts_with("pipeline cdr consumer 0: no progress for "),
+            "{stuck:?}"
+        );
+        assert!(!health.alive_within(Duration::from_millis(20)));
+        health.set_draining(true);
+        assert!(health.alive_within(Duration::from_millis(20)));
+    }
+}
