@@ -14,64 +14,16 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
 use crate::config::{Config, PipelineConfig};
-use crate::metrics::{LoadOutcome, Metrics, ReloadOutcome};
+use crate::metrics::{Metrics, ReloadOutcome};
 use crate::pipeline::{self, PipelinePlugins, Reporting};
-use crate::plugin_runtime::{LoadedPlugin, PluginKind, PluginRuntime, RuntimeConfig};
+use crate::plugin_runtime::{PluginKind, PluginRuntime, RuntimeConfig};
+use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
 use crate::service;
 
-/// Plugins by the name they declare.
-pub type PluginSet = BTreeMap<String, Arc<LoadedPlugin>>;
-
-/// Loads every `*.wasm` file of `dir`. A file that is refused is logged with the
-/// reason and left out; the caller finds out when a pipeline names it.
-pub async fn load_plugin_dir(
-    runtime: &Arc<PluginRuntime>,
-    dir: &Path,
-    metrics: Option<&Metrics>,
-) -> anyhow::Result<PluginSet> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading the plugin folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .collect();
-    files.sort();
-    let mut set = PluginSet::new();
-    for file in files {
-        match runtime.load(&file).await {
-            Ok(plugin) => {
-                if let Some(m) = metrics {
-                    m.plugin_loaded(&plugin.info.name, LoadOutcome::Loaded);
-                }
-                tracing::info!(
-                    plugin = %plugin.info.label(),
-                    world = %plugin.kind,
-                    file = %file.display(),
-                    sha256 = &plugin.sha256[..12],
-                    cache = ?plugin.cache,
-                    load_ms = plugin.load_time.as_secs_f64() * 1e3,
-                    "plugin loaded"
-                );
-                if let Some(other) = set.insert(plugin.info.name.clone(), Arc::new(plugin)) {
-                    tracing::warn!(plugin = %other.info.name, file = %other.path.display(), "two files declare the same plugin name; the later file wins");
-                }
-            }
-            Err(e) => {
-                if let Some(m) = metrics {
-                    let name = file
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    m.plugin_loaded(&name, LoadOutcome::Refused);
-                }
-                tracing::error!(error = %e, "plugin refused");
-            }
-        }
-    }
-    Ok(set)
-}
-
-/// Finds each pipeline's plugins, reporting every missing or mismatched one.
-pub fn resolve(config: &Config, plugins: &PluginSet) -> anyhow::Result<Vec<PipelinePlugins>> {
+/// Finds the plugins of pipeline `i`, or says which are missing or of the
+/// wrong world.
+pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<PipelinePlugins, String> {
+    let p = &config.pipelines[i];
     let mut problems = Vec::new();
     let mut find = |name: &str, kind: PluginKind, at: String| match plugins.get(name) {
         Some(p) if p.kind == kind => Some(p.clone()),
@@ -90,35 +42,26 @@ pub fn resolve(config: &Config, plugins: &PluginSet) -> anyhow::Result<Vec<Pipel
             None
         }
     };
-    let mut resolved = Vec::new();
-    for (i, p) in config.pipelines.iter().enumerate() {
-        let source = find(
-            &p.source.plugin,
-            PluginKind::Source,
-            format!("pipelines[{i}].source.plugin"),
-        );
-        let writers: Vec<_> = p
-            .writers
-            .iter()
-            .enumerate()
-            .map(|(j, w)| {
-                find(
-                    &w.plugin,
-                    PluginKind::Writer,
-                    format!("pipelines[{i}].writers[{j}].plugin"),
-                )
-            })
-            .collect();
-        if let (Some(source), Some(writers)) =
-            (source, writers.into_iter().collect::<Option<Vec<_>>>())
-        {
-            resolved.push(PipelinePlugins { source, writers });
-        }
-    }
-    if problems.is_empty() {
-        Ok(resolved)
-    } else {
-        anyhow::bail!("{}: {}", config.file.display(), problems.join("; "))
+    let source = find(
+        &p.source.plugin,
+        PluginKind::Source,
+        format!("pipelines[{i}].source.plugin"),
+    );
+    let writers: Vec<_> = p
+        .writers
+        .iter()
+        .enumerate()
+        .map(|(j, w)| {
+            find(
+                &w.plugin,
+                PluginKind::Writer,
+                format!("pipelines[{i}].writers[{j}].plugin"),
+            )
+        })
+        .collect();
+    match (source, writers.into_iter().collect::<Option<Vec<_>>>()) {
+        (Some(source), Some(writers)) => Ok(PipelinePlugins { source, writers }),
+        _ => Err(problems.join("; ")),
     }
 }
 
@@ -156,7 +99,10 @@ struct Daemon {
     runtime: Arc<PluginRuntime>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    registry: PluginRegistry,
     running: BTreeMap<String, Running>,
+    /// Pipelines waiting for a plugin, with the reason.
+    paused: BTreeMap<String, String>,
 }
 
 impl Daemon {
@@ -199,38 +145,98 @@ impl Daemon {
         drained
     }
 
-    /// SIGHUP: re-reads the configuration and rescans the plugin folder. An
-    /// invalid configuration, or one naming plugins that are missing, is refused
-    /// as a whole and the running pipelines carry on. Otherwise pipelines are
-    /// added, removed or restarted (drained first) as the new configuration says;
-    /// unchanged ones are not touched.
-    async fn reload(&mut self) {
-        service::reloading();
-        let outcome = self.try_reload().await;
-        match &outcome {
-            Ok(summary) => {
-                self.metrics.reload(ReloadOutcome::Applied);
-                tracing::info!(
-                    added = ?summary.added,
-                    removed = ?summary.removed,
-                    restarted = ?summary.restarted,
-                    unchanged = ?summary.unchanged,
-                    "reload applied"
-                );
+    /// Makes the running pipelines match `config` and the plugins in use:
+    /// pipelines are started, stopped (drained first), restarted when their
+    /// settings or plugin contents changed, or paused while a plugin they need is
+    /// missing (their messages wait in the queue); unchanged ones are not touched.
+    async fn apply(&mut self, config: Config, summary: &mut ApplySummary) {
+        let plugins = self.registry.plugins();
+        let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = (0
+            ..config.pipelines.len())
+            .map(|i| {
+                (
+                    config.pipelines[i].name.clone(),
+                    (config.pipelines[i].clone(), resolve(&config, i, &plugins)),
+                )
+            })
+            .collect();
+        let mut names = Vec::new();
+        let mut stopping = Vec::new();
+        for name in self.running.keys().cloned().collect::<Vec<_>>() {
+            match wanted.get(&name) {
+                None => summary.removed.push(name.clone()),
+                Some((_, Err(_))) => {} // paused below
+                Some((p, Ok(r))) if fingerprint(p, r) != self.running[&name].fingerprint => {
+                    summary.restarted.push(name.clone())
+                }
+                Some(_) => {
+                    summary.unchanged.push(name.clone());
+                    continue;
+                }
             }
-            Err(e) => {
-                self.metrics.reload(ReloadOutcome::Refused);
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    "reload refused; the running configuration stays"
-                );
+            stopping.push(self.running.remove(&name).expect("listed above"));
+            names.push(name);
+        }
+        if !self.drain(&names, stopping).await {
+            tracing::warn!(
+                "some stopped pipelines did not finish their batch in time; their messages will be redelivered"
+            );
+        }
+        let was_paused = std::mem::take(&mut self.paused);
+        for name in was_paused.keys() {
+            if !wanted.contains_key(name) {
+                self.health.remove_pipeline(name);
+                summary.removed.push(name.clone());
             }
         }
-        service::ready(&self.status());
+        for (name, (p, r)) in wanted {
+            if self.running.contains_key(&name) {
+                continue;
+            }
+            match r {
+                Ok(r) => {
+                    if was_paused.contains_key(&name) {
+                        summary.resumed.push(name.clone());
+                    } else if !summary.restarted.contains(&name) {
+                        summary.added.push(name.clone());
+                    }
+                    self.health.remove_pipeline(&name);
+                    self.start(&p, r);
+                }
+                Err(reason) => {
+                    tracing::warn!(pipeline = %name, reason = %reason, "pipeline paused: its messages wait in the queue until the plugin is there");
+                    self.health
+                        .consumer_down(&name, 0, &format!("paused: {reason}"));
+                    summary.paused.push(name.clone());
+                    self.paused.insert(name, reason);
+                }
+            }
+        }
+        self.config = config;
     }
 
-    async fn try_reload(&mut self) -> anyhow::Result<ReloadSummary> {
-        let config = Config::load(&self.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    /// SIGHUP or a change in the plugin folder or the configuration file:
+    /// re-reads the configuration and rescans the plugin folder. An invalid
+    /// configuration is refused as a whole (every problem logged) and the running
+    /// one stays; a refused plugin file leaves the version loaded before in use.
+    async fn reload(&mut self, why: &str) {
+        service::reloading();
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(e) => {
+                self.metrics.reload(ReloadOutcome::Refused);
+                // One line, every problem: log lines are read one at a time.
+                let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    trigger = why,
+                    file = %e.file.display(),
+                    problems = %problems.join("; "),
+                    "reload refused; the running configuration stays"
+                );
+                service::ready(&self.status());
+                return;
+            }
+        };
         if config.daemon.admin_addr != self.config.daemon.admin_addr
             || config.daemon.plugin_memory_limit != self.config.daemon.plugin_memory_limit
             || config.daemon.plugin_call_timeout != self.config.daemon.plugin_call_timeout
@@ -240,52 +246,27 @@ impl Daemon {
                 "admin_addr, cache_dir and plugin limits apply at the next restart, not on reload"
             );
         }
-        let plugins = load_plugin_dir(
-            &self.runtime,
-            &config.daemon.plugin_dir,
-            Some(&self.metrics),
-        )
-        .await?;
-        let resolved = resolve(&config, &plugins)?;
-
-        let mut summary = ReloadSummary::default();
-        let wanted: BTreeMap<&str, (&PipelineConfig, PipelinePlugins)> = config
-            .pipelines
-            .iter()
-            .zip(resolved)
-            .map(|(p, r)| (p.name.as_str(), (p, r)))
-            .collect();
-        let mut to_stop = Vec::new();
-        let mut stopping = Vec::new();
-        for name in self.running.keys().cloned().collect::<Vec<_>>() {
-            match wanted.get(name.as_str()) {
-                None => summary.removed.push(name.clone()),
-                Some((p, r)) if fingerprint(p, r) != self.running[&name].fingerprint => {
-                    summary.restarted.push(name.clone())
-                }
-                Some(_) => {
-                    summary.unchanged.push(name.clone());
-                    continue;
-                }
+        if config.daemon.plugin_dir != self.registry.dir() {
+            self.registry = PluginRegistry::new(config.daemon.plugin_dir.clone());
+        }
+        let scan = match self.registry.scan(&self.runtime, Some(&self.metrics)).await {
+            Ok(scan) => scan,
+            Err(e) => {
+                self.metrics.reload(ReloadOutcome::Refused);
+                tracing::error!(
+                    trigger = why,
+                    error = format!("{e:#}"),
+                    "reload refused; the running configuration stays"
+                );
+                service::ready(&self.status());
+                return;
             }
-            stopping.push(self.running.remove(&name).expect("listed above"));
-            to_stop.push(name);
-        }
-        if !self.drain(&to_stop, stopping).await {
-            tracing::warn!(
-                "some stopped pipelines did not finish their batch in time; their messages will be redelivered"
-            );
-        }
-        for (name, (p, r)) in wanted {
-            if !self.running.contains_key(name) {
-                if !summary.restarted.iter().any(|n| n == name) {
-                    summary.added.push(name.to_string());
-                }
-                self.start(p, r);
-            }
-        }
-        self.config = config;
-        Ok(summary)
+        };
+        let mut summary = ApplySummary::default();
+        self.apply(config, &mut summary).await;
+        self.metrics.reload(ReloadOutcome::Applied);
+        log_reload(why, &scan, &summary);
+        service::ready(&self.status());
     }
 
     fn status(&self) -> String {
@@ -297,19 +278,46 @@ impl Daemon {
     }
 }
 
-#[derive(Default)]
-struct ReloadSummary {
+/// What happened to the pipelines in one reload.
+#[derive(Debug, Default)]
+struct ApplySummary {
     added: Vec<String>,
     removed: Vec<String>,
     restarted: Vec<String>,
+    resumed: Vec<String>,
+    paused: Vec<String>,
     unchanged: Vec<String>,
+}
+
+/// The one line a reload reports its outcome in.
+fn log_reload(trigger: &str, scan: &ScanSummary, applied: &ApplySummary) {
+    tracing::info!(
+        trigger,
+        plugins_loaded = ?scan.loaded,
+        plugins_replaced = ?scan.replaced,
+        plugins_unloaded = ?scan.unloaded,
+        plugins_refused = ?scan.refused,
+        pipelines_added = ?applied.added,
+        pipelines_removed = ?applied.removed,
+        pipelines_restarted = ?applied.restarted,
+        pipelines_resumed = ?applied.resumed,
+        pipelines_paused = ?applied.paused,
+        pipelines_unchanged = ?applied.unchanged,
+        "reload applied"
+    );
 }
 
 /// Sends READY=1 once every consumer is connected to its stores and the broker.
 fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if health.readiness().is_ok() {
+            // Paused pipelines wait for an operator to deploy a plugin; they keep
+            // /readyz unready but must not keep systemd waiting for startup.
+            let ready = match health.readiness() {
+                Ok(()) => true,
+                Err(reasons) => reasons.iter().all(|r| r.contains("paused: ")),
+            };
+            if ready {
                 tracing::info!("ready: every consumer is connected");
                 service::ready(&status);
                 return;
@@ -321,6 +329,12 @@ fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
 
 /// Runs the daemon on the configuration in `path` until SIGTERM or SIGINT.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
+    // First of all, so that a SIGTERM during startup is a clean stop once the
+    // pipelines are up, not the default action (death with a signal).
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = PluginRuntime::new(RuntimeConfig {
         cache_dir: Some(config.daemon.cache_dir.clone()),
@@ -333,26 +347,25 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(addr) = config.daemon.admin_addr {
         admin::serve(addr, metrics.clone(), health.clone(), exiting.clone()).await?;
     }
-    let plugins = load_plugin_dir(&runtime, &config.daemon.plugin_dir, Some(&metrics)).await?;
-    let resolved = resolve(&config, &plugins)?;
+    let mut registry = PluginRegistry::new(config.daemon.plugin_dir.clone());
+    let scan = registry.scan(&runtime, Some(&metrics)).await?;
     health.set_plugins_loaded(true);
+    let (_watcher, mut changes) = crate::reload::watch(&config.daemon.plugin_dir, path)?;
 
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut daemon = Daemon {
         config_path: path.to_path_buf(),
-        config,
+        config: config.clone(),
         runtime,
         metrics,
         health: health.clone(),
+        registry,
         running: BTreeMap::new(),
+        paused: BTreeMap::new(),
     };
-    for (pipeline, plugins) in daemon.config.pipelines.clone().iter().zip(resolved) {
-        daemon.start(pipeline, plugins);
-    }
-    tracing::info!(pipelines = daemon.running.len(), plugins = plugins.len(), config = %path.display(), "sluice running");
+    let mut summary = ApplySummary::default();
+    daemon.apply(config, &mut summary).await;
+    log_reload("startup", &scan, &summary);
+    tracing::info!(pipelines = daemon.running.len(), paused = daemon.paused.len(), config = %path.display(), "sluice running");
     let ready = notify_when_ready(health.clone(), daemon.status());
     let watchdog = service::spawn_watchdog(health.clone());
 
@@ -362,7 +375,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             _ = interrupt.recv() => break "SIGINT",
             _ = hangup.recv() => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration and the plugins");
-                daemon.reload().await;
+                daemon.reload("SIGHUP").await;
+            }
+            Some(()) = changes.recv() => {
+                // Changes that came in while reloading are covered by this reload.
+                while changes.try_recv().is_ok() {}
+                daemon.reload("files changed").await;
             }
         }
     };

@@ -12,5 +12,6 @@ pub mod pipeline;
 pub mod plugin_build;
 pub mod plugin_runtime;
 pub mod queue_input;
+pub mod reload;
 pub mod service;
 pub mod telemetry;

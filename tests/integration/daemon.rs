@@ -317,7 +317,10 @@ async fn the_broker_closing_the_connections_mid_stream_is_recovered_without_loss
 
 #[tokio::test]
 async fn three_daemons_on_one_queue_one_killed_and_restarted_land_every_message_once() {
-    let w = world("three").await;
+    let mut w = world("three").await;
+    // Three daemons on one config: let each pick its own admin port.
+    w.setup.admin_port = 0;
+    w.setup.write_config("");
     w.broker.publish(&w.setup, cdrs(0..30_000)).await;
     let a = start(&w.setup, "a");
     let mut b = start(&w.setup, "b");

@@ -1,0 +1,280 @@
+//! Hot reload: the plugin folder, kept by file, and the watcher that tells the
+//! daemon when the folder or the configuration file changed.
+//!
+//! The deploy contract: write `name.wasm.tmp` (any `*.tmp`) in the plugin folder,
+//! then rename it to `name.wasm`. Temporary files are ignored; a file whose
+//! content did not change is a no-op; a new or changed file is loaded (compiled
+//! and checked off the pipelines' tasks) and, if it is refused, the version that
+//! was loaded from that file before stays in use.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::metrics::{LoadOutcome, Metrics};
+use crate::plugin_runtime::{LoadedPlugin, PluginRuntime};
+
+/// Plugins by the name they declare.
+pub type PluginSet = BTreeMap<String, Arc<LoadedPlugin>>;
+
+/// How long the folder must be quiet before a change is acted on.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// What the plugin folder held at the last scan, file by file.
+pub struct PluginRegistry {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileEntry>,
+}
+
+struct FileEntry {
+    /// Hash of the content last seen in the file (loaded or refused).
+    seen: String,
+    /// The plugin in use from this file: the last version that loaded.
+    plugin: Option<Arc<LoadedPlugin>>,
+    /// Why the content last seen was refused, if it was.
+    refused: Option<String>,
+}
+
+/// What a scan changed.
+#[derive(Debug, Default)]
+pub struct ScanSummary {
+    /// New plugins (`name@version`).
+    pub loaded: Vec<String>,
+    /// Plugins whose file changed and loaded (`name@old -> name@new`).
+    pub replaced: Vec<String>,
+    /// Plugins whose file was removed.
+    pub unloaded: Vec<String>,
+    /// Files refused, with the reason (the old version, if any, stays).
+    pub refused: Vec<String>,
+}
+
+impl ScanSummary {
+    /// Whether the scan changed which plugins are in use.
+    pub fn changed(&self) -> bool {
+        !(self.loaded.is_empty() && self.replaced.is_empty() && self.unloaded.is_empty())
+    }
+}
+
+/// The status of one file, as `sluice plugins` and the logs show it.
+#[derive(Debug)]
+pub struct FileStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// The plugin in use from it.
+    pub plugin: Option<Arc<LoadedPlugin>>,
+    /// Why its current content was refused.
+    pub refused: Option<String>,
+}
+
+fn is_candidate(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "wasm")
+        && !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+impl PluginRegistry {
+    /// An empty registry for `dir`; call [`scan`](Self::scan) to fill it.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Brings the registry up to date with the folder. Loading happens only for
+    /// files whose content changed.
+    pub async fn scan(
+        &mut self,
+        runtime: &Arc<PluginRuntime>,
+        metrics: Option<&Metrics>,
+    ) -> anyhow::Result<ScanSummary> {
+        let mut summary = ScanSummary::default();
+        let mut present: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading the plugin folder {}", self.dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_candidate(p))
+            .collect();
+        present.sort();
+        for path in &present {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let hash = hex::encode(Sha256::digest(&bytes));
+            if self.files.get(path).is_some_and(|e| e.seen == hash) {
+                continue;
+            }
+            let previous = self.files.get(path).and_then(|e| e.plugin.clone());
+            match runtime.load(path).await {
+                Ok(plugin) => {
+                    let plugin = Arc::new(plugin);
+                    if let Some(m) = metrics {
+                        m.plugin_loaded(&plugin.info.name, LoadOutcome::Loaded);
+                    }
+                    tracing::info!(
+                        plugin = %plugin.info.label(),
+                        world = %plugin.kind,
+                        file = %path.display(),
+                        sha256 = &plugin.sha256[..12],
+                        cache = ?plugin.cache,
+                        load_ms = plugin.load_time.as_secs_f64() * 1e3,
+                        "plugin loaded"
+                    );
+                    match &previous {
+                        Some(old) => summary.replaced.push(format!(
+                            "{} -> {}",
+                            old.info.label(),
+                            plugin.info.label()
+                        )),
+                        None => summary.loaded.push(plugin.info.label()),
+                    }
+                    self.files.insert(
+                        path.clone(),
+                        FileEntry {
+                            seen: hash,
+                            plugin: Some(plugin),
+                            refused: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    if let Some(m) = metrics {
+                        let name = path
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        m.plugin_loaded(&name, LoadOutcome::Refused);
+                    }
+                    let kept = previous.as_ref().map(|p| p.info.label());
+                    tracing::error!(error = %e, kept = ?kept, "plugin refused");
+                    summary.refused.push(e.to_string());
+                    self.files.insert(
+                        path.clone(),
+                        FileEntry {
+                            seen: hash,
+                            plugin: previous,
+                            refused: Some(e.to_string()),
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(plugin) = self.files.remove(&path).and_then(|e| e.plugin) {
+                tracing::info!(plugin = %plugin.info.label(), file = %path.display(), "plugin unloaded: its file was removed");
+                summary.unloaded.push(plugin.info.label());
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The plugins in use, by name. Two files declaring the same name: the one
+    /// whose path sorts last wins, with a warning.
+    pub fn plugins(&self) -> PluginSet {
+        let mut set = PluginSet::new();
+        for (path, entry) in &self.files {
+            if let Some(plugin) = &entry.plugin {
+                if let Some(other) = set.insert(plugin.info.name.clone(), plugin.clone()) {
+                    tracing::warn!(plugin = %plugin.info.name, file = %path.display(), other = %other.path.display(), "two files declare the same plugin name; using the later file");
+                }
+            }
+        }
+        set
+    }
+
+    /// Every file with what is in use from it and its last refusal.
+    pub fn status(&self) -> Vec<FileStatus> {
+        self.files
+            .iter()
+            .map(|(path, e)| FileStatus {
+                path: path.clone(),
+                plugin: e.plugin.clone(),
+                refused: e.refused.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Watches the plugin folder and the configuration file. Each quiet moment
+/// after a relevant change sends one `()` on the returned channel. Keep the
+/// returned watcher alive as long as events are wanted.
+pub fn watch(
+    plugin_dir: &Path,
+    config_file: &Path,
+) -> anyhow::Result<(
+    Debouncer<RecommendedWatcher, RecommendedCache>,
+    mpsc::UnboundedReceiver<()>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config_file = config_file
+        .canonicalize()
+        .unwrap_or_else(|_| config_file.to_path_buf());
+    let config_name = config_file.file_name().map(|n| n.to_os_string());
+    let plugin_dir_abs = plugin_dir
+        .canonicalize()
+        .unwrap_or_else(|_| plugin_dir.to_path_buf());
+    let handler = {
+        let plugin_dir = plugin_dir_abs.clone();
+        move |result: DebounceEventResult| match result {
+            Ok(events) => {
+                let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
+                    let in_plugins = p.parent() == Some(plugin_dir.as_path()) && is_candidate(p);
+                    let is_config = p.file_name().map(|n| n.to_os_string()) == config_name;
+                    in_plugins || is_config
+                });
+                if relevant {
+                    let _ = tx.send(());
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "watching the plugin folder");
+                }
+            }
+        }
+    };
+    let mut debouncer =
+        new_debouncer(DEBOUNCE, None, handler).context("starting the file watcher")?;
+    debouncer
+        .watch(&plugin_dir_abs, RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", plugin_dir.display()))?;
+    if let Some(parent) = config_file.parent() {
+        if parent != plugin_dir_abs {
+            debouncer
+                .watch(parent, RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", parent.display()))?;
+        }
+    }
+    Ok((debouncer, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_and_hidden_files_are_not_plugins() {
+        assert!(is_candidate(Path::new("/p/json-source.wasm")));
+        assert!(!is_candidate(Path::new("/p/json-source.wasm.tmp")));
+        assert!(!is_candidate(Path::new("/p/.json-source.wasm")));
+        assert!(!is_candidate(Path::new("/p/notes.txt")));
+    }
+}
