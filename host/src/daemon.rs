@@ -67,9 +67,12 @@ pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<Pipelin
 
 /// A pipeline that is running, and what it was started from.
 struct Running {
-    /// What decides whether a reload must restart it: its configuration and the
-    /// content of its plugins.
-    fingerprint: String,
+    /// Its configuration: a change restarts it.
+    settings: String,
+    /// The content of its plugins: a change is swapped in at a batch boundary.
+    plugin_hashes: Vec<String>,
+    /// Where new plugin versions are sent.
+    plugins: watch::Sender<PipelinePlugins>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,14 +85,18 @@ impl Running {
     }
 }
 
-fn fingerprint(config: &PipelineConfig, plugins: &PipelinePlugins) -> String {
-    // The Debug form covers every setting (passwords redacted: a password change
-    // alone does not restart a pipeline) and the hashes cover the plugin files.
-    let hashes: Vec<&str> = std::iter::once(&plugins.source)
+/// The settings of a pipeline, to tell whether a reload changed them. The Debug
+/// form covers every setting (passwords redacted: a password change alone does
+/// not restart a pipeline).
+fn settings(config: &PipelineConfig) -> String {
+    format!("{config:?}")
+}
+
+fn plugin_hashes(plugins: &PipelinePlugins) -> Vec<String> {
+    std::iter::once(&plugins.source)
         .chain(&plugins.writers)
-        .map(|p| p.sha256.as_str())
-        .collect();
-    format!("{config:?} {hashes:?}")
+        .map(|p| p.sha256.clone())
+        .collect()
 }
 
 /// Everything `run` owns.
@@ -108,7 +115,8 @@ struct Daemon {
 impl Daemon {
     fn start(&mut self, pipeline: &PipelineConfig, plugins: PipelinePlugins) {
         let (stop, stopped) = watch::channel(false);
-        let fingerprint = fingerprint(pipeline, &plugins);
+        let hashes = plugin_hashes(&plugins);
+        let (plugins_tx, plugins_rx) = watch::channel(plugins);
         let reporting = Reporting {
             metrics: self.metrics.pipeline(&pipeline.name),
             health: self.health.clone(),
@@ -116,18 +124,18 @@ impl Daemon {
         let tasks = pipeline::spawn(
             Arc::new(pipeline.clone()),
             self.runtime.clone(),
-            plugins,
+            plugins_rx,
             reporting,
             stopped,
         );
-        self.running.insert(
-            pipeline.name.clone(),
-            Running {
-                fingerprint,
-                stop,
-                tasks,
-            },
-        );
+        let running = Running {
+            settings: settings(pipeline),
+            plugin_hashes: hashes,
+            plugins: plugins_tx,
+            stop,
+            tasks,
+        };
+        self.running.insert(pipeline.name.clone(), running);
     }
 
     /// Stops pipelines and waits for them, at most `shutdown_timeout`.
@@ -166,8 +174,17 @@ impl Daemon {
             match wanted.get(&name) {
                 None => summary.removed.push(name.clone()),
                 Some((_, Err(_))) => {} // paused below
-                Some((p, Ok(r))) if fingerprint(p, r) != self.running[&name].fingerprint => {
+                Some((p, Ok(_))) if settings(p) != self.running[&name].settings => {
                     summary.restarted.push(name.clone())
+                }
+                Some((_, Ok(r))) if plugin_hashes(r) != self.running[&name].plugin_hashes => {
+                    // Same settings, new plugin versions: the consumers swap them
+                    // in between two batches; no drain, no reconnect.
+                    let running = self.running.get_mut(&name).expect("listed above");
+                    running.plugin_hashes = plugin_hashes(r);
+                    let _ = running.plugins.send(r.clone());
+                    summary.swapped.push(name.clone());
+                    continue;
                 }
                 Some(_) => {
                     summary.unchanged.push(name.clone());
@@ -284,6 +301,7 @@ struct ApplySummary {
     added: Vec<String>,
     removed: Vec<String>,
     restarted: Vec<String>,
+    swapped: Vec<String>,
     resumed: Vec<String>,
     paused: Vec<String>,
     unchanged: Vec<String>,
@@ -300,6 +318,7 @@ fn log_reload(trigger: &str, scan: &ScanSummary, applied: &ApplySummary) {
         pipelines_added = ?applied.added,
         pipelines_removed = ?applied.removed,
         pipelines_restarted = ?applied.restarted,
+        pipelines_swapped = ?applied.swapped,
         pipelines_resumed = ?applied.resumed,
         pipelines_paused = ?applied.paused,
         pipelines_unchanged = ?applied.unchanged,

@@ -64,7 +64,7 @@ const IDLE_BEAT: Duration = Duration::from_secs(1);
 pub fn spawn(
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
-    plugins: PipelinePlugins,
+    plugins: watch::Receiver<PipelinePlugins>,
     reporting: Reporting,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -76,7 +76,7 @@ pub fn spawn(
             let worker = Worker::new(
                 config.clone(),
                 runtime.clone(),
-                &plugins,
+                plugins.clone(),
                 reporting.clone(),
                 index,
             );
@@ -140,6 +140,10 @@ struct Worker {
     index: usize,
     source: SourceInstance,
     writer_plugins: Vec<Arc<LoadedPlugin>>,
+    /// New versions of the plugins, swapped in at a batch boundary.
+    plugins_rx: watch::Receiver<PipelinePlugins>,
+    /// The schema the writers were opened for.
+    schema: Option<crate::plugin_runtime::Schema>,
     /// Created once the source has declared its schema.
     writers: Vec<WriterInstance>,
     /// The column types of the source's schema, to find row boundaries.
@@ -158,10 +162,11 @@ impl Worker {
     fn new(
         config: Arc<PipelineConfig>,
         runtime: Arc<PluginRuntime>,
-        plugins: &PipelinePlugins,
+        mut plugins_rx: watch::Receiver<PipelinePlugins>,
         report: Reporting,
         index: usize,
     ) -> Self {
+        let plugins = plugins_rx.borrow_and_update().clone();
         let source = SourceInstance::new(
             runtime.clone(),
             plugins.source.clone(),
@@ -176,7 +181,9 @@ impl Worker {
             index,
             source,
             writer_plugins: plugins.writers.clone(),
+            plugins_rx,
             writers: Vec::new(),
+            schema: None,
             types: Vec::new(),
             backoff,
         }
@@ -207,6 +214,61 @@ impl Worker {
         }
     }
 
+    /// Swaps in new plugin versions, if the daemon sent any, between two batches:
+    /// the batch in hand finished on the old versions, the next one runs on the
+    /// new. Writers are kept unless their plugin changed or the source now
+    /// declares another schema (then they are opened again for it, which applies
+    /// additive changes to the store).
+    async fn refresh_plugins(&mut self) {
+        if !self.plugins_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let new = self.plugins_rx.borrow_and_update().clone();
+        let started = Instant::now();
+        if new.source.sha256 != self.source.plugin().sha256 {
+            self.source = SourceInstance::new(
+                self.runtime.clone(),
+                new.source.clone(),
+                &self.config.name,
+                self.config.source.config.to_string(),
+            );
+        }
+        let schema = match self.source.schema().await {
+            Ok(schema) => Some(schema),
+            // `decode` meets the same error and stalls with it.
+            Err(_) => None,
+        };
+        if schema.is_none() || schema != self.schema {
+            self.writers.clear();
+        } else {
+            for (i, plugin) in new.writers.iter().enumerate() {
+                if self
+                    .writers
+                    .get(i)
+                    .is_some_and(|w| w.plugin().sha256 != plugin.sha256)
+                {
+                    let wc = &self.config.writers[i];
+                    self.writers[i] = WriterInstance::new(
+                        self.runtime.clone(),
+                        plugin.clone(),
+                        &self.config.name,
+                        wc.config.to_string(),
+                        schema.clone().expect("checked above"),
+                        wc.grants.clone(),
+                    );
+                }
+            }
+        }
+        self.writer_plugins = new.writers.clone();
+        tracing::info!(
+            pipeline = %self.config.name,
+            consumer = self.index,
+            source = %new.source.info.label(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "plugins swapped at a batch boundary"
+        );
+    }
+
     async fn open_writers(&mut self) -> Result<(), CallError> {
         for writer in &mut self.writers {
             writer.open().await?;
@@ -220,6 +282,7 @@ impl Worker {
             return Ok(());
         }
         let schema = self.source.schema().await?;
+        self.schema = Some(schema.clone());
         self.types = schema
             .columns
             .iter()
@@ -567,6 +630,7 @@ async fn consume(
             // Stop the flow first, then finish what is in hand.
             session.cancel().await.ok();
         }
+        worker.refresh_plugins().await;
         match worker.process(&session, received, messages, shutdown).await {
             Ok(()) => {}
             Err(Stop::Shutdown) => {

@@ -31,6 +31,12 @@ pub struct Setup {
     pub dir: PathBuf,
     /// The admin server's port.
     pub admin_port: u16,
+    /// The plugin folder (the shared built test plugins unless a test needs its
+    /// own to change plugins in).
+    pub plugin_dir: PathBuf,
+    /// The source plugin, its config as a TOML inline table, and the table the
+    /// rows land in (json-source with the CDR config into `cdr` by default).
+    pub source: (String, String, String),
 }
 
 impl Setup {
@@ -48,6 +54,12 @@ impl Setup {
             pipeline,
             dir,
             admin_port: free_port(),
+            plugin_dir: plugins_dir().to_path_buf(),
+            source: (
+                "json-source".into(),
+                json_to_toml_inline(&cdr_source_config(1, "")),
+                "cdr".into(),
+            ),
         };
         setup.write_config("");
         setup
@@ -67,7 +79,6 @@ impl Setup {
     /// Like [`write_config`](Self::write_config), with `queue_extra` added to the
     /// queue table (e.g. `type = "quorum"`).
     pub fn write_config_with(&self, pipeline_extra: &str, queue_extra: &str) {
-        let source_config = cdr_source_config(1, "");
         let text = format!(
             r#"
 [daemon]
@@ -94,15 +105,15 @@ dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
 retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
 
 [pipelines.source]
-plugin = "json-source"
+plugin = "{source_plugin}"
 config = {source}
 
 [[pipelines.writers]]
 plugin = "postgres-writer"
 grants = {{ postgres = ["warehouse"] }}
-config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
+config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
 "#,
-            plugins = plugins_dir().display(),
+            plugins = self.plugin_dir.display(),
             cache = crate::workspace_root()
                 .join("target/test-component-cache")
                 .display(),
@@ -117,7 +128,9 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "cdr" }}
             exchange = self.exchange,
             dead = self.dead_queue,
             schema = self.pg_schema,
-            source = json_to_toml_inline(&source_config),
+            source_plugin = self.source.0,
+            source = self.source.1,
+            table = self.source.2,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -152,7 +165,7 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// The json-source config (JSON) as a TOML inline table.
-fn json_to_toml_inline(json: &str) -> String {
+pub fn json_to_toml_inline(json: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(json).unwrap();
     fn render(v: &serde_json::Value) -> String {
         match v {

@@ -23,6 +23,7 @@ pub const TEST_PLUGIN_CRATES: &[&str] = &[
     "plugins/postgres-writer",
     "tests/plugins/chaos-source",
     "tests/plugins/not-a-plugin",
+    "tests/plugins/marked-source",
 ];
 
 /// The folder with every test plugin built as a component (`<name>.wasm`).

@@ -1,0 +1,347 @@
+//! Helpers shared by the benchmarks: figures, medians, the machine's state, and a
+//! plain-Rust decoder of the CDR messages for the plain-client baselines.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// Median of a few figures (the middle one; the mean of the two middle ones for an
+/// even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+pub fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Rows (or messages) per second.
+pub fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// `123456.7` as `123,457`.
+pub fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let s = format!("{:.0}", x);
+    let (sign, digits) = match s.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", s.as_str()),
+    };
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// `nproc`, the load average and the date, for the report header.
+pub fn machine_line() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!(
+        "{} | cpus: {cpus} | load average: {}",
+        now_utc(),
+        load_average()
+    )
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The nine typed values of a CDR, parsed natively with serde (the plain-client
+/// baselines' decoder). Strings borrow from the body.
+#[derive(serde::Deserialize, Debug)]
+pub struct Cdr<'a> {
+    #[serde(borrow)]
+    pub call: Call<'a>,
+    #[serde(borrow)]
+    pub start: &'a str,
+    pub duration: i32,
+    #[serde(borrow)]
+    pub cell: Option<&'a str>,
+    #[serde(borrow)]
+    pub cost: Option<&'a str>,
+    #[serde(borrow, rename = "type")]
+    pub call_type: Option<&'a str>,
+    pub roaming: Option<bool>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+pub struct Call<'a> {
+    #[serde(borrow)]
+    pub id: &'a str,
+    #[serde(borrow)]
+    pub caller: &'a str,
+    #[serde(borrow)]
+    pub callee: &'a str,
+}
+
+/// A CDR as the nine values a COPY row takes.
+pub struct CdrRow<'a> {
+    pub call_id: &'a str,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub started_at: PgTimestamp,
+    pub duration_s: i32,
+    pub cell: Option<&'a str>,
+    pub cost: Option<PgNumeric>,
+    pub call_type: Option<&'a str>,
+    pub roaming: Option<bool>,
+}
+
+/// Parses one body into its typed row; `Err` names what is wrong.
+pub fn parse_cdr(body: &[u8]) -> Result<CdrRow<'_>, String> {
+    let cdr: Cdr<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    Ok(CdrRow {
+        call_id: cdr.call.id,
+        caller: cdr.call.caller,
+        callee: cdr.call.callee,
+        started_at: PgTimestamp(
+            parse_rfc3339_micros(cdr.start)
+                .ok_or_else(|| format!("bad timestamp {}", cdr.start))?,
+        ),
+        duration_s: cdr.duration,
+        cell: cdr.cell,
+        cost: match cdr.cost {
+            Some(c) => Some(PgNumeric::parse(c).ok_or_else(|| format!("bad numeric {c}"))?),
+            None => None,
+        },
+        call_type: cdr.call_type,
+        roaming: cdr.roaming,
+    })
+}
+
+/// Microseconds since 2000-01-01T00:00:00Z (Postgres's epoch) of an RFC 3339 time
+/// (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`).
+pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in &b[r] {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + i64::from(c - b'0');
+        }
+        Some(v)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let mut scale = 100_000i64;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            micros += i64::from(b[i] - b'0') * scale;
+            scale /= 10;
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *sign == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d) - 10_957;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// A `timestamptz` for a binary COPY.
+#[derive(Debug, Clone, Copy)]
+pub struct PgTimestamp(pub i64);
+
+impl tokio_postgres::types::ToSql for PgTimestamp {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i64(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::TIMESTAMPTZ
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// A `numeric` in Postgres's binary form: base-10000 digits, weight, sign, scale.
+#[derive(Debug, Clone)]
+pub struct PgNumeric {
+    negative: bool,
+    weight: i16,
+    dscale: u16,
+    digits: Vec<i16>,
+}
+
+impl PgNumeric {
+    /// Parses a plain decimal literal (`-12.340`).
+    pub fn parse(s: &str) -> Option<PgNumeric> {
+        let (negative, s) = match s.as_bytes().first()? {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        if (int.is_empty() && frac.is_empty())
+            || !int.bytes().all(|c| c.is_ascii_digit())
+            || !frac.bytes().all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let int = int.trim_start_matches('0');
+        // Digits aligned on groups of four around the decimal point.
+        let lead = (4 - int.len() % 4) % 4;
+        let trail = (4 - frac.len() % 4) % 4;
+        let mut all: Vec<u8> = Vec::with_capacity(lead + int.len() + frac.len() + trail);
+        all.extend(std::iter::repeat_n(0, lead));
+        all.extend(int.bytes().map(|c| c - b'0'));
+        all.extend(frac.bytes().map(|c| c - b'0'));
+        all.extend(std::iter::repeat_n(0, trail));
+        let mut digits: Vec<i16> = all
+            .chunks(4)
+            .map(|g| g.iter().fold(0i16, |a, &d| a * 10 + i16::from(d)))
+            .collect();
+        let mut weight = ((lead + int.len()) / 4) as i16 - 1;
+        while digits.first() == Some(&0) {
+            digits.remove(0);
+            weight -= 1;
+        }
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        if digits.is_empty() {
+            weight = 0;
+        }
+        Some(PgNumeric {
+            negative: negative && !digits.is_empty(),
+            weight,
+            dscale: frac.len() as u16,
+            digits,
+        })
+    }
+}
+
+impl tokio_postgres::types::ToSql for PgNumeric {
+    fn to_sql(
+        &self,
+        _ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i16(self.digits.len() as i16);
+        out.put_i16(self.weight);
+        out.put_u16(if self.negative { 0x4000 } else { 0 });
+        out.put_u16(self.dscale);
+        for d in &self.digits {
+            out.put_i16(*d);
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::NUMERIC
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Peak and current resident memory of a process (`VmHWM`, `VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}

@@ -1,0 +1,314 @@
+//! Hot reload while messages flow: plugins replaced, refused, removed and put
+//! back, and a configuration change that adds a column, losing nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_tests::daemon::{Daemon, eventually, json_to_toml_inline};
+use sluice_tests::{cdr_json, cdr_source_config, plugin};
+
+use super::daemon::{LONG, World, start, world};
+
+const MARK: &[u8] = b"SLUICE-MARK-00000000";
+
+/// A world whose pipeline runs `marked-source` from a plugin folder of its own.
+async fn marked_world(tag: &str) -> World {
+    let mut w = world(tag).await;
+    let dir = w.setup.dir.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(plugin("postgres-writer"), dir.join("postgres-writer.wasm")).unwrap();
+    deploy(&dir, "marked-source.wasm", &marked(0));
+    w.setup.plugin_dir = dir;
+    w.setup.source = ("marked-source".into(), "{}".into(), "marked".into());
+    w.setup.write_config("");
+    w
+}
+
+/// The marked-source component with `version` as its mark.
+fn marked(version: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(plugin("marked-source")).unwrap();
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .expect("the mark is in the built file");
+    assert!(
+        bytes[at + 1..].windows(MARK.len()).all(|w| w != MARK),
+        "the mark is in the file once"
+    );
+    bytes[at..at + MARK.len()].copy_from_slice(format!("SLUICE-MARK-{version:08}").as_bytes());
+    bytes
+}
+
+/// Deploys a file the documented way: write `*.tmp`, then rename.
+fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn ids(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
+    range.map(|i| format!("id-{i:08}"))
+}
+
+impl World {
+    async fn marked_count(&self, version: u32) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM {}.marked WHERE mark = $1",
+            self.db.name
+        );
+        let mark = format!("{version:08}");
+        self.db
+            .client
+            .query_one(&sql, &[&mark])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    async fn marked_total(&self) -> (i64, i64) {
+        let sql = format!(
+            "SELECT count(*), count(DISTINCT id) FROM {}.marked",
+            self.db.name
+        );
+        self.db
+            .client
+            .query_one(&sql, &[])
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap_or((0, 0))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test]
+async fn replacing_the_source_ten_times_mid_stream_loses_and_duplicates_nothing() {
+    let w = marked_world("swap").await;
+    let mut daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, ids(0..10_000)).await;
+    eventually(LONG, "rows of version 0", || async {
+        w.marked_count(0).await > 0
+    })
+    .await;
+
+    let mut swaps = Vec::new();
+    for version in 1..=10u32 {
+        // Messages keep coming while the new version is deployed.
+        let start_id = u64::from(version) * 10_000;
+        let publishing = w.broker.publish(&w.setup, ids(start_id..start_id + 10_000));
+        let deployed = Instant::now();
+        deploy(&w.setup.plugin_dir, "marked-source.wasm", &marked(version));
+        publishing.await;
+        eventually(LONG, &format!("rows of version {version}"), || async {
+            w.marked_count(version).await > 0
+        })
+        .await;
+        swaps.push(deployed.elapsed());
+    }
+    eventually(LONG, "every row", || async {
+        w.marked_total().await.0 >= 110_000
+    })
+    .await;
+    eventually(LONG, "an empty queue", || async {
+        w.broker.ready(&w.setup.queue).await == 0
+    })
+    .await;
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+
+    assert_eq!(
+        w.marked_total().await,
+        (110_000, 110_000),
+        "each message once"
+    );
+    for version in 0..=10 {
+        assert!(
+            w.marked_count(version).await > 0,
+            "no rows of version {version}"
+        );
+    }
+    assert_eq!(
+        w.broker.ready(&w.setup.dead_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("plugins_replaced=[\"marked-source@0.1.0 -> marked-source@0.1.0\"]")
+            .count(),
+        10,
+        "{log}"
+    );
+    // Swapped in place by the consumers, not drained and restarted.
+    assert_eq!(
+        log.matches(&format!("pipelines_swapped=[\"{}\"]", w.setup.pipeline))
+            .count(),
+        10,
+        "{log}"
+    );
+    assert!(!log.contains("pipelines_restarted=[\""), "{log}");
+    // What a swap adds to the batch it happens before (instantiating and
+    // configuring the new version), from the consumers' own measurements.
+    let mut added: Vec<Duration> = log
+        .lines()
+        .filter(|l| l.contains("plugins swapped at a batch boundary"))
+        .filter_map(|l| {
+            l.rsplit("elapsed_ms=")
+                .next()?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        .collect();
+    assert!(added.len() >= 10, "{log}");
+    added.sort();
+    swaps.sort();
+    eprintln!(
+        "swap: rename to first row of the new version over {} swaps: p50 {:?}, p99 {:?}; latency added to the batch at the swap over {} consumer swaps: p50 {:?}, p99 {:?}",
+        swaps.len(),
+        percentile(&swaps, 0.5),
+        percentile(&swaps, 0.99),
+        added.len(),
+        percentile(&added, 0.5),
+        percentile(&added, 0.99),
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn corrupt_truncated_and_wrong_world_files_are_refused_and_the_old_version_keeps_running() {
+    let w = marked_world("badfiles").await;
+    let mut daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, ids(0..2_000)).await;
+    eventually(LONG, "the first rows", || async {
+        w.marked_total().await.0 >= 2_000
+    })
+    .await;
+
+    let good = marked(0);
+    let mut corrupt = good.clone();
+    for (i, b) in corrupt.iter_mut().enumerate().skip(64) {
+        *b ^= (i % 251) as u8 | 1;
+    }
+    let truncated = good[..good.len() / 3].to_vec();
+    let wrong_world = std::fs::read(plugin("not-a-plugin")).unwrap();
+    let bad: [(&str, &[u8]); 3] = [
+        ("corrupt", &corrupt),
+        ("truncated", &truncated),
+        ("wrong world", &wrong_world),
+    ];
+    for (round, (what, bytes)) in bad.iter().enumerate() {
+        let refusals_before = daemon.log().matches("plugin refused").count();
+        deploy(&w.setup.plugin_dir, "marked-source.wasm", bytes);
+        eventually(LONG, &format!("the {what} file to be refused"), || async {
+            daemon.log().matches("plugin refused").count() > refusals_before
+        })
+        .await;
+        let from = 2_000 + round as u64 * 1_000;
+        w.broker.publish(&w.setup, ids(from..from + 1_000)).await;
+        eventually(LONG, "rows after the refusal", || async {
+            w.marked_total().await.0 >= (from + 1_000) as i64
+        })
+        .await;
+    }
+    let log = daemon.log();
+    assert!(log.contains("corrupt or truncated component"), "{log}");
+    assert!(log.contains("exports neither"), "{log}");
+    assert!(log.contains("kept=Some(\"marked-source@0.1.0\")"), "{log}");
+    assert_eq!(
+        w.marked_count(0).await,
+        5_000,
+        "every row by the old version"
+    );
+    assert!(!log.contains("pipeline paused"), "{log}");
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn removing_the_plugin_pauses_the_pipeline_and_putting_it_back_drains_the_backlog() {
+    let w = marked_world("remove").await;
+    let mut daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, ids(0..1_000)).await;
+    eventually(LONG, "the first rows", || async {
+        w.marked_total().await.0 >= 1_000
+    })
+    .await;
+
+    let file: PathBuf = w.setup.plugin_dir.join("marked-source.wasm");
+    std::fs::remove_file(&file).unwrap();
+    eventually(LONG, "the pipeline to pause", || async {
+        daemon.log().contains("pipeline paused")
+    })
+    .await;
+    w.broker.publish(&w.setup, ids(1_000..3_000)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.broker.ready(&w.setup.queue).await,
+        2_000,
+        "paused: the messages wait in the queue"
+    );
+    assert_eq!(w.marked_total().await.0, 1_000);
+    let readyz = sluice_tests::daemon::http_get(w.setup.admin_port, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!(readyz.0, 503);
+    assert!(readyz.1.contains("paused"), "{}", readyz.1);
+
+    deploy(&w.setup.plugin_dir, "marked-source.wasm", &marked(1));
+    eventually(LONG, "the backlog to drain", || async {
+        w.marked_total().await.0 >= 3_000
+    })
+    .await;
+    assert_eq!(w.marked_count(1).await, 2_000);
+    assert_eq!(
+        w.broker.ready(&w.setup.dead_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_config_change_that_adds_a_column_alters_the_table_and_new_rows_fill_it() {
+    let mut w = world("addcol").await;
+    let mut daemon: Daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, (0..1_000).map(cdr_json)).await;
+    w.wait_rows(1_000, "rows of schema version 1").await;
+
+    // Schema version 2: a new nullable column, applied by editing the file.
+    let v2 = cdr_source_config(2, r#",{"name":"imsi","type":"text"}"#);
+    w.setup.source.1 = json_to_toml_inline(&v2);
+    w.setup.write_config("");
+    eventually(LONG, "the reload", || async {
+        daemon.log().contains("pipelines_restarted")
+            && daemon.log().matches("reload applied").count() >= 2
+    })
+    .await;
+    let with_imsi = (1_000..2_000)
+        .map(|i| cdr_json(i).replacen('{', &format!(r#"{{"imsi":"20801{i:010}","#), 1));
+    w.broker.publish(&w.setup, with_imsi).await;
+    w.wait_rows(2_000, "rows of schema version 2").await;
+    let counts =
+        w.db.client
+            .query_one(
+                &format!("SELECT count(imsi), count(*) FROM {}.cdr", w.db.name),
+                &[],
+            )
+            .await
+            .unwrap();
+    assert_eq!(
+        (counts.get::<_, i64>(0), counts.get::<_, i64>(1)),
+        (1_000, 2_000)
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    w.finish().await;
+}
