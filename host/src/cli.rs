@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
@@ -51,10 +50,22 @@ enum Command {
         config: PathBuf,
     },
     /// Lists the plugins in a folder: name, version, world, WIT version, content hash.
+    /// Lists what the daemon would load from its plugin folder: each file's
+    /// plugin name, version, world, WIT version, content hash and status (loaded,
+    /// or refused and why). Exits 2 if any file is refused.
     Plugins {
-        /// The plugin folder.
-        #[arg(long, default_value = "plugins-dist")]
-        dir: PathBuf,
+        /// The configuration whose `plugin_dir` to list.
+        #[arg(
+            long,
+            short,
+            default_value = "config.toml",
+            env = "SLUICE_CONFIG",
+            conflicts_with = "dir"
+        )]
+        config: PathBuf,
+        /// A plugin folder to list instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Plugin development: build plugin crates into components.
     #[command(subcommand)]
@@ -108,7 +119,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
-        Command::Plugins { dir } => list_plugins(dir),
+        Command::Plugins { config, dir } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => {
+                    Config::load(&config)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .daemon
+                        .plugin_dir
+                }
+            };
+            list_plugins(dir)
+        }
         Command::Plugin(PluginCommand::Build {
             crates,
             out,
@@ -185,37 +207,40 @@ fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
 }
 
 fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    tokio.block_on(async {
+    tokio_runtime()?.block_on(async {
         let runtime = runtime_for_cli()?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading plugin folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
-        files.sort();
+        // The same scan the daemon does, so the listing says what it would load.
+        let mut registry = crate::reload::PluginRegistry::new(dir);
+        registry.scan(&runtime, None).await?;
         let mut refused = 0;
         println!(
-            "{:<24} {:<10} {:<7} {:<6} {:<14} FILE",
-            "NAME", "VERSION", "WORLD", "WIT", "SHA256"
+            "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} FILE",
+            "NAME", "VERSION", "WORLD", "WIT", "SHA256", "STATUS"
         );
-        for file in files {
-            match runtime.load(&file).await {
-                Ok(p) => println!(
-                    "{:<24} {:<10} {:<7} {:<6} {:<14} {}",
+        for file in registry.status() {
+            let name = file
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match (&file.plugin, &file.refused) {
+                (Some(p), None) => println!(
+                    "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {name}",
                     p.info.name,
                     p.info.version,
-                    p.kind,
+                    p.kind.as_str(),
                     p.wit_version,
                     &p.sha256[..12],
-                    file.display()
+                    "loaded"
                 ),
-                Err(e) => {
+                (_, Some(reason)) => {
                     refused += 1;
-                    println!("refused: {e}");
+                    println!(
+                        "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {name}: {reason}",
+                        "-", "-", "-", "-", "-", "refused"
+                    );
                 }
+                (None, None) => {}
             }
         }
         Ok(if refused == 0 {

@@ -130,7 +130,17 @@ impl Backoff {
     fn peek(&self) -> Duration {
         self.next
     }
+
+    /// Makes the next delay at least `floor` (within the maximum).
+    fn at_least(&mut self, floor: Duration) {
+        self.next = self.next.max(floor.min(self.max));
+    }
 }
+
+/// The shortest wait after an error that retrying soon cannot fix (a fatal
+/// plugin error, a broken contract): such errors need an operator, and retrying
+/// them fast only floods the log.
+const SLOW_RETRY: Duration = Duration::from_secs(5);
 
 /// What a consumer owns: its plugin instances and its place in the pipeline.
 struct Worker {
@@ -315,6 +325,9 @@ impl Worker {
         error: &CallError,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
+        if !error.is_retriable() {
+            self.backoff.at_least(SLOW_RETRY);
+        }
         let retry_in = self.backoff.peek();
         self.report.metrics.retry(stage);
         self.report.health.beat(&self.config.name, self.index);
@@ -450,13 +463,27 @@ impl Worker {
     ) -> Result<(), Stop> {
         let started = Instant::now();
         self.report.metrics.received(messages.len() as u64);
-        let (decoded, mut refusals) = self.decode(&messages, shutdown).await?;
+        let (decoded, mut refusals, spans) = loop {
+            let (decoded, refusals) = self.decode(&messages, shutdown).await?;
+            match RowSpans::new(&self.types, &decoded.rows) {
+                Ok(spans) => break (decoded, refusals, spans),
+                Err(e) => {
+                    // Only a plugin not built with the SDK (which checks rows
+                    // against the schema) gets here: nothing can be written or
+                    // attributed to a message, so the batch waits for an operator.
+                    let error = CallError::Contract {
+                        plugin: self.source.plugin().info.label(),
+                        func: "decode",
+                        reason: format!("its rows do not fit the schema it declared: {e}"),
+                    };
+                    self.stall("decode", "reading the decoded rows", &error, shutdown)
+                        .await?;
+                }
+            }
+        };
         let owners = batch::row_owners(&decoded.outcomes);
         let mut rows_written = 0u64;
         if decoded.rows.count > 0 {
-            let spans = RowSpans::new(&self.types, &decoded.rows).map_err(|e| {
-                Stop::Session(anyhow::anyhow!("the source produced unreadable rows: {e}"))
-            })?;
             for w in 0..self.writers.len() {
                 let rejected = self.write(w, &decoded.rows, &spans, shutdown).await?;
                 let written = u64::from(decoded.rows.count) - rejected.len() as u64;
@@ -577,7 +604,6 @@ async fn consume(
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
     let (session, mut stream) = Session::open(&worker.config, worker.index).await?;
-    reconnect.reset();
     worker
         .report
         .health
@@ -632,7 +658,10 @@ async fn consume(
         }
         worker.refresh_plugins().await;
         match worker.process(&session, received, messages, shutdown).await {
-            Ok(()) => {}
+            // Only a session that got a batch through resets the reconnect backoff:
+            // one that opens and fails on every batch backs off like a failed
+            // connection.
+            Ok(()) => reconnect.reset(),
             Err(Stop::Shutdown) => {
                 session.close().await;
                 return Err(Stop::Shutdown);
