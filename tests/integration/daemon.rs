@@ -135,8 +135,7 @@ async fn poison_messages_are_dead_lettered_with_their_reasons_and_the_rest_land(
         w.broker.ready(&w.setup.queue).await == 0
     })
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
 
     assert_eq!(w.rows().await, good);
     let dead = w.broker.drain(&w.setup.dead_queue).await;
@@ -195,8 +194,7 @@ async fn kill_9_mid_stream_then_a_restart_lands_every_message_exactly_once() {
         w.broker.ready(&w.setup.queue).await == 0
     })
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.rows().await, 20_000);
     assert_eq!(w.distinct_rows().await, 20_000);
     assert_eq!(
@@ -240,8 +238,7 @@ async fn sigterm_mid_stream_exits_zero_promptly_and_leaves_nothing_written_unack
 
     let mut daemon = start(&w.setup, "again");
     w.wait_rows(30_000, "the rest after a restart").await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 30_000);
     w.finish().await;
 }
@@ -276,8 +273,7 @@ async fn killed_postgres_backends_are_retried_and_nothing_is_lost_or_dead_letter
         w.broker.ready(&w.setup.queue).await == 0
     })
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 20_000);
     assert_eq!(w.rows().await, 20_000);
     assert_eq!(
@@ -307,8 +303,7 @@ async fn the_broker_closing_the_connections_mid_stream_is_recovered_without_loss
         w.broker.ready(&w.setup.queue).await == 0
     })
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 20_000);
     assert_eq!(w.rows().await, 20_000);
     assert!(daemon.log().contains("reconnecting"), "{}", daemon.log());
@@ -334,8 +329,7 @@ async fn three_daemons_on_one_queue_one_killed_and_restarted_land_every_message_
     })
     .await;
     for d in [&mut a, &mut b, &mut c] {
-        d.signal("TERM");
-        assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+        d.stop_cleanly();
     }
     assert_eq!(w.rows().await, 30_000);
     assert_eq!(w.distinct_rows().await, 30_000);
@@ -374,8 +368,7 @@ async fn a_quorum_queue_with_a_delivery_limit_is_declared_and_consumed() {
         line.contains("quorum") && line.contains("x-delivery-limit"),
         "{line}"
     );
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 5_000);
     w.finish().await;
 }

@@ -115,8 +115,7 @@ async fn replacing_the_source_ten_times_mid_stream_loses_and_duplicates_nothing(
         w.broker.ready(&w.setup.queue).await == 0
     })
     .await;
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
 
     assert_eq!(
         w.marked_total().await,
@@ -225,8 +224,7 @@ async fn corrupt_truncated_and_wrong_world_files_are_refused_and_the_old_version
         "every row by the old version"
     );
     assert!(!log.contains("pipeline paused"), "{log}");
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     w.finish().await;
 }
 
@@ -271,8 +269,7 @@ async fn removing_the_plugin_pauses_the_pipeline_and_putting_it_back_drains_the_
         0,
         "nothing dead-lettered"
     );
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     w.finish().await;
 }
 
@@ -308,7 +305,6 @@ async fn a_config_change_that_adds_a_column_alters_the_table_and_new_rows_fill_i
         (counts.get::<_, i64>(0), counts.get::<_, i64>(1)),
         (1_000, 2_000)
     );
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     w.finish().await;
 }

@@ -145,8 +145,7 @@ async fn metrics_count_what_was_published_and_readyz_follows_the_broker_connecti
     let (_, text) = http_get(port, "/metrics").await.unwrap();
     assert!(metric(&text, "sluice_amqp_reconnects_total", p) >= 1.0);
 
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     w.finish().await;
 }
 
@@ -287,8 +286,7 @@ async fn sighup_applies_a_valid_config_and_refuses_an_invalid_one_keeping_the_ol
     w.broker.publish(&w.setup, cdrs(2_000..3_000)).await;
     w.wait_rows(3_000, "rows after the applied reload").await;
 
-    daemon.signal("TERM");
-    assert!(daemon.wait_exit(Duration::from_secs(20)).unwrap().success());
+    daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 3_000);
     assert_eq!(w.rows().await, 3_000);
     w.finish().await;

@@ -259,6 +259,18 @@ impl Daemon {
         None
     }
 
+    /// SIGTERM, then asserts a clean exit (status 0) within 20 s, showing the
+    /// log if not.
+    pub fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "exit {status:?} after SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

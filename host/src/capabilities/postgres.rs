@@ -210,46 +210,34 @@ impl ToSql for Param<'_> {
 }
 
 fn row_values(row: &Row) -> Result<Vec<PgValue>, PgError> {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        i: usize,
+    ) -> Result<Option<T>, PgError> {
+        row.try_get(i)
+            .map_err(|e| host_error(ErrorKind::Other, error_chain(&e)))
+    }
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
         let ty = column.type_();
-        let bad = |e: tokio_postgres::Error| host_error(ErrorKind::Other, error_chain(&e));
         let value = if *ty == Type::BOOL {
-            row.try_get::<_, Option<bool>>(i)
-                .map_err(bad)?
-                .map(PgValue::Boolean)
+            get::<bool>(row, i)?.map(PgValue::Boolean)
         } else if *ty == Type::INT2 {
-            row.try_get::<_, Option<i16>>(i)
-                .map_err(bad)?
-                .map(|v| PgValue::Int(v.into()))
+            get::<i16>(row, i)?.map(|v| PgValue::Int(v.into()))
         } else if *ty == Type::INT4 {
-            row.try_get::<_, Option<i32>>(i)
-                .map_err(bad)?
-                .map(|v| PgValue::Int(v.into()))
+            get::<i32>(row, i)?.map(|v| PgValue::Int(v.into()))
         } else if *ty == Type::INT8 {
-            row.try_get::<_, Option<i64>>(i)
-                .map_err(bad)?
-                .map(PgValue::Int)
+            get::<i64>(row, i)?.map(PgValue::Int)
         } else if *ty == Type::OID {
-            row.try_get::<_, Option<u32>>(i)
-                .map_err(bad)?
-                .map(|v| PgValue::Int(v.into()))
+            get::<u32>(row, i)?.map(|v| PgValue::Int(v.into()))
         } else if *ty == Type::FLOAT4 {
-            row.try_get::<_, Option<f32>>(i)
-                .map_err(bad)?
-                .map(|v| PgValue::Float(v.into()))
+            get::<f32>(row, i)?.map(|v| PgValue::Float(v.into()))
         } else if *ty == Type::FLOAT8 {
-            row.try_get::<_, Option<f64>>(i)
-                .map_err(bad)?
-                .map(PgValue::Float)
+            get::<f64>(row, i)?.map(PgValue::Float)
         } else if *ty == Type::BYTEA {
-            row.try_get::<_, Option<Vec<u8>>>(i)
-                .map_err(bad)?
-                .map(PgValue::Bytes)
+            get::<Vec<u8>>(row, i)?.map(PgValue::Bytes)
         } else if <&str as tokio_postgres::types::FromSql>::accepts(ty) {
-            row.try_get::<_, Option<String>>(i)
-                .map_err(bad)?
-                .map(PgValue::Text)
+            get::<String>(row, i)?.map(PgValue::Text)
         } else {
             return Err(host_error(
                 ErrorKind::Other,
