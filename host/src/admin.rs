@@ -53,6 +53,9 @@ pub struct Health {
 struct State {
     /// Consumers by pipeline, then by index.
     pipelines: BTreeMap<String, BTreeMap<usize, Consumer>>,
+    /// Pipelines paused while a plugin they need is missing, and why. Not ready,
+    /// but not stuck: they wait for an operator, and a restart would not help.
+    paused: BTreeMap<String, String>,
     plugins_loaded: bool,
     draining: bool,
 }
@@ -127,7 +130,17 @@ impl Health {
     /// Forgets a pipeline's consumers (the pipeline was removed by a reload, or
     /// has stopped).
     pub fn remove_pipeline(&self, pipeline: &str) {
-        self.state().pipelines.remove(pipeline);
+        let mut state = self.state();
+        state.pipelines.remove(pipeline);
+        state.paused.remove(pipeline);
+    }
+
+    /// `pipeline` is paused because of `why` (a plugin it needs is missing): it
+    /// makes `/readyz` unready but never stops the watchdog.
+    pub fn pipeline_paused(&self, pipeline: &str, why: &str) {
+        let mut state = self.state();
+        state.pipelines.remove(pipeline);
+        state.paused.insert(pipeline.to_owned(), why.to_owned());
     }
 
     /// Whether the plugins are loaded (and the pipelines resolved).
@@ -156,14 +169,13 @@ impl Health {
         for (pipeline, consumers) in &state.pipelines {
             for (index, c) in consumers.iter().filter(|(_, c)| !c.connected) {
                 reasons.push(match &c.last_error {
-                    Some(why) => {
-                        format!(
-                            "pipeline {pipeline} consumer {index}: RabbitMQ session lost: {why}"
-                        )
-                    }
+                    Some(why) => format!("pipeline {pipeline} consumer {index}: {why}"),
                     None => format!("pipeline {pipeline} consumer {index}: not consuming yet"),
                 });
             }
+        }
+        for (pipeline, why) in &state.paused {
+            reasons.push(format!("pipeline {pipeline} paused: {why}"));
         }
         if reasons.is_empty() {
             Ok(())
@@ -411,18 +423,28 @@ mod tests {
         let answer = request(addr, "GET", "/readyz").await;
         assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
 
-        health.consumer_down("cdr", 1, "connection reset by peer");
+        health.consumer_down("cdr", 1, "RabbitMQ session lost: connection reset by peer");
         health.beat("sms", 0);
+        health.pipeline_paused("mms", "no plugin named `mms-source`");
         let answer = request(addr, "GET", "/readyz").await;
         assert_eq!(answer.status, 503);
         assert_eq!(
             answer.body,
             "pipeline cdr consumer 1: RabbitMQ session lost: connection reset by peer\n\
-             pipeline sms consumer 0: not consuming yet\n"
+             pipeline sms consumer 0: not consuming yet\n\
+             pipeline mms paused: no plugin named `mms-source`\n"
+        );
+        // Paused is not stuck: it waits for an operator, and a restart would not help.
+        assert!(
+            health
+                .stuck(Duration::ZERO)
+                .iter()
+                .all(|s| !s.contains("mms"))
         );
 
         health.consumer_up("cdr", 1);
         health.remove_pipeline("sms");
+        health.remove_pipeline("mms");
         let answer = request(addr, "GET", "/readyz").await;
         assert_eq!((answer.status, answer.body.as_str()), (200, "ready\n"));
 

@@ -49,7 +49,6 @@ enum Command {
         #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
-    /// Lists the plugins in a folder: name, version, world, WIT version, content hash.
     /// Lists what the daemon would load from its plugin folder: each file's
     /// plugin name, version, world, WIT version, content hash and status (loaded,
     /// or refused and why). Exits 2 if any file is refused.

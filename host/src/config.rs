@@ -39,27 +39,34 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// The plugin folder, watched for `*.wasm` files (`plugin_dir`, default
-    /// `plugins-dist`). A relative path is resolved against the configuration
+    /// `plugins-dist`): a new or changed file is loaded and swapped in, a refused
+    /// one leaves the version loaded before in use, a removed one is unloaded.
+    /// `*.tmp` files and dot-files are ignored (deploy by writing `name.wasm.tmp`,
+    /// then renaming it). A relative path is resolved against the configuration
     /// file's folder, so the daemon's working directory does not matter.
     pub plugin_dir: PathBuf,
     /// Where compiled components are cached (`cache_dir`, default
     /// `<sluice cache>/components`, see [`crate::plugin_build::default_cache_dir`]).
     /// Relative paths are resolved like `plugin_dir`.
     pub cache_dir: PathBuf,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served (`admin_addr`, an
-    /// `IP:port`, default `127.0.0.1:9464`; `false` turns the admin server off).
+    /// Where the admin server serves `/healthz`, `/readyz` and `/metrics`
+    /// (`admin_addr`, an `IP:port`, default `127.0.0.1:9464`; `false` turns the
+    /// admin server off). Bound at start; a change applies at the next restart.
     pub admin_addr: Option<SocketAddr>,
     /// How long SIGTERM waits for in-flight batches to commit and be acked before
-    /// the daemon exits anyway (`shutdown_timeout`, default 30s). Keep it below
-    /// systemd's `TimeoutStopSec` (90s by default), or systemd kills the daemon
-    /// first. Whatever is not acked by then is redelivered, never lost.
+    /// the daemon exits anyway (`shutdown_timeout`, default 30s); a reload waits
+    /// as long at most for the pipelines it stops. Keep it below systemd's
+    /// `TimeoutStopSec` (45s in `deploy/sluice.service`, 90s by default), or
+    /// systemd kills the daemon first. Whatever is not acked by then is
+    /// redelivered, never lost.
     pub shutdown_timeout: Duration,
     /// Linear memory one plugin instance may use, in bytes (config key
-    /// `plugin_memory_mib`, in MiB, default 256, 1 to 4096).
+    /// `plugin_memory_mib`, in MiB, default 256, 1 to 4096). A change applies at
+    /// the next restart.
     pub plugin_memory_limit: usize,
     /// Time one plugin call may spend in plugin code (`plugin_call_timeout`,
     /// default 10s); time spent waiting on the host (a COPY into Postgres) does not
-    /// count.
+    /// count. A change applies at the next restart.
     pub plugin_call_timeout: Duration,
 }
 
@@ -87,8 +94,10 @@ pub struct PipelineConfig {
     /// must be at least `batch.max_messages`, or a batch could never fill and every
     /// batch would wait the full `max_wait`.
     pub prefetch: u16,
-    /// Consumers (channels) on the queue (`consumers`, default 2, 1 to 64), each
-    /// batching on its own: one decodes or writes while another fills.
+    /// Consumers on the queue (`consumers`, default 2, 1 to 64), each its own
+    /// AMQP connection (a consuming channel and a dead-letter channel) with its
+    /// own plugin instances, batching on its own: one decodes or writes while
+    /// another fills.
     pub consumers: u16,
     /// When a batch is complete (`batch`).
     pub batch: BatchConfig,
@@ -99,7 +108,7 @@ pub struct PipelineConfig {
     pub writers: Vec<WriterConfig>,
     /// Where rejected messages go (`dead_letter`).
     pub dead_letter: DeadLetterConfig,
-    /// How retriable write failures are retried (`retry`).
+    /// How failures that are not the data's fault are retried (`retry`).
     pub retry: RetryConfig,
 }
 
@@ -249,14 +258,20 @@ pub struct DeadLetterConfig {
     pub exchange: String,
     /// A durable queue bound to the exchange with `#` (`queue`, default
     /// `"<pipeline>.dead"`), so a rejected message is never unroutable. `false`
-    /// gives `None`: then bind a queue to the exchange yourself, or rejects are lost.
+    /// gives `None`: then bind a queue to the exchange yourself. Dead letters are
+    /// published as mandatory, so without a bound queue they are unroutable: the
+    /// consumer drops its session, the batch returns to the queue and is retried
+    /// after a reconnect backoff, never dropped.
     pub queue: Option<String>,
     /// Whether the daemon declares the exchange and queue (`declare`, default true).
     pub declare: bool,
 }
 
-/// How retriable write failures are retried (`retry`): the batch stays unacked
-/// and is written again after a backoff that doubles up to `max_backoff`.
+/// How failures that are not the data's fault are retried (`retry`): the batch
+/// stays unacked and is tried again after a backoff that doubles up to
+/// `max_backoff`. Errors that retrying cannot fix soon (a fatal plugin error, a
+/// broken contract, a plugin configuration error) wait at least 5s (or
+/// `max_backoff`, if shorter).
 ///
 /// Retries last as long as the store is down. RabbitMQ's `consumer_timeout`
 /// (30 minutes by default) closes the channel of a consumer that holds a message

@@ -220,7 +220,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "batch_duration",
-            "Time from receiving a batch's first message to acking the batch.",
+            "Time from decoding a batch to acking it (retries and dead-lettering included).",
             Unit::Seconds,
             m.batch_seconds.clone(),
         );
@@ -237,7 +237,7 @@ impl Metrics {
         );
         registry.register(
             "retries",
-            "Batches retried after a retriable failure, by stage (decode, write).",
+            "Waits before trying a batch again, by stage (decode, write), whatever the failure.",
             m.retries.clone(),
         );
         registry.register(

@@ -118,12 +118,26 @@ impl Backoff {
 
     /// Sleeps for the next delay, or returns `Stop::Shutdown` if shutdown comes
     /// first.
-    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
-        let delay = self.next;
+    async fn wait(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        beat: impl Fn(),
+    ) -> Result<(), Stop> {
+        // `beat` is called every IDLE_BEAT meanwhile: a long wait is a sign of
+        // life, not of a wedged consumer (the systemd watchdog watches beats).
+        let deadline = tokio::time::Instant::now() + self.next;
         self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = stopped(shutdown) => Err(Stop::Shutdown),
+        loop {
+            let step = (tokio::time::Instant::now() + IDLE_BEAT).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(step) => {
+                    if step >= deadline {
+                        return Ok(());
+                    }
+                    beat();
+                }
+                _ = stopped(shutdown) => return Err(Stop::Shutdown),
+            }
         }
     }
 
@@ -336,7 +350,10 @@ impl Worker {
         } else {
             tracing::error!(pipeline = %self.config.name, consumer = self.index, error = %error, ?retry_in, "{what} failed and needs attention; retrying, messages stay in the queue");
         }
-        self.backoff.wait(shutdown).await
+        let (health, name, index) = (&self.report.health, &self.config.name, self.index);
+        self.backoff
+            .wait(shutdown, || health.beat(name, index))
+            .await
     }
 
     /// Decodes a batch, isolating messages that crash the source.
@@ -585,7 +602,9 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
                         .consumer_down(&name, worker.index, &why);
                     worker.report.metrics.connected(worker.index, false);
                     tracing::warn!(pipeline = %name, consumer = worker.index, error = format!("{e:#}"), retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
-                    if reconnect.wait(&mut shutdown).await.is_err() {
+                    let health = &worker.report.health;
+                    let beat = || health.beat(&name, worker.index);
+                    if reconnect.wait(&mut shutdown, beat).await.is_err() {
                         break;
                     }
                     worker.report.metrics.reconnected();
@@ -637,8 +656,11 @@ async fn consume(
         let mut messages = vec![m];
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut stopping = false;
+        let mut beats = tokio::time::interval(IDLE_BEAT);
+        beats.tick().await; // the first tick is immediate
         while messages.len() < max {
             tokio::select! {
+                _ = beats.tick() => worker.report.health.beat(&worker.config.name, worker.index),
                 d = stream.next() => match d {
                     Some(Ok(d)) => {
                         let (r, m) = crate::queue_input::receive(d);

@@ -7,7 +7,8 @@
 //!   has a wasm target installed. `wasm32-wasip2` is preferred (cargo emits a component
 //!   directly), then `wasm32-wasip1` (componentized here with the WASI preview1 reactor
 //!   adapter), then `wasm32-unknown-unknown` (componentized, no adapter).
-//! * **offline**: no wasm target is installed and `rustup target add` cannot download.
+//! * **offline**: used whenever no wasm target is installed (or `--target` names one
+//!   that is not; never for `wasm32-wasip2`). `rustup target add` is never run.
 //!   Debian's `rustc-web` and its std sources are fetched with `apt-get download`,
 //!   unpacked into the cache (never into `/usr`), and std is built from source with
 //!   `-Zbuild-std` (see `plugin_build/toolchain.rs`).

@@ -16,8 +16,10 @@
 //! `cargo test`.
 //!
 //! A plugin crate is a `cdylib` that depends on this crate with exactly one of the
-//! features `source` or `writer`, built for `wasm32-unknown-unknown` or
-//! `wasm32-wasip1` (then made a component) with `panic = "abort"`. A panic traps
+//! features `source` or `writer`, built with `panic = "abort"` by
+//! `sluice plugin build`: for `wasm32-wasip2` when that target is installed
+//! (cargo emits a component), else for `wasm32-wasip1` or
+//! `wasm32-unknown-unknown` (core modules, then made a component). A panic traps
 //! the instance; the SDK first sends its message to the host's log (`panic: ...`).
 //!
 //! [Sluice]: https://example.invalid/sluice

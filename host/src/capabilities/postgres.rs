@@ -40,6 +40,11 @@ impl PostgresGrant {
         if config.get_application_name().is_none() {
             config.application_name("sluice");
         }
+        // A host that does not answer must not hang a writer (and the watchdog
+        // with it) for the TCP timeout's minutes.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         Ok(Self { config })
     }
 
