@@ -249,13 +249,21 @@ impl Worker {
         }
         let new = self.plugins_rx.borrow_and_update().clone();
         let started = Instant::now();
+        let mut kept = Vec::new();
         if new.source.sha256 != self.source.plugin().sha256 {
-            self.source = SourceInstance::new(
+            // Configure the new version before letting go of the old: one that
+            // fails there (a trap, a refused configuration) is refused, and the
+            // old version keeps running.
+            let mut candidate = SourceInstance::new(
                 self.runtime.clone(),
                 new.source.clone(),
                 &self.config.name,
                 self.config.source.config.to_string(),
             );
+            match candidate.schema().await {
+                Ok(_) => self.source = candidate,
+                Err(e) => kept.push((self.source.plugin().info.label(), e)),
+            }
         }
         let schema = match self.source.schema().await {
             Ok(schema) => Some(schema),
@@ -263,31 +271,51 @@ impl Worker {
             Err(_) => None,
         };
         if schema.is_none() || schema != self.schema {
+            // A new schema: the writers are opened again for it (which applies
+            // additive changes, or stalls with what is incompatible).
             self.writers.clear();
+            self.writer_plugins = new.writers.clone();
         } else {
             for (i, plugin) in new.writers.iter().enumerate() {
                 if self
                     .writers
                     .get(i)
-                    .is_some_and(|w| w.plugin().sha256 != plugin.sha256)
+                    .is_none_or(|w| w.plugin().sha256 == plugin.sha256)
                 {
-                    let wc = &self.config.writers[i];
-                    self.writers[i] = WriterInstance::new(
-                        self.runtime.clone(),
-                        plugin.clone(),
-                        &self.config.name,
-                        wc.config.to_string(),
-                        schema.clone().expect("checked above"),
-                        wc.grants.clone(),
-                    );
+                    continue;
+                }
+                let wc = &self.config.writers[i];
+                let mut candidate = WriterInstance::new(
+                    self.runtime.clone(),
+                    plugin.clone(),
+                    &self.config.name,
+                    wc.config.to_string(),
+                    schema.clone().expect("checked above"),
+                    wc.grants.clone(),
+                );
+                match candidate.open().await {
+                    Ok(()) => {
+                        self.writers[i] = candidate;
+                        self.writer_plugins[i] = plugin.clone();
+                    }
+                    Err(e) => kept.push((self.writers[i].plugin().info.label(), e)),
                 }
             }
         }
-        self.writer_plugins = new.writers.clone();
+        for (old, error) in &kept {
+            tracing::error!(
+                pipeline = %self.config.name,
+                consumer = self.index,
+                kept = %old,
+                error = %error,
+                "new plugin version refused: it failed when opened; the old version keeps running"
+            );
+        }
         tracing::info!(
             pipeline = %self.config.name,
             consumer = self.index,
-            source = %new.source.info.label(),
+            source = %self.source.plugin().info.label(),
+            refused = kept.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "plugins swapped at a batch boundary"
         );

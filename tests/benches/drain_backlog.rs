@@ -351,12 +351,13 @@ async fn watch_daemon(
         "{left} messages left, {dead} dead-lettered"
     );
     let log = daemon.log();
-    let warnings = log
+    let warning_lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .count();
-    if warnings > 0 {
-        println!("  sluice log warnings:\n{}", tail(&log));
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    let warnings = warning_lines.len();
+    for line in warning_lines.iter().take(10) {
+        println!("  sluice log: {line}");
     }
     let (first_row, rows_at_first) = first.expect("set before the loop ends");
     println!(

@@ -214,13 +214,37 @@ async fn corrupt_truncated_and_wrong_world_files_are_refused_and_the_old_version
         })
         .await;
     }
+    // A version that loads but traps when the consumers configure it.
+    // Consumers swap at a batch boundary, so it is refused once messages come.
+    deploy(
+        &w.setup.plugin_dir,
+        "marked-source.wasm",
+        &marked(99_999_999),
+    );
+    eventually(LONG, "the trapping version to load", || async {
+        daemon.log().contains("pipelines_swapped=")
+    })
+    .await;
+    w.broker.publish(&w.setup, ids(5_000..6_000)).await;
+    eventually(LONG, "the trapping version to be refused", || async {
+        daemon.log().contains("new plugin version refused")
+    })
+    .await;
+    eventually(LONG, "rows after the refusal", || async {
+        w.marked_total().await.0 >= 6_000
+    })
+    .await;
     let log = daemon.log();
+    assert!(
+        log.contains("version 99999999 traps when configured"),
+        "{log}"
+    );
     assert!(log.contains("corrupt or truncated component"), "{log}");
     assert!(log.contains("exports neither"), "{log}");
     assert!(log.contains("kept=Some(\"marked-source@0.1.0\")"), "{log}");
     assert_eq!(
         w.marked_count(0).await,
-        5_000,
+        6_000,
         "every row by the old version"
     );
     assert!(!log.contains("pipeline paused"), "{log}");

@@ -23,12 +23,20 @@ pub struct Marked {
 
 impl Source for Marked {
     fn configure(_config: &str) -> Result<(Self, Schema), PluginError> {
-        let schema = Schema::new("marked", 1).key("id", ColumnType::Text).required("mark", ColumnType::Text);
-        Ok((Marked { mark: mark() }, schema))
+        let mark = mark();
+        // The version the tests deploy as "a plugin that traps when opened".
+        if mark == "99999999" {
+            panic!("marked-source: version 99999999 traps when configured");
+        }
+        let schema = Schema::new("marked", 1)
+            .key("id", ColumnType::Text)
+            .required("mark", ColumnType::Text);
+        Ok((Marked { mark }, schema))
     }
 
     fn decode(&mut self, message: &Message, rows: &mut RowWriter) -> Result<(), String> {
-        let id = std::str::from_utf8(&message.body).map_err(|e| format!("body is not UTF-8: {e}"))?;
+        let id =
+            std::str::from_utf8(&message.body).map_err(|e| format!("body is not UTF-8: {e}"))?;
         rows.text(id).text(&self.mark).end_row();
         Ok(())
     }
