@@ -351,6 +351,12 @@ impl Broker {
     /// Publishes persistent messages to the setup's exchange and waits for every
     /// confirm.
     pub async fn publish(&self, setup: &Setup, bodies: impl IntoIterator<Item = String>) {
+        self.publish_to(&setup.exchange, bodies).await;
+    }
+
+    /// Publishes persistent messages to `exchange` with routing key `cdr.voice`
+    /// and waits for every confirm.
+    pub async fn publish_to(&self, exchange: &str, bodies: impl IntoIterator<Item = String>) {
         let mut pending = Vec::new();
         for (i, body) in bodies.into_iter().enumerate() {
             let props = BasicProperties::default()
@@ -360,7 +366,7 @@ impl Broker {
             let confirm = self
                 .channel
                 .basic_publish(
-                    setup.exchange.as_str().into(),
+                    exchange.into(),
                     "cdr.voice".into(),
                     BasicPublishOptions::default(),
                     body.as_bytes(),
@@ -424,6 +430,23 @@ impl Broker {
             ));
         }
         out
+    }
+
+    /// Deletes queues and exchanges.
+    pub async fn delete(&self, queues: &[String], exchanges: &[String]) {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for q in queues {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in exchanges {
+            let _ = self
+                .channel
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
     }
 
     /// Deletes the setup's queues and exchanges.
