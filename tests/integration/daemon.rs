@@ -230,8 +230,17 @@ async fn sigterm_mid_stream_exits_zero_promptly_and_leaves_nothing_written_unack
         daemon.log()
     );
 
-    // Every written row was acked, every unwritten message is still queued.
+    // Every written row was acked, every unwritten message is back in the queue.
+    // The broker requeues what the closed channels held unacked (prefetched, not
+    // yet processed) shortly after the exit, so wait for the count to settle; a
+    // row written but not acked would push the sum above the total.
     let rows = w.rows().await;
+    eventually(
+        Duration::from_secs(10),
+        "the unprocessed messages to be requeued",
+        || async { rows + w.broker.ready(&w.setup.queue).await as i64 >= 30_000 },
+    )
+    .await;
     let queued = w.broker.ready(&w.setup.queue).await as i64;
     assert_eq!(rows + queued, 30_000, "rows {rows} + queued {queued}");
     assert!(queued > 0, "stopped mid-stream, not after the end");
