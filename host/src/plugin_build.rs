@@ -553,6 +553,11 @@ fn find_artifact(messages: &[CargoMessage], package: &Package) -> Result<PathBuf
 /// Writes `bytes` to `dest` through a `*.wasm.tmp` file in the same directory and a
 /// rename, so a folder watcher never sees a partial plugin.
 fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    // An unchanged plugin is left alone: rewriting it would wake every daemon
+    // watching the folder for a reload that changes nothing.
+    if std::fs::read(dest).is_ok_and(|existing| existing == bytes) {
+        return Ok(());
+    }
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = dest.parent().expect("output path has a parent");
     let stem = dest
