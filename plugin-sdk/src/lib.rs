@@ -133,6 +133,20 @@ pub use source::{MessageOutcome, Source};
 #[cfg(feature = "writer")]
 pub use writer::{RowRejection, Writer};
 
+/// The plugin crate's own name, version and description, from its Cargo.toml
+/// (`env!` is expanded in the crate that invokes the export macro). Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __plugin_info {
+    () => {
+        $crate::PluginInfo {
+            name: ::std::string::String::from(::core::env!("CARGO_PKG_NAME")),
+            version: ::std::string::String::from(::core::env!("CARGO_PKG_VERSION")),
+            description: ::std::string::String::from(::core::env!("CARGO_PKG_DESCRIPTION")),
+        }
+    };
+}
+
 /// What the export macros expand to. Not public API.
 #[doc(hidden)]
 pub mod __private {

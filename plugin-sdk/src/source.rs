@@ -252,13 +252,7 @@ macro_rules! export_source {
                 type Plugin = $plugin;
 
                 fn info() -> $crate::PluginInfo {
-                    $crate::PluginInfo {
-                        name: ::std::string::String::from(::core::env!("CARGO_PKG_NAME")),
-                        version: ::std::string::String::from(::core::env!("CARGO_PKG_VERSION")),
-                        description: ::std::string::String::from(::core::env!(
-                            "CARGO_PKG_DESCRIPTION"
-                        )),
-                    }
+                    $crate::__plugin_info!()
                 }
             }
 
