@@ -14,7 +14,8 @@
 //! Build the daemon first: `cargo build --release -p sluice`, then
 //! `cargo bench -p sluice-tests --bench drain_backlog`.
 //! `SLUICE_BENCH_MESSAGES` and `SLUICE_BENCH_REPEATS` shrink it for a smoke run;
-//! `SLUICE_BENCH_BIN` runs another daemon binary.
+//! `SLUICE_BENCH_BIN` runs another daemon binary; `SLUICE_BENCH_PIPELINE_EXTRA`
+//! adds lines to the pipeline's configuration (experiments, e.g. `consumers = 1`).
 
 mod common;
 
@@ -29,7 +30,10 @@ use lapin::{Connection, ConnectionProperties};
 use sluice_tests::daemon::{Broker, Daemon, Setup};
 use sluice_tests::{TestSchema, amqp_url, cdr_json, workspace_root};
 
-use common::{rate, rss_kib, thousands};
+use common::{cpu_by_process, cpu_delta, machine_cpu, process_cpu, rate, rss_kib, thousands};
+
+/// The processes whose CPU time each drain reports.
+const WATCHED: &[&str] = &["beam.smp", "postgres"];
 
 const PREFETCH: u16 = 2000;
 const ACK_EVERY: u64 = 500;
@@ -92,6 +96,12 @@ fn newest_mtime(dir: &std::path::Path) -> Option<SystemTime> {
 struct PlainRun {
     publish: Duration,
     drain: Duration,
+    /// Share of the machine's CPU busy during the drain (all processes).
+    machine_busy: f64,
+    /// CPU time of the plain consumer (this process), the broker and Postgres.
+    consumer_cpu: Duration,
+    broker_cpu: Duration,
+    postgres_cpu: Duration,
 }
 
 struct SluiceRun {
@@ -105,6 +115,11 @@ struct SluiceRun {
     steady: Duration,
     vm_hwm_kib: u64,
     max_rss_kib: u64,
+    /// CPU time the daemon used (user + system), start to drained.
+    daemon_cpu: Duration,
+    machine_busy: f64,
+    broker_cpu: Duration,
+    postgres_cpu: Duration,
     warnings: usize,
 }
 
@@ -181,6 +196,22 @@ async fn run() -> anyhow::Result<()> {
             s.first_row.as_secs_f64(),
             steady_rate / plain_rate * 100.0
         );
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "  CPU µs/msg, plain drain:  consumer {:.1}, broker {:.1}, postgres {:.1}; machine {:.0}% busy",
+            us(p.consumer_cpu),
+            us(p.broker_cpu),
+            us(p.postgres_cpu),
+            p.machine_busy * 100.0
+        );
+        println!(
+            "  CPU µs/msg, sluice drain: daemon {:.1} ({:.0}% of one core), broker {:.1}, postgres {:.1}; machine {:.0}% busy",
+            us(s.daemon_cpu),
+            s.daemon_cpu.as_secs_f64() / s.total.as_secs_f64() * 100.0,
+            us(s.broker_cpu),
+            us(s.postgres_cpu),
+            s.machine_busy * 100.0
+        );
         println!(
             "  sluice peak RSS (VmHWM) {:.1} MiB; highest VmRSS sampled {:.1} MiB; {} warning/error log lines",
             s.vm_hwm_kib as f64 / 1024.0,
@@ -213,6 +244,9 @@ async fn plain_drain(n: usize) -> anyhow::Result<PlainRun> {
         publish.as_secs_f64()
     );
 
+    let procs_before = cpu_by_process(WATCHED);
+    let own_before = process_cpu(std::process::id()).unwrap_or_default();
+    let cpu_before = machine_cpu();
     let started = Instant::now();
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -248,6 +282,13 @@ async fn plain_drain(n: usize) -> anyhow::Result<PlainRun> {
             .await?;
     }
     let drain = started.elapsed();
+    let machine_busy = busy_share(cpu_before, machine_cpu());
+    let consumer_cpu = process_cpu(std::process::id())
+        .unwrap_or_default()
+        .saturating_sub(own_before);
+    let procs_after = cpu_by_process(WATCHED);
+    let broker_cpu = cpu_delta(&procs_before, &procs_after, "beam.smp");
+    let postgres_cpu = cpu_delta(&procs_before, &procs_after, "postgres");
     let _ = connection.close(200, "done".into()).await;
     let left = broker.ready(&setup.queue).await;
     ensure!(left == 0, "{left} messages left in the plain queue");
@@ -258,12 +299,25 @@ async fn plain_drain(n: usize) -> anyhow::Result<PlainRun> {
     );
     broker.cleanup(&setup).await;
     let _ = std::fs::remove_dir_all(&setup.dir);
-    Ok(PlainRun { publish, drain })
+    Ok(PlainRun {
+        publish,
+        drain,
+        machine_busy,
+        consumer_cpu,
+        broker_cpu,
+        postgres_cpu,
+    })
 }
 
 /// The real daemon draining a backlog into a fresh schema.
 async fn sluice_drain(bin: &std::path::Path, n: usize) -> anyhow::Result<SluiceRun> {
     let setup = Setup::new("bench-sluice");
+    // For experiments only (e.g. `consumers = 1`); the reported figures use the
+    // defaults.
+    if let Ok(extra) = std::env::var("SLUICE_BENCH_PIPELINE_EXTRA") {
+        println!("  sluice: pipeline settings added: {extra}");
+        setup.write_config(&extra);
+    }
     let db = TestSchema::create_named(&setup.pg_schema).await?;
     let broker = Broker::connect().await;
     let publish = backlog(&broker, &setup, n).await;
@@ -292,6 +346,8 @@ async fn watch_daemon(
     publish: Duration,
 ) -> anyhow::Result<SluiceRun> {
     let table = format!("{}.cdr", db.name);
+    let procs_before = cpu_by_process(WATCHED);
+    let cpu_before = machine_cpu();
     let started = Instant::now();
     let mut daemon = Daemon::start(bin.to_str().context("a UTF-8 path")?, setup, "daemon");
     let pid = daemon.pid();
@@ -334,6 +390,11 @@ async fn watch_daemon(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // The rows are committed; their acks follow within milliseconds.
+    let machine_busy = busy_share(cpu_before, machine_cpu());
+    let daemon_cpu = process_cpu(pid).context("reading /proc/<pid>/stat")?;
+    let procs_after = cpu_by_process(WATCHED);
+    let broker_cpu = cpu_delta(&procs_before, &procs_after, "beam.smp");
+    let postgres_cpu = cpu_delta(&procs_before, &procs_after, "postgres");
     let (hwm, rss) = rss_kib(pid).context("reading /proc/<pid>/status")?;
     max_rss = max_rss.max(rss);
     let count = db.count("cdr").await? as usize;
@@ -375,8 +436,20 @@ async fn watch_daemon(
         steady: total - first_row,
         vm_hwm_kib: hwm,
         max_rss_kib: max_rss,
+        daemon_cpu,
+        machine_busy,
+        broker_cpu,
+        postgres_cpu,
         warnings,
     })
+}
+
+/// The share of all cores that was busy between two `/proc/stat` readings.
+fn busy_share(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> f64 {
+    match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) / (t1 - t0),
+        _ => f64::NAN,
+    }
 }
 
 fn tail(log: &str) -> String {

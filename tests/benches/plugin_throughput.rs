@@ -108,6 +108,8 @@ struct Bench {
     rt: Arc<PluginRuntime>,
     source: Arc<LoadedPlugin>,
     writer: Arc<LoadedPlugin>,
+    /// The chaos test source, an echo for ordinary bodies.
+    chaos: Arc<LoadedPlugin>,
     source_config: String,
     messages: Arc<Vec<Message>>,
     sdk_messages: Vec<sluice_plugin_sdk::Message>,
@@ -159,6 +161,7 @@ async fn run() -> anyhow::Result<()> {
     })?;
     let source = Arc::new(rt.load(&plugin("json-source")).await?);
     let writer = Arc::new(rt.load(&plugin("postgres-writer")).await?);
+    let chaos = Arc::new(rt.load(&plugin("chaos-source")).await?);
     println!(
         "loaded {} ({:?}, {:.0} ms) and {} ({:?}, {:.0} ms)",
         source.info.label(),
@@ -208,6 +211,7 @@ async fn run() -> anyhow::Result<()> {
         rt,
         source,
         writer,
+        chaos,
         source_config: cdr_source_config(1, ""),
         messages: Arc::new(messages),
         sdk_messages,
@@ -595,6 +599,26 @@ impl Bench {
         }
         f.push("wasm decode (runtime) ns/msg", ns_per(t.elapsed(), n));
 
+        // The boundary alone: chaos-source (a test plugin) echoes each body as one
+        // text row, so the call does almost nothing but lift the same messages
+        // into the guest and lower a row batch of about the same size back.
+        let mut echo = SourceInstance::new(
+            self.rt.clone(),
+            self.chaos.clone(),
+            "bench",
+            "{}".to_string(),
+        );
+        echo.schema().await?;
+        let t = Instant::now();
+        for chunk in self.messages.chunks(1000) {
+            black_box(echo.decode(chunk).await?);
+        }
+        f.push(
+            "wasm echo source (boundary only) ns/msg",
+            ns_per(t.elapsed(), n),
+        );
+        drop(echo);
+
         // The same code compiled natively, decoding into a checked RowWriter as
         // the SDK's wasm export does.
         let (mut native, schema) = json_source::JsonSource::configure(&self.source_config)
@@ -779,6 +803,7 @@ fn report(f: &Figures, n: usize) {
         "sluice b=1000: write ns/row",
         "sluice redelivery: write ns/row",
         "wasm decode (runtime) ns/msg",
+        "wasm echo source (boundary only) ns/msg",
         "native decode (decode_batch) ns/msg",
         "native run_source (+read-back) ns/msg",
         "native serde parse (plain client) ns/msg",
@@ -806,6 +831,13 @@ fn report(f: &Figures, n: usize) {
         wasm - native,
         wasm / native,
         f.median("decode call, 0 messages, ns/call") / 1000.0
+    );
+    let echo = f.median("wasm echo source (boundary only) ns/msg");
+    println!(
+        "  crossing alone (echo source: lift the message, lower one row of its body): {echo:.0} ns/row; \
+         json-source's own work in wasm then costs {:.0} ns/msg vs {native:.0} native ({:.2}x)",
+        wasm - echo,
+        (wasm - echo) / native
     );
     println!(
         "  write: postgres-writer {write:.0} ns/row vs plain COPY {copy:.0} ns/row (its serde parse excluded): \

@@ -345,3 +345,81 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / clock_ticks(),
+    ))
+}
+
+/// The machine's busy and total CPU time so far (all cores), from `/proc/stat`.
+pub fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0.0);
+    let ticks = clock_ticks();
+    Some(((total - idle) / ticks, total / ticks))
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on Linux for every architecture Sluice targets.
+    100.0
+}
+
+/// CPU time used so far by every process whose command name (`comm`) starts with
+/// one of `prefixes`, by pid.
+pub fn cpu_by_process(prefixes: &[&str]) -> std::collections::HashMap<u32, (String, Duration)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim().to_string();
+        if prefixes.iter().any(|p| comm.starts_with(p))
+            && let Some(cpu) = process_cpu(pid)
+        {
+            out.insert(pid, (comm, cpu));
+        }
+    }
+    out
+}
+
+/// CPU time used between two [`cpu_by_process`] snapshots, by command-name prefix
+/// (processes that started in between count from zero; ones that ended are lost).
+pub fn cpu_delta(
+    before: &std::collections::HashMap<u32, (String, Duration)>,
+    after: &std::collections::HashMap<u32, (String, Duration)>,
+    prefix: &str,
+) -> Duration {
+    after
+        .iter()
+        .filter(|(_, (comm, _))| comm.starts_with(prefix))
+        .map(|(pid, (_, cpu))| {
+            cpu.saturating_sub(before.get(pid).map(|(_, c)| *c).unwrap_or_default())
+        })
+        .sum()
+}
