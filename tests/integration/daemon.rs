@@ -351,8 +351,14 @@ async fn a_quorum_queue_with_a_delivery_limit_is_declared_and_consumed() {
     w.setup
         .write_config_with("", r#", type = "quorum", delivery_limit = 5"#);
     let mut daemon = start(&w.setup, "daemon");
-    eventually(LONG, "the daemon to declare its queue", || async {
-        w.broker.try_ready(&w.setup.queue).await.is_some()
+    // Ready means its topology is declared (queue, exchange, binding) and it
+    // consumes: publishing earlier could hit an exchange that is not there yet.
+    let port = w.setup.admin_port;
+    eventually(LONG, "the daemon to be ready", || async {
+        matches!(
+            sluice_tests::daemon::http_get(port, "/readyz").await,
+            Some((200, _))
+        )
     })
     .await;
     w.broker.publish(&w.setup, cdrs(0..5_000)).await;

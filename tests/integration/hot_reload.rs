@@ -221,8 +221,9 @@ async fn corrupt_truncated_and_wrong_world_files_are_refused_and_the_old_version
         "marked-source.wasm",
         &marked(99_999_999),
     );
+    let swapped = format!("pipelines_swapped=[\"{}\"]", w.setup.pipeline);
     eventually(LONG, "the trapping version to load", || async {
-        daemon.log().contains("pipelines_swapped=")
+        daemon.log().contains(&swapped)
     })
     .await;
     w.broker.publish(&w.setup, ids(5_000..6_000)).await;
@@ -407,8 +408,14 @@ async fn a_reload_that_adds_a_pipeline_starts_it() {
         })
     })
     .await;
+    // Ready again means the new pipeline declared its queue, exchange and binding
+    // and consumes (it registered as starting before the reload line was logged).
+    let port = w.setup.admin_port;
     eventually(LONG, "the new pipeline to consume", || async {
-        w.broker.try_ready(&format!("{second}.in")).await.is_some()
+        matches!(
+            sluice_tests::daemon::http_get(port, "/readyz").await,
+            Some((200, _))
+        )
     })
     .await;
     w.broker
