@@ -214,6 +214,10 @@ impl ToSql for Param<'_> {
     to_sql_checked!();
 }
 
+fn param_refs<'a>(params: &'a [Param<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
 fn row_values(row: &Row) -> Result<Vec<PgValue>, PgError> {
     fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
         row: &'a Row,
@@ -350,8 +354,7 @@ impl HostConnection for PluginState {
         let result = async {
             let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
             let params: Vec<Param> = params.iter().map(Param).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let refs = param_refs(&params);
             let n = conn
                 .client
                 .execute(&stmt, &refs)
@@ -376,8 +379,7 @@ impl HostConnection for PluginState {
         let result = async {
             let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
             let params: Vec<Param> = params.iter().map(Param).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let refs = param_refs(&params);
             let rows = conn
                 .client
                 .query(&stmt, &refs)

@@ -185,6 +185,25 @@ fn trap_text(error: &wasmtime::Error) -> String {
     }
 }
 
+/// The outcome of a call to an export that answers `result<T, plugin-error>`:
+/// the plugin's own error, or a trap explained from the store.
+fn answer<T>(
+    plugin: &str,
+    func: &'static str,
+    store: &Store<PluginState>,
+    result: wasmtime::Result<Result<T, PluginError>>,
+) -> Result<T, CallError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(CallError::Failed {
+            plugin: plugin.to_string(),
+            func,
+            error,
+        }),
+        Err(e) => Err(call_error(plugin, func, store, e)),
+    }
+}
+
 /// Calls `about` on a fresh instance, with no capability granted.
 pub(super) async fn about(
     runtime: &Arc<PluginRuntime>,
@@ -323,21 +342,11 @@ impl SourceInstance {
                 Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
             };
             begin_call(&mut store);
-            let schema = match bindings
+            let result = bindings
                 .sluice_plugin_source()
                 .call_configure(&mut store, &self.config)
-                .await
-            {
-                Ok(Ok(schema)) => schema,
-                Ok(Err(error)) => {
-                    return Err(CallError::Failed {
-                        plugin: name,
-                        func: "configure",
-                        error,
-                    });
-                }
-                Err(e) => return Err(call_error(&name, "configure", &store, e)),
-            };
+                .await;
+            let schema = answer(&name, "configure", &store, result)?;
             validate_schema(&schema).map_err(|reason| CallError::Contract {
                 plugin: name.clone(),
                 func: "configure",
@@ -476,21 +485,11 @@ impl WriterInstance {
             Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
         };
         begin_call(&mut store);
-        match bindings
+        let result = bindings
             .sluice_plugin_writer()
             .call_open(&mut store, &self.config, &self.schema)
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                return Err(CallError::Failed {
-                    plugin: name,
-                    func: "open",
-                    error,
-                });
-            }
-            Err(e) => return Err(call_error(&name, "open", &store, e)),
-        }
+            .await;
+        answer(&name, "open", &store, result)?;
         self.live = Some((store, bindings));
         Ok(())
     }
