@@ -111,6 +111,8 @@ macro_rules! wit_schema_conversions {
     };
 }
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod log;
 mod message;
 mod plugin;
@@ -120,6 +122,8 @@ pub mod rows;
 mod schema;
 #[cfg(feature = "source")]
 mod source;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 pub mod testing;
 #[cfg(feature = "writer")]
 mod writer;
