@@ -36,7 +36,7 @@ use self::bindings::v0_1_0::{source, writer};
 pub use self::cache::{CacheOutcome, ComponentCache};
 pub use self::instance::{CallError, SourceInstance, WriterInstance};
 use self::state::{PluginLabel, PluginState};
-use crate::capabilities::Grants;
+use crate::capabilities::{Granted, Grants, Need, needs_of};
 
 /// The WIT versions of `sluice:plugin` this host loads.
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
@@ -119,6 +119,12 @@ const WASI_IMPORTS: &[&str] = &[
     "wasi:random/",
     "wasi:filesystem/",
 ];
+
+/// WASI interfaces only writers may import: the network, which they reach only
+/// through their `http` and `tcp` grants. A writer that imports them without the
+/// grant is refused when its pipeline starts
+/// ([`crate::capabilities::check_writer_grants`]).
+const WRITER_WASI_IMPORTS: &[&str] = &["wasi:http/", "wasi:sockets/"];
 
 /// Why a plugin file was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +261,10 @@ pub struct LoadedPlugin {
     pub cache: CacheOutcome,
     /// How long loading took.
     pub load_time: Duration,
+    /// The capabilities its imports ask for (`postgres`, `http`, `tcp`), each
+    /// with an import that asks for it. A writer is refused in a pipeline whose
+    /// grants don't give the `http` or `tcp` it imports.
+    pub needs: Vec<Need>,
     pub(crate) pre: PluginPre,
 }
 
@@ -267,6 +277,7 @@ impl fmt::Debug for LoadedPlugin {
             .field("sha256", &self.sha256)
             .field("path", &self.path)
             .field("cache", &self.cache)
+            .field("needs", &self.needs)
             .finish_non_exhaustive()
     }
 }
@@ -302,6 +313,9 @@ impl PluginRuntime {
         source::SourcePlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut source_linker, |s| s)?;
         let mut writer_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut writer_linker)?;
+        // Outbound HTTP, for writers only; every request is checked against the
+        // writer's grants (`capabilities::http`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut writer_linker)?;
         writer::WriterPlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut writer_linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -373,6 +387,7 @@ impl PluginRuntime {
             path: prepared.path,
             cache: prepared.cache,
             load_time: started.elapsed(),
+            needs: prepared.needs,
             pre: prepared.pre,
         })
     }
@@ -399,7 +414,7 @@ impl PluginRuntime {
         })?;
 
         let (kind, wit_version) = self.world_of(path, &component)?;
-        self.check_imports(path, &component, kind)?;
+        let needs = self.check_imports(path, &component, kind)?;
         let mismatch = |e: wasmtime::Error| LoadError::Mismatch {
             path: path_buf.clone(),
             kind,
@@ -428,6 +443,7 @@ impl PluginRuntime {
             wit_version,
             sha256,
             cache,
+            needs,
             pre,
         })
     }
@@ -472,23 +488,29 @@ impl PluginRuntime {
         })
     }
 
-    /// Refuses a component that imports anything its world does not grant.
+    /// Refuses a component that imports anything its world does not allow;
+    /// returns the capabilities its imports ask for.
     fn check_imports(
         &self,
         path: &Path,
         component: &Component,
         kind: PluginKind,
-    ) -> Result<(), LoadError> {
+    ) -> Result<Vec<Need>, LoadError> {
+        let wasi: Vec<&str> = match kind {
+            PluginKind::Source => WASI_IMPORTS.to_vec(),
+            PluginKind::Writer => [WASI_IMPORTS, WRITER_WASI_IMPORTS].concat(),
+        };
         let ty = component.component_type();
+        let mut names = Vec::new();
         for (name, item) in ty.imports(&self.engine) {
             let unversioned = name.split('@').next().unwrap_or(name);
             let granted = kind.host_imports().contains(&unversioned)
-                || (WASI_IMPORTS.iter().any(|prefix| name.starts_with(prefix))
+                || (wasi.iter().any(|prefix| name.starts_with(prefix))
                     && matches!(item.ty, ComponentItem::ComponentInstance(_)));
             if !granted {
                 let mut allowed: Vec<String> =
                     kind.host_imports().iter().map(|s| s.to_string()).collect();
-                allowed.extend(WASI_IMPORTS.iter().map(|p| format!("{p}*")));
+                allowed.extend(wasi.iter().map(|p| format!("{p}*")));
                 return Err(LoadError::ImportNotGranted {
                     path: path.to_path_buf(),
                     import: name.to_string(),
@@ -496,18 +518,21 @@ impl PluginRuntime {
                     allowed: allowed.join(", "),
                 });
             }
+            names.push(name);
         }
-        Ok(())
+        Ok(needs_of(names))
     }
 
     pub(crate) fn new_store(
         &self,
         label: Arc<PluginLabel>,
         grants: Arc<Grants>,
+        granted: Granted,
     ) -> Store<PluginState> {
         let state = PluginState::new(
             label,
             grants,
+            granted,
             self.config.memory_limit,
             self.config.call_time_limit,
         );
@@ -533,5 +558,6 @@ struct Prepared {
     wit_version: String,
     sha256: String,
     cache: CacheOutcome,
+    needs: Vec<Need>,
     pre: PluginPre,
 }

@@ -1,11 +1,15 @@
-//! The WASI context every plugin gets: nothing ambient.
+//! The WASI context of a plugin instance: nothing ambient, and what its grants give.
 //!
 //! Plugins built with Rust's std for `wasm32-wasip1`/`wasip2` import WASI
-//! interfaces whether or not they use them, so the host links WASI but hands out a
-//! context with no preopened directory, no environment variables, no arguments, no
-//! sockets and frozen clocks. Only randomness is real (hash maps need it). Whatever
-//! the plugin writes to stdout or stderr is kept (the last few KiB) so that a trap
-//! can be reported with the plugin's own last words.
+//! interfaces whether or not they use them, so the host links WASI for every
+//! plugin. With no grant the context has no preopened directory, no environment
+//! variables, no arguments, no sockets and frozen clocks; only randomness is real
+//! (hash maps need it). A writer's grants add to that ([`ctx`]): a granted
+//! directory is preopened as [`DATA_DIR`], `tcp` grants allow TCP and name
+//! lookups through the socket check of [`super::tcp`], and any network or
+//! directory grant gives real clocks (timeouts, timestamps, file times).
+//! Whatever the plugin writes to stdout or stderr is kept (the last few KiB) so
+//! that a trap can be reported with the plugin's own last words.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,12 +20,19 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx};
+
+use super::Grants;
+use super::net::NetAccess;
 
 /// How much of a plugin's stdout/stderr is kept.
 const OUTPUT_TAIL_BYTES: usize = 4096;
 
-/// A locked-down WASI context whose stdout and stderr go to `output`.
+/// Where a writer's granted directory appears in the guest.
+pub const DATA_DIR: &str = "/data";
+
+/// A locked-down WASI context whose stdout and stderr go to `output`: what
+/// sources get, and writers with no grant.
 pub fn locked_down_ctx(output: &OutputTail) -> WasiCtx {
     WasiCtx::builder()
         .stdout(output.clone())
@@ -32,6 +43,44 @@ pub fn locked_down_ctx(output: &OutputTail) -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build()
+}
+
+/// The WASI context of a writer instance with `grants`; `net` checks its
+/// socket addresses. Creates the granted directory if it is missing; the error
+/// names it if that, or opening it, fails.
+pub(crate) fn ctx(
+    output: &OutputTail,
+    grants: &Grants,
+    net: &Arc<NetAccess>,
+) -> Result<WasiCtx, String> {
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(output.clone())
+        .stderr(output.clone())
+        .allow_udp(false);
+    if !grants.gives_real_clocks() {
+        builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+    }
+    if grants.tcp.is_empty() {
+        builder.allow_tcp(false).allow_ip_name_lookup(false);
+    } else {
+        builder
+            .allow_tcp(true)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(super::tcp::socket_check(net.clone()));
+    }
+    if let Some(dir) = &grants.directory {
+        super::prepare_directory(dir)?;
+        builder
+            .preopened_dir(dir, DATA_DIR, FsPerms::ReadWrite)
+            .map_err(|e| {
+                format!(
+                    "cannot open the granted directory {} for the plugin: {e:#}",
+                    dir.display()
+                )
+            })?;
+    }
+    Ok(builder.build())
 }
 
 /// A clock that always says the Unix epoch: plugins get no clock unless granted.

@@ -12,7 +12,7 @@ use super::{
     DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginInfo, PluginKind,
     PluginPre, PluginRuntime, RowBatch, RowRejection, Schema,
 };
-use crate::capabilities::Grants;
+use crate::capabilities::{Granted, Grants};
 
 /// Why a call into a plugin failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,15 @@ pub enum CallError {
         /// What was wrong.
         reason: String,
     },
+    /// The host could not set up what the plugin was granted (a granted
+    /// directory that cannot be created). Not the plugin's fault; it did not run.
+    #[error("plugin {plugin} cannot be opened: {reason}")]
+    Capability {
+        /// `name@version`.
+        plugin: String,
+        /// What could not be set up.
+        reason: String,
+    },
 }
 
 impl CallError {
@@ -81,11 +90,12 @@ impl CallError {
             | CallError::OutOfMemory { func, .. }
             | CallError::Failed { func, .. }
             | CallError::Contract { func, .. } => func,
+            CallError::Capability { .. } => "open",
         }
     }
 
     /// The kind of failure, as metrics label it: `trap`, `timeout`, `memory`,
-    /// `failed` or `contract`.
+    /// `failed`, `contract` or `capability`.
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Trap { .. } => "trap",
@@ -93,13 +103,17 @@ impl CallError {
             CallError::OutOfMemory { .. } => "memory",
             CallError::Failed { .. } => "failed",
             CallError::Contract { .. } => "contract",
+            CallError::Capability { .. } => "capability",
         }
     }
 
     /// Whether the plugin crashed or misbehaved (trap, timeout, memory limit,
     /// contract) rather than answering with an error of its own.
     pub fn is_crash(&self) -> bool {
-        !matches!(self, CallError::Failed { .. })
+        !matches!(
+            self,
+            CallError::Failed { .. } | CallError::Capability { .. }
+        )
     }
 
     /// Whether the plugin itself said to retry later (a store unavailable).
@@ -213,7 +227,7 @@ pub(super) async fn about(
         plugin: "(loading)".into(),
         pipeline: "".into(),
     });
-    let mut store = runtime.new_store(label, Arc::new(Grants::none()));
+    let mut store = runtime.new_store(label, Arc::new(Grants::none()), Granted::nothing());
     begin_call(&mut store);
     let result = match pre {
         PluginPre::Source(pre) => match pre.instantiate_async(&mut store).await {
@@ -333,9 +347,11 @@ impl SourceInstance {
     ) -> Result<&mut (Store<PluginState>, source::SourcePlugin, Schema), CallError> {
         if self.live.is_none() {
             let name = self.plugin.info.label();
-            let mut store = self
-                .runtime
-                .new_store(self.label.clone(), Arc::new(Grants::none()));
+            let mut store = self.runtime.new_store(
+                self.label.clone(),
+                Arc::new(Grants::none()),
+                Granted::nothing(),
+            );
             begin_call(&mut store);
             let bindings = match self.pre.instantiate_async(&mut store).await {
                 Ok(b) => b,
@@ -476,9 +492,17 @@ impl WriterInstance {
             return Ok(());
         }
         let name = self.plugin.info.label();
+        let granted =
+            self.grants
+                .grant(&self.label)
+                .await
+                .map_err(|reason| CallError::Capability {
+                    plugin: name.clone(),
+                    reason,
+                })?;
         let mut store = self
             .runtime
-            .new_store(self.label.clone(), self.grants.clone());
+            .new_store(self.label.clone(), self.grants.clone(), granted);
         begin_call(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::capabilities::Grants;
-use crate::capabilities::wasi::{OutputTail, locked_down_ctx};
+use crate::capabilities::http::HttpHooks;
+use crate::capabilities::wasi::OutputTail;
+use crate::capabilities::{Granted, Grants};
 
 /// Names that go into every log line about an instance.
 #[derive(Debug)]
@@ -22,6 +24,9 @@ pub struct PluginLabel {
 /// The store data of one plugin instance. Owned by exactly one task.
 pub struct PluginState {
     pub(crate) wasi: WasiCtx,
+    /// `wasi:http` (linked for writers only), with hooks that check the grants.
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_hooks: HttpHooks,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) grants: Arc<Grants>,
@@ -37,18 +42,20 @@ impl PluginState {
     pub(crate) fn new(
         label: Arc<PluginLabel>,
         grants: Arc<Grants>,
+        granted: Granted,
         memory_limit: usize,
         time_limit: Duration,
     ) -> Self {
-        let output = OutputTail::default();
         Self {
-            wasi: locked_down_ctx(&output),
+            wasi: granted.wasi,
+            http: WasiHttpCtx::new(),
+            http_hooks: granted.http,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
             grants,
             label,
             clock: CallClock::new(time_limit),
-            output,
+            output: granted.output,
             last_panic: None,
             pg_open: 0,
         }
@@ -60,6 +67,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
