@@ -111,9 +111,14 @@ pub(super) struct RawWriter {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a table of grants, like { postgres = [\"warehouse\"] }")]
+#[serde(
+    expecting = "a table of grants, like { postgres = [\"warehouse\"], http = [\"https://host/path\"], tcp = [\"host:port\"], directory = \"out\" }"
+)]
 pub(super) struct RawGrants {
     pub postgres: Option<Lenient<Vec<String>>>,
+    pub http: Option<Lenient<Vec<String>>>,
+    pub tcp: Option<Lenient<Vec<String>>>,
+    pub directory: Option<Lenient<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -617,3 +617,103 @@ fn retry_backoffs_must_be_ordered() {
     let problems = problems(&text);
     assert_eq!(paths(&problems), ["pipelines[0].retry.max_backoff"]);
 }
+
+/// MINIMAL with the writer's grants replaced by `grants`.
+fn with_grants(grants: &str) -> String {
+    MINIMAL.replace("grants = { postgres = [\"warehouse\"] }", grants)
+}
+
+#[test]
+fn http_tcp_and_directory_grants_are_read() {
+    let config = parse(&with_grants(
+        r#"grants = { http = ["http://127.0.0.1:8123", "https://api.example.com/v1/"], tcp = ["127.0.0.1:6379", "[::1]:6380"], directory = "out/cdr", postgres = ["warehouse"] }"#,
+    ))
+    .unwrap();
+    let grants = &config.pipelines[0].writers[0].grants;
+    let http: Vec<String> = grants.http.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        http,
+        ["http://127.0.0.1:8123/", "https://api.example.com:443/v1"]
+    );
+    let tcp: Vec<String> = grants.tcp.iter().map(ToString::to_string).collect();
+    assert_eq!(tcp, ["127.0.0.1:6379", "[::1]:6380"]);
+    // Relative to the configuration file's folder.
+    assert_eq!(
+        grants.directory.as_deref(),
+        Some(Path::new("/etc/sluice/out/cdr"))
+    );
+    assert!(grants.postgres.contains_key("warehouse"));
+
+    let absolute = parse(&with_grants(r#"grants = { directory = "/srv/cdr" }"#)).unwrap();
+    assert_eq!(
+        absolute.pipelines[0].writers[0].grants.directory.as_deref(),
+        Some(Path::new("/srv/cdr"))
+    );
+    let none = parse(&with_grants("")).unwrap();
+    let grants = &none.pipelines[0].writers[0].grants;
+    assert!(grants.http.is_empty() && grants.tcp.is_empty() && grants.directory.is_none());
+}
+
+#[test]
+fn bad_grants_are_all_reported_with_their_key_paths() {
+    let problems = problems(&with_grants(
+        r#"grants = { http = ["ftp://files.example.com", "not a url", "http://h/x?key=1", "http://h/x#frag", "http://h:0", "http://h", "http://h/"], tcp = ["127.0.0.1", "127.0.0.1:0", "host:port", "127.0.0.1:6379"], directory = "" }"#,
+    ));
+    let g = "pipelines[0].writers[0].grants";
+    assert_eq!(
+        paths(&problems),
+        [
+            format!("{g}.http[0]"),
+            format!("{g}.http[1]"),
+            format!("{g}.http[2]"),
+            format!("{g}.http[3]"),
+            format!("{g}.http[4]"),
+            format!("{g}.http[6]"),
+            format!("{g}.tcp[0]"),
+            format!("{g}.tcp[1]"),
+            format!("{g}.tcp[2]"),
+            format!("{g}.directory"),
+        ]
+    );
+    let message = |path: &str| at(&problems, &format!("{g}.{path}")).message.clone();
+    assert!(message("http[0]").contains("unsupported scheme `ftp`"));
+    assert!(message("http[1]").contains("not a URL"));
+    assert!(message("http[2]").contains("no query"));
+    assert!(message("http[3]").contains("no fragment"));
+    assert!(message("http[4]").contains("port 0"));
+    // `http://h/` is `http://h` again.
+    assert!(message("http[6]").contains("granted twice"));
+    assert!(message("tcp[0]").contains("has no port"));
+    assert!(message("tcp[1]").contains("port 0"));
+    assert!(message("tcp[2]").contains("not a port number"));
+    assert!(message("directory").contains("is empty"));
+}
+
+#[test]
+fn grants_of_the_wrong_type_or_kind_are_reported() {
+    let problems = problems(&with_grants(
+        r#"grants = { http = "http://h", tcp = [6379], directory = ["a"], files = ["x"] }"#,
+    ));
+    let g = "pipelines[0].writers[0].grants";
+    assert!(
+        at(&problems, &format!("{g}.http"))
+            .message
+            .contains("a list of base URLs")
+    );
+    assert!(
+        at(&problems, &format!("{g}.tcp"))
+            .message
+            .contains("a list of host:port")
+    );
+    assert!(
+        at(&problems, &format!("{g}.directory"))
+            .message
+            .contains("a folder path")
+    );
+    let unknown = &at(&problems, &format!("{g}.files")).message;
+    assert!(
+        unknown.contains("unknown key `files`")
+            && unknown.contains("postgres, http, tcp, directory"),
+        "{unknown}"
+    );
+}

@@ -27,11 +27,12 @@ pub(super) fn validate(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<Problem>> {
+    let base = config_folder(file);
     let mut v = Validator {
         problems: unknown_keys,
         env,
+        base: base.clone(),
     };
-    let base = config_folder(file);
     let daemon = v.daemon(raw.daemon.unwrap_or_default(), &base);
     let connections = v.connections(raw.connections.unwrap_or_default());
     let pipelines = v.pipelines(raw.pipelines.unwrap_or_default(), &connections);
@@ -97,6 +98,8 @@ impl Connection {
 struct Validator<'a> {
     problems: Vec<Problem>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// The configuration file's folder: relative paths are resolved against it.
+    base: PathBuf,
 }
 
 impl Validator<'_> {

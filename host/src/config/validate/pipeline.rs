@@ -16,7 +16,7 @@ use super::super::{
     RetryConfig, SourceConfig, WriterConfig,
 };
 use super::{Connection, Validator};
-use crate::capabilities::Grants;
+use crate::capabilities::{Grants, HttpGrant, TcpGrant};
 
 /// The largest prefetch AMQP can express (`basic.qos` takes a 16-bit count).
 const PREFETCH_MAX: i64 = u16::MAX as i64;
@@ -403,16 +403,54 @@ impl Validator<'_> {
             )
             .unwrap_or_default();
         let config = self.plugin_config(&format!("{at}.config"), raw.config);
+        let raw_grants = raw.grants.unwrap_or_default();
+        let grants_at = format!("{at}.grants");
+        let (mut grants, postgres_grants) =
+            self.postgres_grants(&grants_at, raw_grants.postgres, connections);
+        grants.http = self.grant_list(
+            &format!("{grants_at}.http"),
+            raw_grants.http,
+            "a list of base URLs, like [\"https://api.example.com/v1\"]",
+            HttpGrant::parse,
+        );
+        grants.tcp = self.grant_list(
+            &format!("{grants_at}.tcp"),
+            raw_grants.tcp,
+            "a list of host:port, like [\"127.0.0.1:6379\"]",
+            TcpGrant::parse,
+        );
+        if raw_grants.directory.is_some() {
+            let base = self.base.clone();
+            grants.directory = self.folder(
+                &format!("{grants_at}.directory"),
+                raw_grants.directory,
+                &base,
+            );
+        }
+        WriterConfig {
+            plugin,
+            config,
+            grants,
+            postgres_grants,
+        }
+    }
+
+    /// The postgres connections a writer is granted (`grants.postgres`), and
+    /// their names in file order.
+    fn postgres_grants(
+        &mut self,
+        grants_at: &str,
+        raw: Option<Lenient<Vec<String>>>,
+        connections: &BTreeMap<String, Connection>,
+    ) -> (Grants, Vec<String>) {
         let mut grants = Grants::none();
         let mut postgres_grants: Vec<String> = Vec::new();
-        let grants_path = format!("{at}.grants.postgres");
-        let names = raw.grants.and_then(|g| {
-            self.typed(
-                &grants_path,
-                g.postgres,
-                "a list of postgres connection names, like [\"warehouse\"]",
-            )
-        });
+        let grants_path = format!("{grants_at}.postgres");
+        let names = self.typed(
+            &grants_path,
+            raw,
+            "a list of postgres connection names, like [\"warehouse\"]",
+        );
         for (k, name) in names.unwrap_or_default().into_iter().enumerate() {
             let path = format!("{grants_path}[{k}]");
             if postgres_grants.contains(&name) {
@@ -440,12 +478,31 @@ impl Validator<'_> {
             }
             postgres_grants.push(name);
         }
-        WriterConfig {
-            plugin,
-            config,
-            grants,
-            postgres_grants,
+        (grants, postgres_grants)
+    }
+
+    /// A list of grants of one kind (`grants.http`, `grants.tcp`), each parsed
+    /// by `parse`; every item that does not parse, or is there twice, reported.
+    fn grant_list<T: PartialEq>(
+        &mut self,
+        path: &str,
+        raw: Option<Lenient<Vec<String>>>,
+        expected: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let items = self.typed(path, raw, expected).unwrap_or_default();
+        let mut out = Vec::new();
+        for (k, item) in items.into_iter().enumerate() {
+            let at = format!("{path}[{k}]");
+            match parse(&item) {
+                Ok(grant) if out.contains(&grant) => {
+                    self.report(at, format!("{item:?} is granted twice"));
+                }
+                Ok(grant) => out.push(grant),
+                Err(why) => self.report(at, format!("{item:?}: {why}")),
+            }
         }
+        out
     }
 
     /// A plugin's `config` table, as a JSON object.
