@@ -3,13 +3,16 @@
 //!
 //! Every `*.wasm` file in the folder is loaded once (a file that fails to load is
 //! a problem of its own); then every plugin a pipeline names must be there, in
-//! the right world, and each source must accept its configuration and declare a
-//! valid schema. Writers are not opened: that needs their database.
+//! the right world, each source must accept its configuration and declare a
+//! valid schema, and each writer's grants must give the capabilities its
+//! component imports (`http`, `tcp`). Writers are not opened: that needs their
+//! database.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::capabilities;
 use crate::config::{Config, Problem};
 use crate::plugin_runtime::{LoadedPlugin, PluginKind, PluginRuntime, SourceInstance};
 
@@ -34,18 +37,21 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
     for (i, pipeline) in config.pipelines.iter().enumerate() {
         let at = format!("pipelines[{i}]");
         let wanted = std::iter::once((
-            format!("{at}.source.plugin"),
+            format!("{at}.source"),
             &pipeline.source.plugin,
             PluginKind::Source,
+            None,
         ))
         .chain(pipeline.writers.iter().enumerate().map(|(j, w)| {
             (
-                format!("{at}.writers[{j}].plugin"),
+                format!("{at}.writers[{j}]"),
                 &w.plugin,
                 PluginKind::Writer,
+                Some(w),
             )
         }));
-        for (path, name, kind) in wanted {
+        for (table, name, kind, writer) in wanted {
+            let path = format!("{table}.plugin");
             let Some(found) = plugins.get(name.as_str()) else {
                 problems.push(Problem::new(
                     path,
@@ -79,6 +85,22 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
                     ),
                 ));
                 continue;
+            }
+            if let Some(writer) = writer {
+                if let Err(why) = capabilities::check_writer_grants(plugin, &writer.grants, &table)
+                {
+                    problems.push(Problem::new(format!("{table}.grants"), why));
+                }
+                // Created when the pipeline starts; `check` changes nothing.
+                if let Some(dir) = &writer.grants.directory
+                    && dir.exists()
+                    && !dir.is_dir()
+                {
+                    problems.push(Problem::new(
+                        format!("{table}.grants.directory"),
+                        format!("{} exists and is not a directory", dir.display()),
+                    ));
+                }
             }
             if kind == PluginKind::Source {
                 let config_json = pipeline.source.config.to_string();

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
+use crate::capabilities;
 use crate::config::{Config, PipelineConfig};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::pipeline::{self, PipelinePlugins, Reporting};
@@ -21,7 +22,8 @@ use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
 use crate::service;
 
 /// Finds the plugins of pipeline `i`, or says which are missing or of the
-/// wrong world.
+/// wrong world, which writers import a capability their grants don't give, and
+/// which granted directories cannot be created.
 pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<PipelinePlugins, String> {
     let p = &config.pipelines[i];
     let mut problems = Vec::new();
@@ -59,8 +61,26 @@ pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<Pipelin
             )
         })
         .collect();
+    // A writer that imports a capability its grants don't give is refused, and
+    // its granted directory is created now, so that the pipeline does not start
+    // only to fail on first use.
+    for (j, (w, plugin)) in p.writers.iter().zip(&writers).enumerate() {
+        let at = format!("pipelines[{i}].writers[{j}]");
+        if let Some(plugin) = plugin
+            && let Err(why) = capabilities::check_writer_grants(plugin, &w.grants, &at)
+        {
+            problems.push(why);
+        }
+        if let Some(dir) = &w.grants.directory
+            && let Err(why) = capabilities::prepare_directory(dir)
+        {
+            problems.push(format!("{at}.grants.directory: {why}"));
+        }
+    }
     match (source, writers.into_iter().collect::<Option<Vec<_>>>()) {
-        (Some(source), Some(writers)) => Ok(PipelinePlugins { source, writers }),
+        (Some(source), Some(writers)) if problems.is_empty() => {
+            Ok(PipelinePlugins { source, writers })
+        }
         _ => Err(problems.join("; ")),
     }
 }
