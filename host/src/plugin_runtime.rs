@@ -42,7 +42,7 @@ use crate::capabilities::{Granted, Grants, Need, needs_of};
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
 
 /// How often the epoch advances: the granularity of time limits.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits and places for the runtime.
 #[derive(Clone, Debug)]

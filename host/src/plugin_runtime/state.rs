@@ -81,31 +81,45 @@ impl WasiHttpView for PluginState {
     }
 }
 
+/// A pause between two epoch checks longer than this means the plugin was not
+/// running in between: it waited in a host call.
+const QUIET_GAP: Duration = Duration::from_millis(100);
+
 /// Measures the time a call spends in the plugin's own code.
 ///
 /// The limit is on the plugin's time, not on the wall clock: time spent in host
 /// calls (a COPY to Postgres that takes a while under load) does not count, so a
-/// busy store cannot make a healthy writer trap.
+/// busy store cannot make a healthy writer trap. The `postgres` capability
+/// reports its time ([`CallClock::add_host_time`]). WASI calls can't (a writer
+/// waiting on an HTTP response or a socket blocks in `wasi:io/poll`), so they are
+/// told apart by the epoch checks: those run only while plugin code runs, one
+/// per tick, and a pause longer than [`QUIET_GAP`] between two of them is taken
+/// as time in the host.
 #[derive(Debug)]
 pub(crate) struct CallClock {
     limit: Duration,
     started: Instant,
     in_host: Duration,
+    /// The last epoch check, or the end of the last reported host call.
+    last_seen: Instant,
     pub(crate) exceeded: bool,
 }
 
 impl CallClock {
     fn new(limit: Duration) -> Self {
+        let now = Instant::now();
         Self {
             limit,
-            started: Instant::now(),
+            started: now,
             in_host: Duration::ZERO,
+            last_seen: now,
             exceeded: false,
         }
     }
 
     pub(crate) fn start(&mut self) {
         self.started = Instant::now();
+        self.last_seen = self.started;
         self.in_host = Duration::ZERO;
         self.exceeded = false;
     }
@@ -113,11 +127,21 @@ impl CallClock {
     /// Records that a host call begun at `since` has just returned.
     pub(crate) fn add_host_time(&mut self, since: Instant) {
         self.in_host += since.elapsed();
+        self.last_seen = Instant::now();
     }
 
-    /// Whether the plugin has used up its time; remembers it if so.
+    /// Whether the plugin has used up its time; remembers it if so. Called on
+    /// each epoch tick while plugin code runs.
     pub(crate) fn check(&mut self) -> bool {
-        let in_guest = self.started.elapsed().saturating_sub(self.in_host);
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_seen);
+        if gap > QUIET_GAP {
+            self.in_host += gap - super::EPOCH_TICK;
+        }
+        self.last_seen = now;
+        let in_guest = now
+            .saturating_duration_since(self.started)
+            .saturating_sub(self.in_host);
         if in_guest > self.limit {
             self.exceeded = true;
         }
