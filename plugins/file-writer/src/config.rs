@@ -1,0 +1,197 @@
+//! The writer's configuration: a JSON object (the writer's `config` table).
+//!
+//! ```toml
+//! [[pipelines.writers]]
+//! plugin = "file-writer"
+//! grants = { directory = "out/cdr" }   # the host folder, seen by the plugin as /data
+//!
+//! [pipelines.writers.config]
+//! format = "ndjson"          # "ndjson" (default) or "csv"
+//! prefix = "cdr"             # default: the schema's name
+//! rotate_bytes = 67108864    # finish a file once it holds this much (default 64 MiB)
+//! rotate_after = "5m"        # ... or once it is this old (default 5m)
+//! dedupe_window = "15m"      # skip rows whose key is in a file changed this recently (default 15m)
+//! dir = "/data"              # where the files go (default /data, the granted directory)
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The files' format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    Ndjson,
+    /// A header line, then one RFC 4180 record per row.
+    Csv,
+}
+
+impl Format {
+    /// The file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// The writer's configuration, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// NDJSON or CSV.
+    pub format: Format,
+    /// The files' name prefix.
+    pub prefix: String,
+    /// Finish a file once it holds this many bytes.
+    pub rotate_bytes: u64,
+    /// Finish a file once it is this old.
+    pub rotate_after: Duration,
+    /// How far back keys are remembered to skip duplicates.
+    pub dedupe_window: Duration,
+    /// The directory the files go to.
+    pub dir: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    format: Option<Format>,
+    prefix: Option<String>,
+    rotate_bytes: Option<u64>,
+    rotate_after: Option<String>,
+    dedupe_window: Option<String>,
+    dir: Option<String>,
+}
+
+impl Config {
+    /// Reads the configuration `json`; `schema` (the source schema's name) is the
+    /// default prefix.
+    pub fn parse(json: &str, schema: &str) -> Result<Config, String> {
+        let json = if json.trim().is_empty() { "{}" } else { json };
+        let raw: Raw =
+            serde_json::from_str(json).map_err(|e| format!("invalid file-writer config: {e}"))?;
+        let mut problems = Vec::new();
+        let mut duration = |key: &str, text: Option<String>, default: Duration| match text {
+            None => default,
+            Some(text) => match parse_duration(&text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    problems.push(format!("`{key}` must be more than 0"));
+                    default
+                }
+                Err(e) => {
+                    problems.push(format!("`{key}`: {e}"));
+                    default
+                }
+            },
+        };
+        let rotate_after = duration("rotate_after", raw.rotate_after, Duration::from_secs(300));
+        let dedupe_window = duration("dedupe_window", raw.dedupe_window, Duration::from_secs(900));
+        let prefix = raw.prefix.unwrap_or_else(|| schema.to_owned());
+        if prefix.is_empty()
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            problems.push(format!(
+                "`prefix` {prefix:?} must be ASCII letters, digits, `_`, `-` or `.`"
+            ));
+        }
+        let rotate_bytes = raw.rotate_bytes.unwrap_or(64 << 20);
+        if rotate_bytes == 0 {
+            problems.push("`rotate_bytes` must be more than 0".into());
+        }
+        let dir = raw.dir.unwrap_or_else(|| "/data".to_owned());
+        if dir.is_empty() {
+            problems.push("`dir` is empty".into());
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "invalid file-writer config: {}",
+                problems.join("; ")
+            ));
+        }
+        Ok(Config {
+            format: raw.format.unwrap_or(Format::Ndjson),
+            prefix,
+            rotate_bytes,
+            rotate_after,
+            dedupe_window,
+            dir,
+        })
+    }
+}
+
+/// A duration such as `500ms`, `30s`, `5m`, `1h30m` or `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like \"30s\", \"5m\" or \"1h30m\"");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let unit_len = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || unit_len == 0 {
+            return Err(bad());
+        }
+        let n: u32 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = match &rest[digits..digits + unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        total += unit * n;
+        rest = rest[digits + unit_len..].trim_start();
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_problems() {
+        let c = Config::parse("{}", "cdr").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                format: Format::Ndjson,
+                prefix: "cdr".into(),
+                rotate_bytes: 67_108_864,
+                rotate_after: Duration::from_secs(300),
+                dedupe_window: Duration::from_secs(900),
+                dir: "/data".into(),
+            }
+        );
+        let err = Config::parse(
+            r#"{"prefix":"a/b","rotate_bytes":0,"rotate_after":"0s","dedupe_window":"x"}"#,
+            "cdr",
+        )
+        .unwrap_err();
+        for part in [
+            "`prefix` \"a/b\"",
+            "`rotate_bytes` must be more than 0",
+            "`rotate_after` must be more than 0",
+            "`dedupe_window`: \"x\" is not a duration",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        assert!(
+            Config::parse(r#"{"format":"parquet"}"#, "cdr")
+                .unwrap_err()
+                .contains("unknown variant `parquet`")
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! Sluice's file writer: appends rows to NDJSON or CSV files in a directory the
+//! host grants, each file complete or absent, and no row twice within a window.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [[pipelines.writers]]
+//! plugin = "file-writer"
+//! grants = { directory = "out/cdr" }   # seen by the plugin as /data
+//! config = { format = "ndjson", prefix = "cdr", rotate_bytes = 67108864, rotate_after = "5m" }
+//! ```
+//!
+//! Keys: `format` (`ndjson` or `csv`), `prefix`, `rotate_bytes`, `rotate_after`,
+//! `dedupe_window`, `dir` (default `/data`): see [`config`]. Value formats: see
+//! [`encode`].
+//!
+//! # Files
+//!
+//! Each writer instance (one per consumer, in every daemon sharing the
+//! directory) appends to its own file, `<prefix>-<start-utc>-<instance-id>.<ext>.open`
+//! (see [`files`]). Each batch is appended in one write and `fsync`ed before the
+//! write returns; a failed write is cut off again, so the host's retry finds the
+//! file as it was. When the file reaches `rotate_bytes`, or is older than
+//! `rotate_after` at a write, it is renamed to its final name without `.open`.
+//! So a file without `.open` is complete and never changes again: ship or read
+//! those. CSV files start with a header line.
+//!
+//! After a crash, a `.open` file may end in a half-written record. Every instance,
+//! when it opens and when it rotates, finishes the `.open` files of others that
+//! have not changed for `rotate_after` plus one minute (their writer is gone: a
+//! live one would have rotated them at its next write): it cuts them after their
+//! last complete record, then renames them (or deletes them if no record is left).
+//!
+//! # Exactly once, within the dedupe window
+//!
+//! The writer keeps the keys (the schema's key columns) of the rows in the
+//! directory's files changed within `dedupe_window` (default 15 minutes): it
+//! reads them when it opens, follows what other instances append before each
+//! write, and adds its own. A row whose key is already there is skipped, and so is
+//! the second row of a key within one batch (the first write wins). So a message
+//! redelivered after a crash or a lost acknowledgement, within the window, does
+//! not produce a second line. **The bound**: a redelivery later than
+//! `dedupe_window` after the first write, or after its file was moved out of the
+//! directory, is written again. Keep finished files in the directory for at
+//! least the window, and make the window longer than the time a message may
+//! wait unacknowledged (consumer timeouts, a daemon down).
+//!
+//! Keys are kept as 128-bit hashes (about 40 bytes each in memory): size the
+//! window for the rows written by all instances within it, and the plugin's
+//! memory limit accordingly. Opening reads the window's files, which takes longer
+//! the more they hold.
+//!
+//! # Clocks
+//!
+//! File names, rotation by age and the window use the wall clock. The host gives
+//! writers with a directory grant the real clock (others see the Unix epoch).
+
+pub mod config;
+pub mod encode;
+pub mod files;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_plugin_sdk::rows::{RowBatch, RowReader};
+use sluice_plugin_sdk::{ColumnType, PluginError, RowRejection, Schema, Writer};
+
+use crate::config::{Config, Format};
+use crate::encode::Encoder;
+use crate::files::{FileName, OPEN};
+
+/// A `.open` file unchanged for `rotate_after` plus this long is a crashed
+/// writer's leftover.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(60);
+
+/// The file being written.
+struct Current {
+    file: File,
+    base: String,
+    start_micros: i64,
+    size: u64,
+    id: u32,
+}
+
+/// A file whose keys are in the dedupe set.
+struct Tracked {
+    id: u32,
+    /// Bytes of complete records read (or written) so far.
+    offset: u64,
+    mtime: SystemTime,
+    format: Format,
+    /// CSV: the key columns' positions, once the header was read.
+    key_positions: Option<Vec<usize>>,
+    /// The file cannot be read for keys (no key column in its header).
+    unusable: bool,
+}
+
+/// The writer: one per plugin instance.
+pub struct FileWriter {
+    config: Config,
+    dir: PathBuf,
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+    key_columns: Vec<usize>,
+    key_names: Vec<String>,
+    instance: String,
+    encoder: Encoder,
+    current: Option<Current>,
+    last_start: i64,
+    /// Key hash -> the id of the file holding it.
+    keys: HashMap<u128, u32>,
+    files: HashMap<String, Tracked>,
+    next_id: u32,
+    hashers: (RandomState, RandomState),
+    buf: Vec<u8>,
+    key_buf: Vec<u8>,
+    text_buf: Vec<u8>,
+}
+
+impl Writer for FileWriter {
+    fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
+        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let key_columns: Vec<usize> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        if key_columns.is_empty() {
+            return Err(PluginError::InvalidConfig(format!(
+                "schema {} has no key column: file-writer dedupes on it",
+                schema.name
+            )));
+        }
+        let dir = PathBuf::from(&config.dir);
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(PluginError::InvalidConfig(format!(
+                    "`dir` {} is not a directory",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(PluginError::InvalidConfig(format!(
+                    "`dir` {} cannot be used ({e}): grant the writer a directory (grants.directory), which it sees as /data",
+                    dir.display()
+                )));
+            }
+        }
+        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let mut writer = FileWriter {
+            encoder: Encoder::new(config.format, &names),
+            key_names: key_columns.iter().map(|&i| names[i].clone()).collect(),
+            names,
+            types: schema.column_types(),
+            key_columns,
+            config,
+            dir,
+            instance: files::instance_id(),
+            current: None,
+            last_start: 0,
+            keys: HashMap::new(),
+            files: HashMap::new(),
+            next_id: 0,
+            hashers: (RandomState::new(), RandomState::new()),
+            buf: Vec::new(),
+            key_buf: Vec::new(),
+            text_buf: Vec::new(),
+        };
+        let now = SystemTime::now();
+        writer
+            .finish_leftovers(now)
+            .map_err(|e| io_error("finishing leftover files", e))?;
+        writer
+            .refresh(now)
+            .map_err(|e| io_error("reading the keys of recent files", e))?;
+        sluice_plugin_sdk::info!(
+            "instance {}: {} keys of {} files within the dedupe window",
+            writer.instance,
+            writer.keys.len(),
+            writer.files.len()
+        );
+        Ok(writer)
+    }
+
+    fn write(&mut self, batch: &RowBatch) -> Result<Vec<RowRejection>, PluginError> {
+        let now = SystemTime::now();
+        self.refresh(now)
+            .map_err(|e| io_error("reading what other instances wrote", e))?;
+        if let Some(current) = &self.current {
+            let age = micros(now).saturating_sub(current.start_micros);
+            if age >= self.config.rotate_after.as_micros() as i64
+                || current.size >= self.config.rotate_bytes
+            {
+                self.rotate(now)?;
+            }
+        }
+
+        self.buf.clear();
+        let mut new_keys = Vec::new();
+        let mut in_batch = HashSet::new();
+        let mut skipped = 0u32;
+        for row in RowReader::new(&self.types, batch) {
+            let row =
+                row.map_err(|e| PluginError::Fatal(format!("the row batch is malformed: {e}")))?;
+            let values = row.values();
+            self.key_buf.clear();
+            for &i in &self.key_columns {
+                self.text_buf.clear();
+                encode::text(&values[i], &mut self.text_buf);
+                push_key_part(&mut self.key_buf, &self.text_buf);
+            }
+            let hash = key_hash(&self.hashers, &self.key_buf);
+            if self.keys.contains_key(&hash) || !in_batch.insert(hash) {
+                skipped += 1;
+                continue;
+            }
+            self.encoder.row(&values, &mut self.buf);
+            new_keys.push(hash);
+        }
+        if skipped > 0 {
+            sluice_plugin_sdk::debug!("skipped {skipped} rows whose key is already written");
+        }
+        if self.buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.current.is_none() {
+            self.create(now)?;
+        }
+        let current = self.current.as_mut().expect("created above");
+        let before = current.size;
+        let written = current
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| current.file.sync_data());
+        if let Err(e) = written {
+            // Nothing of the batch may stay: the host retries it.
+            let _ = current.file.set_len(before);
+            let _ = current.file.sync_data();
+            return Err(io_error(&format!("appending to {}{OPEN}", current.base), e));
+        }
+        current.size += self.buf.len() as u64;
+        let id = current.id;
+        for hash in new_keys {
+            self.keys.insert(hash, id);
+        }
+        if let Some(tracked) = self.files.get_mut(&current.base) {
+            tracked.offset = current.size;
+            tracked.mtime = now;
+        }
+        if current.size >= self.config.rotate_bytes
+            && let Err(e) = self.rotate(now)
+        {
+            // The batch is durable in the .open file; the next write tries again.
+            sluice_plugin_sdk::warn!("{e}");
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Drop for FileWriter {
+    /// Finishes the current file when the instance is dropped in an orderly way
+    /// (a host may also just discard the instance: then a later rotation of
+    /// another instance finishes it).
+    fn drop(&mut self) {
+        let _ = self.finish_current(SystemTime::now());
+    }
+}
+
+impl FileWriter {
+    /// This instance's id, part of its file names.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// How many keys the dedupe set holds.
+    pub fn keys_remembered(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Starts a new `.open` file (with the CSV header).
+    fn create(&mut self, now: SystemTime) -> Result<(), PluginError> {
+        let start = micros(now).max(self.last_start + 1);
+        self.last_start = start;
+        let base = files::name(
+            &self.config.prefix,
+            start,
+            &self.instance,
+            self.config.format,
+        );
+        let path = self.path(&format!("{base}{OPEN}"));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&format!("creating {base}{OPEN}"), e))?;
+        let mut header = Vec::new();
+        self.encoder.header(&self.names, &mut header);
+        if !header.is_empty() {
+            file.write_all(&header)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| io_error(&format!("writing the header of {base}{OPEN}"), e))?;
+        }
+        sync_dir(&self.dir);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.files.insert(
+            base.clone(),
+            Tracked {
+                id,
+                offset: header.len() as u64,
+                mtime: now,
+                format: self.config.format,
+                key_positions: Some(Vec::new()),
+                unusable: false,
+            },
+        );
+        self.current = Some(Current {
+            file,
+            base,
+            start_micros: start,
+            size: header.len() as u64,
+            id,
+        });
+        Ok(())
+    }
+
+    /// Finishes the current file, then others' leftovers.
+    fn rotate(&mut self, now: SystemTime) -> Result<(), PluginError> {
+        self.finish_current(now)
+            .map_err(|e| io_error("finishing the current file", e))?;
+        self.finish_leftovers(now)
+            .map_err(|e| io_error("finishing leftover files", e))
+    }
+
+    fn finish_current(&mut self, now: SystemTime) -> io::Result<()> {
+        let Some(current) = self.current.take() else {
+            return Ok(());
+        };
+        current.file.sync_all()?;
+        drop(current.file);
+        let open = self.path(&format!("{}{OPEN}", current.base));
+        match fs::rename(&open, self.path(&current.base)) {
+            Ok(()) => {}
+            // Another instance took it for a leftover (we were idle that long).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.dir);
+        if let Some(tracked) = self.files.get_mut(&current.base) {
+            tracked.mtime = now;
+        }
+        Ok(())
+    }
+
+    /// Finishes other instances' `.open` files that nobody wrote to for longer
+    /// than `rotate_after` plus a grace period.
+    fn finish_leftovers(&mut self, now: SystemTime) -> io::Result<()> {
+        let limit = self.config.rotate_after + LEFTOVER_GRACE;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(parsed) = files::parse(&self.config.prefix, &name.to_string_lossy()) else {
+                continue;
+            };
+            if !parsed.open || self.current.as_ref().is_some_and(|c| c.base == parsed.base) {
+                continue;
+            }
+            let Ok(mtime) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if now.duration_since(mtime).is_ok_and(|age| age > limit) {
+                finish_leftover(&self.dir, &parsed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the keys of the directory's files changed within the window that
+    /// were added since the last look; forgets files older than the window.
+    fn refresh(&mut self, now: SystemTime) -> io::Result<()> {
+        let window = self.config.dedupe_window;
+        let too_old = |mtime: SystemTime| now.duration_since(mtime).is_ok_and(|age| age > window);
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(parsed) = files::parse(&self.config.prefix, &name.to_string_lossy()) else {
+                continue;
+            };
+            if self.current.as_ref().is_some_and(|c| c.base == parsed.base) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mtime = meta.modified()?;
+            let tracked = match self.files.get_mut(&parsed.base) {
+                Some(t) => t,
+                None if too_old(mtime) => continue,
+                None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.files.entry(parsed.base.clone()).or_insert(Tracked {
+                        id,
+                        offset: 0,
+                        mtime,
+                        format: parsed.format,
+                        key_positions: None,
+                        unusable: false,
+                    })
+                }
+            };
+            tracked.mtime = mtime;
+            if tracked.unusable || meta.len() <= tracked.offset {
+                continue;
+            }
+            let mut file = match File::open(entry.path()) {
+                Ok(f) => f,
+                // Renamed (finished) since the listing: the next look finds it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            file.seek(SeekFrom::Start(tracked.offset))?;
+            let mut data = Vec::new();
+            file.take(meta.len() - tracked.offset)
+                .read_to_end(&mut data)?;
+            let complete = encode::complete_len(tracked.format, &data);
+            let id = tracked.id;
+            for record in encode::records(tracked.format, &data[..complete]) {
+                let texts = match tracked.format {
+                    Format::Ndjson => {
+                        let names: Vec<&str> = self.key_names.iter().map(String::as_str).collect();
+                        encode::ndjson_key_texts(record, &names)
+                    }
+                    Format::Csv => {
+                        let fields = encode::csv_fields(record);
+                        match &tracked.key_positions {
+                            None => {
+                                let positions: Option<Vec<usize>> = self
+                                    .key_names
+                                    .iter()
+                                    .map(|k| fields.iter().position(|f| f == k.as_bytes()))
+                                    .collect();
+                                match positions {
+                                    Some(p) => tracked.key_positions = Some(p),
+                                    None => {
+                                        sluice_plugin_sdk::warn!(
+                                            "{}: its header lacks a key column ({}): its rows are not deduplicated",
+                                            parsed.base,
+                                            self.key_names.join(", ")
+                                        );
+                                        tracked.unusable = true;
+                                        break;
+                                    }
+                                }
+                                continue;
+                            }
+                            Some(p) => p.iter().map(|&i| fields.get(i).cloned()).collect(),
+                        }
+                    }
+                };
+                let Some(texts) = texts else { continue };
+                self.key_buf.clear();
+                for text in &texts {
+                    push_key_part(&mut self.key_buf, text);
+                }
+                self.keys.insert(key_hash(&self.hashers, &self.key_buf), id);
+            }
+            tracked.offset += complete as u64;
+        }
+        // Forget the files, and their keys, that left the window.
+        let current = self.current.as_ref().map(|c| c.base.as_str());
+        let expired: HashSet<u32> = self
+            .files
+            .iter()
+            .filter(|(base, t)| Some(base.as_str()) != current && too_old(t.mtime))
+            .map(|(_, t)| t.id)
+            .collect();
+        if !expired.is_empty() {
+            self.files.retain(|_, t| !expired.contains(&t.id));
+            self.keys.retain(|_, id| !expired.contains(id));
+        }
+        Ok(())
+    }
+}
+
+/// Cuts a leftover `.open` file after its last complete record and gives it its
+/// final name, or deletes it if it holds no record. Another instance doing the
+/// same at the same time is fine.
+fn finish_leftover(dir: &Path, parsed: &FileName) -> io::Result<()> {
+    let open = dir.join(format!("{}{OPEN}", parsed.base));
+    let mut file = match OpenOptions::new().read(true).write(true).open(&open) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let complete = encode::complete_len(parsed.format, &data);
+    let records = encode::records(parsed.format, &data[..complete]).len();
+    let header = usize::from(parsed.format == Format::Csv);
+    if records <= header {
+        drop(file);
+        sluice_plugin_sdk::info!("removing {}{OPEN}: a leftover without rows", parsed.base);
+        return match fs::remove_file(&open) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    if complete < data.len() {
+        file.set_len(complete as u64)?;
+    }
+    file.sync_all()?;
+    drop(file);
+    sluice_plugin_sdk::info!(
+        "finishing {}{OPEN}, left by a writer that stopped ({} bytes of an unfinished record cut)",
+        parsed.base,
+        data.len() - complete
+    );
+    match fs::rename(&open, dir.join(&parsed.base)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Appends one key column's text, length first, so that keys never run together.
+fn push_key_part(key: &mut Vec<u8>, text: &[u8]) {
+    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    key.extend_from_slice(text);
+}
+
+fn key_hash(hashers: &(RandomState, RandomState), key: &[u8]) -> u128 {
+    (u128::from(hashers.0.hash_one(key)) << 64) | u128::from(hashers.1.hash_one(key))
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Makes a rename or a new file durable (best effort: not every platform can
+/// open a directory).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// A failed file operation: a full disk or an interrupted call may pass, a
+/// permission problem or a missing directory needs the operator.
+fn io_error(doing: &str, e: io::Error) -> PluginError {
+    use io::ErrorKind as K;
+    let message = format!("{doing}: {e}");
+    match e.kind() {
+        K::PermissionDenied | K::ReadOnlyFilesystem | K::NotFound => PluginError::Fatal(message),
+        _ => PluginError::Retriable(message),
+    }
+}
+
+// Only for wasm: natively, the exports' symbol names break the cdylib's link.
+#[cfg(target_arch = "wasm32")]
+sluice_plugin_sdk::export_writer!(FileWriter);
+
+#[cfg(test)]
+mod tests;
