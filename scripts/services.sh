@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Makes sure the local RabbitMQ and PostgreSQL that Sluice's demo and tests use are
-# installed and running, on Debian/Ubuntu. Idempotent: does nothing when both
-# answer already.
+# Makes sure the local services that Sluice's demo and tests use are installed and
+# running, on Debian/Ubuntu. Idempotent: does nothing for a service that answers
+# already.
 #
 #   RabbitMQ   127.0.0.1:5672 guest/guest
 #   PostgreSQL 127.0.0.1:5432, user postgres without password (trust), database test
+#   Redis      127.0.0.1:6379, no password (redis-writer's tests)
+#   ClickHouse 127.0.0.1:8123 (HTTP), user default without password (clickhouse-writer's tests)
 set -euo pipefail
 log() { echo "[services] $*" >&2; }
 
@@ -48,4 +50,33 @@ if ! port_open 5672; then
   as_root rabbitmq-server -detached || true
   wait_port 5672
 fi
-log "PostgreSQL and RabbitMQ are up"
+
+# --- Redis --------------------------------------------------------------------
+if ! port_open 6379; then
+  command -v redis-server >/dev/null || apt_install redis-server
+  log "starting Redis"
+  # Not the packaged service (it may not be startable in a container): a server
+  # that keeps nothing on disk, on loopback only.
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+  wait_port 6379
+fi
+
+# --- ClickHouse ---------------------------------------------------------------
+# Debian's clickhouse-server (18.16 on Debian 12), its default configuration:
+# HTTP on 127.0.0.1:8123, native protocol on 9000, user `default` without password.
+clickhouse_answers() {
+  ( exec 3<>/dev/tcp/127.0.0.1/8123 &&
+    printf 'POST / HTTP/1.0\r\nContent-Length: 8\r\n\r\nSELECT 1' >&3 &&
+    timeout 5 cat <&3 ) 2>/dev/null | tr -d '\r' | tail -n 1 | grep -qx 1
+}
+if ! clickhouse_answers; then
+  [ -x /etc/init.d/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
+  if ! port_open 8123; then
+    log "starting ClickHouse"
+    # The init script runs the server as the clickhouse user, with or without systemd.
+    as_root /etc/init.d/clickhouse-server start >/dev/null || true
+  fi
+  for _ in $(seq 1 120); do clickhouse_answers && break; sleep 0.5; done
+  clickhouse_answers || { log "ClickHouse does not answer SELECT 1 on 127.0.0.1:8123 after 60 s"; exit 1; }
+fi
+log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"
