@@ -24,6 +24,9 @@ pub const TEST_PLUGIN_CRATES: &[&str] = &[
     "tests/plugins/chaos-source",
     "tests/plugins/not-a-plugin",
     "tests/plugins/marked-source",
+    "plugins/clickhouse-writer",
+    "plugins/redis-writer",
+    "plugins/file-writer",
 ];
 
 /// The folder with every test plugin built as a component (`<name>.wasm`).
