@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::plugin_build::{self, BuildOptions, WasmTarget};
+use crate::plugin_new::{self, NewOptions, SdkChoice};
 use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
 
 /// Sluice: ingests RabbitMQ event streams into Postgres and customer-managed stores
@@ -66,7 +67,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Plugin development: build plugin crates into components.
+    /// Plugin development: create plugin crates, and build them into components.
     #[command(subcommand)]
     Plugin(PluginCommand),
 }
@@ -90,6 +91,31 @@ enum PluginCommand {
         #[arg(long)]
         debug: bool,
         /// Where the toolchain and build artifacts are cached.
+        #[arg(long, env = "SLUICE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Creates a plugin crate, PARENT/NAME, from a template that builds and
+    /// tests as it is: a source (decodes `id,value` lines into rows) or a writer
+    /// (stores rows as JSON documents in Postgres, through a granted connection).
+    New {
+        /// What the plugin is.
+        #[arg(long, value_enum)]
+        kind: plugin_new::Kind,
+        /// The crate's name, which is also the plugin's name: lowercase ASCII
+        /// letters, digits, `-` and `_`, starting with a letter.
+        name: String,
+        /// The folder to create the crate in [default: the current directory].
+        #[arg(long, value_name = "PARENT")]
+        dir: Option<PathBuf>,
+        /// The plugin SDK to depend on [default: the SDK of the source tree this
+        /// binary was built from, if it is there, else the SDK embedded in the
+        /// binary, written to <cache>/sdk/<version>].
+        #[arg(long, value_name = "PATH", conflicts_with = "embedded_sdk")]
+        sdk: Option<PathBuf>,
+        /// Use the SDK embedded in the binary even when the source tree is there.
+        #[arg(long)]
+        embedded_sdk: bool,
+        /// Where the embedded SDK is written (in `sdk/<version>`).
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
@@ -154,6 +180,29 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     built.route
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::New {
+            kind,
+            name,
+            dir,
+            sdk,
+            embedded_sdk,
+            cache_dir,
+        }) => {
+            let sdk = match (sdk, embedded_sdk) {
+                (Some(path), _) => SdkChoice::Path(path),
+                (None, true) => SdkChoice::Embedded,
+                (None, false) => SdkChoice::Auto,
+            };
+            let created = plugin_new::create(&NewOptions {
+                kind,
+                name,
+                parent: dir,
+                sdk,
+                cache_dir,
+            })?;
+            print!("{created}");
             Ok(ExitCode::SUCCESS)
         }
     }

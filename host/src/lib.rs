@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin_build;
+pub mod plugin_new;
 pub mod plugin_runtime;
 pub mod queue_input;
 pub mod reload;
