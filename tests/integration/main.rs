@@ -7,6 +7,7 @@ mod daemon;
 mod hot_reload;
 mod plugin_limits;
 mod plugin_loading;
+mod plugin_new;
 mod service;
 
 use std::sync::Arc;
