@@ -4,6 +4,7 @@
 
 mod cdr_to_postgres;
 mod daemon;
+mod grants;
 mod hot_reload;
 mod plugin_limits;
 mod plugin_loading;

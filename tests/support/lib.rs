@@ -24,6 +24,7 @@ pub const TEST_PLUGIN_CRATES: &[&str] = &[
     "tests/plugins/chaos-source",
     "tests/plugins/not-a-plugin",
     "tests/plugins/marked-source",
+    "tests/plugins/grant-probe",
     "plugins/clickhouse-writer",
     "plugins/redis-writer",
     "plugins/file-writer",
