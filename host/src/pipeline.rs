@@ -2,7 +2,8 @@
 //! source plugin, write them with every writer plugin, dead-letter what was
 //! refused, and ack only what every writer committed.
 //!
-//! Each consumer task owns one AMQP session and its own plugin instances, and
+//! Each consumer task owns one AMQP session (its channels on the pipeline's shared
+//! connection) and its own plugin instances, and
 //! handles one batch at a time, so when a batch is done every earlier delivery of
 //! its channel is settled and one `ack(multiple)` covers it. Several consumers
 //! keep several batches in flight (decoding on one core while another batch is
@@ -36,7 +37,7 @@ use crate::plugin_runtime::{
     CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
     SourceInstance, WriterInstance,
 };
-use crate::queue_input::{DeadLetter, Received, Session};
+use crate::queue_input::{DeadLetter, Received, Session, SharedConnection};
 
 /// The plugins a pipeline runs.
 #[derive(Clone)]
@@ -68,6 +69,7 @@ pub fn spawn(
     reporting: Reporting,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
+    let amqp = SharedConnection::default();
     (0..config.consumers as usize)
         .map(|index| {
             reporting
@@ -78,6 +80,7 @@ pub fn spawn(
                 runtime.clone(),
                 plugins.clone(),
                 reporting.clone(),
+                amqp.clone(),
                 index,
             );
             tokio::spawn(run_consumer(worker, shutdown.clone()))
@@ -161,6 +164,8 @@ struct Worker {
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
     report: Reporting,
+    /// The pipeline's AMQP connection, shared with its other consumers.
+    amqp: SharedConnection,
     index: usize,
     source: SourceInstance,
     writer_plugins: Vec<Arc<LoadedPlugin>>,
@@ -188,6 +193,7 @@ impl Worker {
         runtime: Arc<PluginRuntime>,
         mut plugins_rx: watch::Receiver<PipelinePlugins>,
         report: Reporting,
+        amqp: SharedConnection,
         index: usize,
     ) -> Self {
         let plugins = plugins_rx.borrow_and_update().clone();
@@ -202,6 +208,7 @@ impl Worker {
             config,
             runtime,
             report,
+            amqp,
             index,
             source,
             writer_plugins: plugins.writers.clone(),
@@ -650,7 +657,7 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let (session, mut stream) = Session::open(&worker.config, worker.index).await?;
+    let (session, mut stream) = Session::open(&worker.config, worker.index, &worker.amqp).await?;
     worker
         .report
         .health

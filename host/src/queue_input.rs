@@ -1,7 +1,10 @@
 //! RabbitMQ with lapin: the topology a pipeline declares, its consuming and
 //! dead-letter channels, messages as plugins see them, acks and dead-lettering.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
 
 use anyhow::{Context as _, bail};
 use lapin::options::{
@@ -32,10 +35,60 @@ pub mod headers {
     pub const FAILED_AT: &str = "x-sluice-failed-at";
 }
 
-/// One AMQP session of one consumer: a connection with a consuming channel and a
-/// publishing channel in confirm mode for dead letters.
+/// The AMQP connection a pipeline's consumers share: one socket, and one lapin I/O
+/// thread, for all of them, each consumer on channels of its own.
+///
+/// Sharing halves the I/O threads of a two-consumer pipeline and lets one socket
+/// read carry deliveries for both consumers, which is where a consumer's CPU goes
+/// (see BENCHMARKS.md, section 2). A consumer whose session fails asks for the
+/// connection again: the first to ask after the connection died opens a new one.
+#[derive(Clone, Default)]
+pub struct SharedConnection(Arc<Mutex<Option<Arc<Connection>>>>);
+
+impl SharedConnection {
+    /// The live connection, opened if there is none (or the last one died).
+    async fn get(&self, pipeline: &PipelineConfig) -> anyhow::Result<Arc<Connection>> {
+        let mut slot = self.0.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(connection.clone());
+        }
+        let name = format!("sluice {}", pipeline.name);
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+        let connection = Connection::connect(&pipeline.amqp_url, props)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to RabbitMQ (connection `{}`)",
+                    pipeline.amqp_connection
+                )
+            })?;
+        let connection = Arc::new(connection);
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Gives back a session's handle; the last session to leave closes the
+    /// connection.
+    async fn release(&self, connection: Arc<Connection>) {
+        let mut slot = self.0.lock().await;
+        drop(connection);
+        let unused = slot
+            .as_ref()
+            .is_some_and(|held| Arc::strong_count(held) == 1);
+        if unused && let Some(connection) = slot.take() {
+            let _ = connection.close(200, "sluice shutting down".into()).await;
+        }
+    }
+}
+
+/// One AMQP session of one consumer, on the pipeline's shared connection: a
+/// consuming channel and a publishing channel in confirm mode for dead letters.
 pub struct Session {
-    connection: Connection,
+    shared: SharedConnection,
+    connection: Arc<Connection>,
     consume: Channel,
     publish: Channel,
     consumer_tag: String,
@@ -51,23 +104,38 @@ pub struct Received {
 }
 
 impl Session {
-    /// Connects, declares the pipeline's topology, sets the prefetch and starts
-    /// consuming. `consumer` names the connection in the broker's UI.
+    /// Opens the consumer's channels on the pipeline's connection (connecting if
+    /// needed), declares the pipeline's topology, sets the prefetch and starts
+    /// consuming. `consumer` goes into the consumer tag.
     pub async fn open(
         pipeline: &PipelineConfig,
         consumer: usize,
+        shared: &SharedConnection,
     ) -> anyhow::Result<(Self, Consumer)> {
-        let name = format!("sluice {} consumer {consumer}", pipeline.name);
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-        let connection = Connection::connect(&pipeline.amqp_url, props)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to RabbitMQ (connection `{}`)",
-                    pipeline.amqp_connection
-                )
-            })?;
+        let connection = shared.get(pipeline).await?;
+        match Self::open_channels(pipeline, consumer, &connection).await {
+            Ok((consume, publish, consumer_tag, stream)) => Ok((
+                Self {
+                    shared: shared.clone(),
+                    connection,
+                    consume,
+                    publish,
+                    consumer_tag,
+                },
+                stream,
+            )),
+            Err(e) => {
+                shared.release(connection).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_channels(
+        pipeline: &PipelineConfig,
+        consumer: usize,
+        connection: &Connection,
+    ) -> anyhow::Result<(Channel, Channel, String, Consumer)> {
         let consume = connection
             .create_channel()
             .await
@@ -100,15 +168,7 @@ impl Session {
             )
             .await
             .with_context(|| format!("consuming from queue `{}`", pipeline.queue.name))?;
-        Ok((
-            Self {
-                connection,
-                consume,
-                publish,
-                consumer_tag,
-            },
-            stream,
-        ))
+        Ok((consume, publish, consumer_tag, stream))
     }
 
     /// Acks every delivery up to and including `tag` on the consuming channel.
@@ -133,12 +193,14 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the connection (unacked messages go back to the queue).
+    /// Closes the session's channels (unacked messages go back to the queue), and
+    /// the connection if no other consumer of the pipeline uses it.
     pub async fn close(self) {
-        let _ = self
-            .connection
-            .close(200, "sluice shutting down".into())
-            .await;
+        if self.connection.status().connected() {
+            let _ = self.consume.close(200, "sluice consumer stopping".into()).await;
+            let _ = self.publish.close(200, "sluice consumer stopping".into()).await;
+        }
+        self.shared.release(self.connection).await;
     }
 
     /// Publishes the messages to the dead-letter exchange with their reasons, and

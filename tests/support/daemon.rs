@@ -37,6 +37,9 @@ pub struct Setup {
     /// The source plugin, its config as a TOML inline table, and the table the
     /// rows land in (json-source with the CDR config into `cdr` by default).
     pub source: (String, String, String),
+    /// More `[[pipelines.writers]]` tables, after the postgres-writer (empty by
+    /// default).
+    pub extra_writers: String,
 }
 
 impl Setup {
@@ -60,6 +63,7 @@ impl Setup {
                 json_to_toml_inline(&cdr_source_config(1, "")),
                 "cdr".into(),
             ),
+            extra_writers: String::new(),
         };
         setup.write_config("");
         setup
@@ -112,6 +116,7 @@ config = {source}
 plugin = "postgres-writer"
 grants = {{ postgres = ["warehouse"] }}
 config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
+{extra_writers}
 "#,
             plugins = self.plugin_dir.display(),
             cache = crate::workspace_root()
@@ -131,6 +136,7 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
             source_plugin = self.source.0,
             source = self.source.1,
             table = self.source.2,
+            extra_writers = self.extra_writers,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -489,6 +495,15 @@ pub fn in_dir(setup: &Setup, name: &str) -> PathBuf {
     Path::new(&setup.dir).join(name)
 }
 
+/// Whether a `rabbitmqctl list_connections` line holds the connection name
+/// `name` (whole: `sluice p-1` is not `sluice p-10`).
+fn names_connection(line: &str, name: &str) -> bool {
+    line.match_indices(name).any(|(at, _)| {
+        !line[at + name.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
 /// Closes the daemon's own broker connections (other suites share the broker, so
 /// never `close_all_connections`).
 pub fn close_connections_of(pipeline: &str) -> usize {
@@ -506,7 +521,7 @@ pub fn close_connections_of(pipeline: &str) -> usize {
     let mut closed = 0;
     for line in text
         .lines()
-        .filter(|l| l.contains(&format!("sluice {pipeline} consumer")))
+        .filter(|l| names_connection(l, &format!("sluice {pipeline}")))
     {
         let pid = line.split_whitespace().next().unwrap();
         let status = std::process::Command::new("rabbitmqctl")
