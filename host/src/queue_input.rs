@@ -197,8 +197,14 @@ impl Session {
     /// the connection if no other consumer of the pipeline uses it.
     pub async fn close(self) {
         if self.connection.status().connected() {
-            let _ = self.consume.close(200, "sluice consumer stopping".into()).await;
-            let _ = self.publish.close(200, "sluice consumer stopping".into()).await;
+            let _ = self
+                .consume
+                .close(200, "sluice consumer stopping".into())
+                .await;
+            let _ = self
+                .publish
+                .close(200, "sluice consumer stopping".into())
+                .await;
         }
         self.shared.release(self.connection).await;
     }
