@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -235,11 +236,19 @@ pub fn watch(
         let plugin_dir = plugin_dir_abs.clone();
         move |result: DebounceEventResult| match result {
             Ok(events) => {
-                let relevant = events.iter().flat_map(|e| e.paths.iter()).any(|p| {
-                    let in_plugins = p.parent() == Some(plugin_dir.as_path()) && is_candidate(p);
-                    let is_config = p.file_name().map(|n| n.to_os_string()) == config_name;
-                    in_plugins || is_config
-                });
+                // Reading a file is not changing it: the reload itself opens the
+                // config and every plugin, and counting those accesses would make
+                // each reload trigger the next. A close after writing is a change.
+                let relevant = events
+                    .iter()
+                    .filter(|e| changes_content(&e.kind))
+                    .flat_map(|e| e.paths.iter())
+                    .any(|p| {
+                        let in_plugins =
+                            p.parent() == Some(plugin_dir.as_path()) && is_candidate(p);
+                        let is_config = p.file_name().map(|n| n.to_os_string()) == config_name;
+                        in_plugins || is_config
+                    });
                 if relevant {
                     let _ = tx.send(());
                 }
@@ -266,9 +275,35 @@ pub fn watch(
     Ok((debouncer, rx))
 }
 
+/// Whether a watcher event can mean the file's content changed (anything but a
+/// read-only access).
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_not_a_change() {
+        use notify_debouncer_full::notify::event::{CreateKind, ModifyKind};
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+    }
 
     #[test]
     fn temporary_and_hidden_files_are_not_plugins() {
