@@ -4,6 +4,7 @@
 
 mod cdr_to_postgres;
 mod daemon;
+mod fan_out;
 mod grants;
 mod hot_reload;
 mod plugin_limits;

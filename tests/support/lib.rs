@@ -2,6 +2,7 @@
 //! plugins, a private Postgres schema per test, CDR messages.
 
 pub mod daemon;
+pub mod stores;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
