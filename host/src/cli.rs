@@ -254,6 +254,16 @@ fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
     })
 }
 
+/// The grants a plugin's imports need (`postgres,http`), or `-`.
+fn needs(plugin: &crate::plugin_runtime::LoadedPlugin) -> String {
+    let names: Vec<&str> = plugin.needs.iter().map(|n| n.capability.as_str()).collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
 fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let runtime = runtime_for_cli()?;
@@ -262,8 +272,8 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
         registry.scan(&runtime, None).await?;
         let mut refused = 0;
         println!(
-            "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} FILE",
-            "NAME", "VERSION", "WORLD", "WIT", "SHA256", "STATUS"
+            "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {:<13} FILE",
+            "NAME", "VERSION", "WORLD", "WIT", "SHA256", "STATUS", "NEEDS"
         );
         for file in registry.status() {
             let name = file
@@ -273,19 +283,20 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             match (&file.plugin, &file.refused) {
                 (Some(p), None) => println!(
-                    "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {name}",
+                    "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {:<13} {name}",
                     p.info.name,
                     p.info.version,
                     p.kind.as_str(),
                     p.wit_version,
                     &p.sha256[..12],
-                    "loaded"
+                    "loaded",
+                    needs(p),
                 ),
                 (_, Some(reason)) => {
                     refused += 1;
                     println!(
-                        "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {name}: {reason}",
-                        "-", "-", "-", "-", "-", "refused"
+                        "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {:<13} {name}: {reason}",
+                        "-", "-", "-", "-", "-", "refused", "-"
                     );
                 }
                 (None, None) => {}

@@ -241,7 +241,7 @@ impl Daemon {
                     self.start(&p, r);
                 }
                 Err(reason) => {
-                    tracing::warn!(pipeline = %name, reason = %reason, "pipeline paused: its messages wait in the queue until the plugin is there");
+                    tracing::warn!(pipeline = %name, reason = %reason, "pipeline paused: its messages wait in the queue until the reason is fixed (a plugin put in the folder, a grant or the config corrected)");
                     self.health
                         .consumer_down(&name, 0, &format!("paused: {reason}"));
                     summary.paused.push(name.clone());
