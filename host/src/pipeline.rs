@@ -555,6 +555,11 @@ impl Worker {
                     if !refusal.reason.is_empty() {
                         refusal.reason.push_str("; ");
                     }
+                    // The header names the first writer that refused; a later
+                    // writer's reason says whose it is.
+                    if refusal.plugin != plugin {
+                        refusal.reason.push_str(&format!("{plugin}: "));
+                    }
                     refusal.reason.push_str(&format!("row {row}: {reason}"));
                 }
             }

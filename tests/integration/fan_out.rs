@@ -145,3 +145,64 @@ async fn ten_thousand_messages_land_in_four_stores_exactly_once_across_a_kill_9(
     redis.delete_matching(&keys);
     w.finish().await;
 }
+
+#[tokio::test]
+async fn a_row_one_writer_refuses_is_dead_lettered_with_that_writers_reason() {
+    let mut w = world("fan-out-poison").await;
+    // Postgres refuses one row (a check constraint); the file writer takes all.
+    w.db.client
+        .batch_execute(&format!(
+            "CREATE TABLE {s}.cdr (call_id text PRIMARY KEY, caller text NOT NULL, callee text NOT NULL, \
+             started_at timestamptz NOT NULL, duration_s integer NOT NULL CHECK (duration_s <> 777), cell text, \
+             cost numeric, call_type text, roaming boolean)",
+            s = w.db.name
+        ))
+        .await
+        .unwrap();
+    let files = w.setup.dir.join("files");
+    w.setup.extra_writers = format!(
+        r#"
+[[pipelines.writers]]
+plugin = "file-writer"
+grants = {{ directory = "{}" }}
+config = {{ format = "ndjson", prefix = "cdr" }}
+"#,
+        files.display()
+    );
+    w.setup.write_config("");
+    w.broker.publish(&w.setup, cdrs(0..1_000)).await;
+    let mut daemon = start(&w.setup, "daemon");
+    w.wait_rows(999, "the rows Postgres takes").await;
+    eventually(LONG, "the refused message dead-lettered", || async {
+        w.broker.ready(&w.setup.dead_queue).await == 1
+    })
+    .await;
+    eventually(LONG, "an empty queue", || async {
+        w.broker.ready(&w.setup.queue).await == 0
+    })
+    .await;
+    daemon.stop_cleanly();
+
+    let dead = w.broker.drain(&w.setup.dead_queue).await;
+    assert_eq!(dead.len(), 1, "one message, dead-lettered once");
+    let (body, headers) = &dead[0];
+    assert!(body.contains("c-000000000777"), "{body}");
+    let header = |k: &str| match headers.inner().get(k) {
+        Some(lapin::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        other => panic!("header {k}: {other:?}"),
+    };
+    assert_eq!(header("x-sluice-plugin"), "postgres-writer@0.1.0");
+    assert_eq!(header("x-sluice-stage"), "write");
+    assert!(
+        header("x-sluice-reason").contains("check constraint"),
+        "{}",
+        header("x-sluice-reason")
+    );
+    assert_eq!(w.rows().await, 999);
+    // Writers are independent stores: the file writer committed the row before
+    // the message was dead-lettered (docs/operations.md, fan-out).
+    assert_each_once("files", &file_rows(&files), 1_000);
+    w.finish().await;
+}
