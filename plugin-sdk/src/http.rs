@@ -745,9 +745,10 @@ mod imp {
         };
         let status = response.status();
         // A server may answer before it read the whole body (an early error): its
-        // answer says more. A success with the body not sent is not one.
-        if (200..300).contains(&status) {
-            finished?;
+        // answer says more than the failed write. With a `content-length`, a
+        // success means the server read the whole body.
+        if let Err(e) = finished {
+            crate::log::debug(&format!("{e}; the server answered {status}"));
         }
         let headers = response
             .headers()
@@ -816,7 +817,12 @@ mod imp {
             stream.write(&rest[..n])?;
             rest = &rest[n..];
         }
-        stream.blocking_flush()?;
+        match stream.blocking_flush() {
+            // The host may close the stream as soon as it has all `content-length`
+            // bytes: everything was written.
+            Ok(()) | Err(StreamError::Closed) => {}
+            Err(e) => return Err(e.into()),
+        }
         // The stream (a child of the body) must be gone before the body is finished.
         drop(stream);
         Ok(())
