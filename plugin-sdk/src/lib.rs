@@ -125,6 +125,7 @@ mod source;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 pub mod testing;
+pub mod time;
 #[cfg(feature = "writer")]
 mod writer;
 

@@ -45,44 +45,7 @@ pub fn value(value: &Value<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-pub fn timestamp(micros: i64, out: &mut Vec<u8>) {
-    let seconds = micros.div_euclid(1_000_000);
-    let fraction = micros.rem_euclid(1_000_000);
-    let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    date(days, out);
-    let _ = write!(
-        out,
-        "T{:02}:{:02}:{:02}.{fraction:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-}
-
-/// `YYYY-MM-DD` (a year past 9999 or before 0 is written with its sign).
-pub fn date(days: i64, out: &mut Vec<u8>) {
-    let (y, m, d) = civil_from_days(days);
-    if (0..=9999).contains(&y) {
-        let _ = write!(out, "{y:04}-{m:02}-{d:02}");
-    } else {
-        let _ = write!(out, "{y:+05}-{m:02}-{d:02}");
-    }
-}
-
-/// The proleptic Gregorian date of a day number (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+pub use sluice_plugin_sdk::time::{write_date as date, write_timestamp as timestamp};
 
 #[cfg(test)]
 mod tests {
