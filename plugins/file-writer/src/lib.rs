@@ -56,20 +56,20 @@
 //! writers with a directory grant the real clock (others see the Unix epoch).
 
 pub mod config;
+mod dir;
 pub mod encode;
 pub mod files;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_plugin_sdk::rows::{RowBatch, RowReader};
 use sluice_plugin_sdk::{ColumnType, PluginError, RowRejection, Schema, Writer};
 
 use crate::config::{Config, Format};
+use crate::dir::{Dir, File};
 use crate::encode::Encoder;
 use crate::files::{FileName, OPEN};
 
@@ -82,8 +82,11 @@ struct Current {
     file: File,
     base: String,
     start_micros: i64,
+    /// Where the file ends: the next batch is written there.
     size: u64,
     id: u32,
+    /// A failed append could not be cut off: it must be before anything else.
+    cut_pending: bool,
 }
 
 /// A file whose keys are in the dedupe set.
@@ -97,12 +100,14 @@ struct Tracked {
     key_positions: Option<Vec<usize>>,
     /// The file cannot be read for keys (no key column in its header).
     unusable: bool,
+    /// Finished (renamed) and read to its end: it never changes again.
+    done: bool,
 }
 
 /// The writer: one per plugin instance.
 pub struct FileWriter {
     config: Config,
-    dir: PathBuf,
+    dir: Dir,
     names: Vec<String>,
     types: Vec<ColumnType>,
     key_columns: Vec<usize>,
@@ -137,22 +142,21 @@ impl Writer for FileWriter {
                 schema.name
             )));
         }
-        let dir = PathBuf::from(&config.dir);
-        match fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
+        let dir = match Dir::open(&config.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
                 return Err(PluginError::InvalidConfig(format!(
                     "`dir` {} is not a directory",
-                    dir.display()
+                    config.dir
                 )));
             }
             Err(e) => {
                 return Err(PluginError::InvalidConfig(format!(
                     "`dir` {} cannot be used ({e}): grant the writer a directory (grants.directory), which it sees as /data",
-                    dir.display()
+                    config.dir
                 )));
             }
-        }
+        };
         let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
         let mut writer = FileWriter {
             encoder: Encoder::new(config.format, &names),
@@ -234,15 +238,20 @@ impl Writer for FileWriter {
             self.create(now)?;
         }
         let current = self.current.as_mut().expect("created above");
+        current
+            .cut_back()
+            .map_err(|e| io_error(&format!("cutting {}{OPEN} back", current.base), e))?;
         let before = current.size;
+        // One positional write of the whole batch (one host call in wasm), then
+        // one fsync.
         let written = current
             .file
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, before)
             .and_then(|()| current.file.sync_data());
         if let Err(e) = written {
             // Nothing of the batch may stay: the host retries it.
-            let _ = current.file.set_len(before);
-            let _ = current.file.sync_data();
+            current.cut_pending = true;
+            let _ = current.cut_back();
             return Err(io_error(&format!("appending to {}{OPEN}", current.base), e));
         }
         current.size += self.buf.len() as u64;
@@ -273,6 +282,18 @@ impl Drop for FileWriter {
     }
 }
 
+impl Current {
+    /// Cuts off what a failed append left, if that is still to do.
+    fn cut_back(&mut self) -> io::Result<()> {
+        if self.cut_pending {
+            self.file.set_len(self.size)?;
+            self.file.sync_data()?;
+            self.cut_pending = false;
+        }
+        Ok(())
+    }
+}
+
 impl FileWriter {
     /// This instance's id, part of its file names.
     pub fn instance(&self) -> &str {
@@ -282,10 +303,6 @@ impl FileWriter {
     /// How many keys the dedupe set holds.
     pub fn keys_remembered(&self) -> usize {
         self.keys.len()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
     }
 
     /// Starts a new `.open` file (with the CSV header).
@@ -298,20 +315,18 @@ impl FileWriter {
             &self.instance,
             self.config.format,
         );
-        let path = self.path(&format!("{base}{OPEN}"));
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
+        let file = self
+            .dir
+            .create_new(&format!("{base}{OPEN}"))
             .map_err(|e| io_error(&format!("creating {base}{OPEN}"), e))?;
         let mut header = Vec::new();
         self.encoder.header(&self.names, &mut header);
         if !header.is_empty() {
-            file.write_all(&header)
+            file.write_all_at(&header, 0)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| io_error(&format!("writing the header of {base}{OPEN}"), e))?;
         }
-        sync_dir(&self.dir);
+        self.dir.sync();
         let id = self.next_id;
         self.next_id += 1;
         self.files.insert(
@@ -323,6 +338,7 @@ impl FileWriter {
                 format: self.config.format,
                 key_positions: Some(Vec::new()),
                 unusable: false,
+                done: false,
             },
         );
         self.current = Some(Current {
@@ -331,6 +347,7 @@ impl FileWriter {
             start_micros: start,
             size: header.len() as u64,
             id,
+            cut_pending: false,
         });
         Ok(())
     }
@@ -344,19 +361,17 @@ impl FileWriter {
     }
 
     fn finish_current(&mut self, now: SystemTime) -> io::Result<()> {
-        let Some(current) = self.current.take() else {
+        let Some(current) = &mut self.current else {
             return Ok(());
         };
+        current.cut_back()?;
         current.file.sync_all()?;
+        let current = self.current.take().expect("checked above");
         drop(current.file);
-        let open = self.path(&format!("{}{OPEN}", current.base));
-        match fs::rename(&open, self.path(&current.base)) {
-            Ok(()) => {}
-            // Another instance took it for a leftover (we were idle that long).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        sync_dir(&self.dir);
+        // `false`: another instance took it for a leftover (we were idle that long).
+        self.dir
+            .rename(&format!("{}{OPEN}", current.base), &current.base)?;
+        self.dir.sync();
         if let Some(tracked) = self.files.get_mut(&current.base) {
             tracked.mtime = now;
         }
@@ -367,19 +382,17 @@ impl FileWriter {
     /// than `rotate_after` plus a grace period.
     fn finish_leftovers(&mut self, now: SystemTime) -> io::Result<()> {
         let limit = self.config.rotate_after + LEFTOVER_GRACE;
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(parsed) = files::parse(&self.config.prefix, &name.to_string_lossy()) else {
+        for name in self.dir.names()? {
+            let Some(parsed) = files::parse(&self.config.prefix, &name) else {
                 continue;
             };
             if !parsed.open || self.current.as_ref().is_some_and(|c| c.base == parsed.base) {
                 continue;
             }
-            let Ok(mtime) = entry.metadata().and_then(|m| m.modified()) else {
+            let Ok(Some(meta)) = self.dir.stat(&name) else {
                 continue;
             };
-            if now.duration_since(mtime).is_ok_and(|age| age > limit) {
+            if now.duration_since(meta.mtime).is_ok_and(|age| age > limit) {
                 finish_leftover(&self.dir, &parsed)?;
             }
         }
@@ -391,21 +404,23 @@ impl FileWriter {
     fn refresh(&mut self, now: SystemTime) -> io::Result<()> {
         let window = self.config.dedupe_window;
         let too_old = |mtime: SystemTime| now.duration_since(mtime).is_ok_and(|age| age > window);
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(parsed) = files::parse(&self.config.prefix, &name.to_string_lossy()) else {
+        for name in self.dir.names()? {
+            let Some(parsed) = files::parse(&self.config.prefix, &name) else {
                 continue;
             };
             if self.current.as_ref().is_some_and(|c| c.base == parsed.base) {
                 continue;
             }
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            // A finished file read to its end never changes (nor its mtime):
+            // no need to look at it again.
+            if self.files.get(&parsed.base).is_some_and(|t| t.done) {
+                continue;
+            }
+            // Gone since the listing (renamed: finished): the next look finds it.
+            let Some(meta) = self.dir.stat(&name)? else {
+                continue;
             };
-            let mtime = meta.modified()?;
+            let mtime = meta.mtime;
             let tracked = match self.files.get_mut(&parsed.base) {
                 Some(t) => t,
                 None if too_old(mtime) => continue,
@@ -419,23 +434,21 @@ impl FileWriter {
                         format: parsed.format,
                         key_positions: None,
                         unusable: false,
+                        done: false,
                     })
                 }
             };
             tracked.mtime = mtime;
-            if tracked.unusable || meta.len() <= tracked.offset {
+            if tracked.unusable || meta.len <= tracked.offset {
+                tracked.done = !parsed.open;
                 continue;
             }
-            let mut file = match File::open(entry.path()) {
-                Ok(f) => f,
-                // Renamed (finished) since the listing: the next look finds it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            // Renamed (finished) since the listing: the next look finds it.
+            let Some(file) = self.dir.open_file(&name, false)? else {
+                continue;
             };
-            file.seek(SeekFrom::Start(tracked.offset))?;
-            let mut data = Vec::new();
-            file.take(meta.len() - tracked.offset)
-                .read_to_end(&mut data)?;
+            let data = file.read_at(tracked.offset, meta.len - tracked.offset)?;
+            drop(file);
             let complete = encode::complete_len(tracked.format, &data);
             let id = tracked.id;
             for record in encode::records(tracked.format, &data[..complete]) {
@@ -479,6 +492,8 @@ impl FileWriter {
                 self.keys.insert(key_hash(&self.hashers, &self.key_buf), id);
             }
             tracked.offset += complete as u64;
+            // A finished file ends with a complete record: nothing more to read.
+            tracked.done = !parsed.open;
         }
         // Forget the files, and their keys, that left the window.
         let current = self.current.as_ref().map(|c| c.base.as_str());
@@ -499,25 +514,19 @@ impl FileWriter {
 /// Cuts a leftover `.open` file after its last complete record and gives it its
 /// final name, or deletes it if it holds no record. Another instance doing the
 /// same at the same time is fine.
-fn finish_leftover(dir: &Path, parsed: &FileName) -> io::Result<()> {
-    let open = dir.join(format!("{}{OPEN}", parsed.base));
-    let mut file = match OpenOptions::new().read(true).write(true).open(&open) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+fn finish_leftover(dir: &Dir, parsed: &FileName) -> io::Result<()> {
+    let open = format!("{}{OPEN}", parsed.base);
+    let Some(file) = dir.open_file(&open, true)? else {
+        return Ok(());
     };
-    let mut data = Vec::new();
-    file.read_to_end(&mut data)?;
+    let data = file.read_at(0, u64::MAX)?;
     let complete = encode::complete_len(parsed.format, &data);
     let records = encode::records(parsed.format, &data[..complete]).len();
     let header = usize::from(parsed.format == Format::Csv);
     if records <= header {
         drop(file);
         sluice_plugin_sdk::info!("removing {}{OPEN}: a leftover without rows", parsed.base);
-        return match fs::remove_file(&open) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
+        return dir.remove(&open);
     }
     if complete < data.len() {
         file.set_len(complete as u64)?;
@@ -529,11 +538,8 @@ fn finish_leftover(dir: &Path, parsed: &FileName) -> io::Result<()> {
         parsed.base,
         data.len() - complete
     );
-    match fs::rename(&open, dir.join(&parsed.base)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    sync_dir(dir);
+    dir.rename(&open, &parsed.base)?;
+    dir.sync();
     Ok(())
 }
 
@@ -550,14 +556,6 @@ fn key_hash(hashers: &(RandomState, RandomState), key: &[u8]) -> u128 {
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// Makes a rename or a new file durable (best effort: not every platform can
-/// open a directory).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// A failed file operation: a full disk or an interrupted call may pass, a
