@@ -31,12 +31,8 @@ pub fn text(value: &Value<'_>, out: &mut Vec<u8>) {
     match *value {
         Value::Null => {}
         Value::Boolean(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
-        Value::Int32(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Value::Int64(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Value::Int32(v) => integer(i64::from(v), out),
+        Value::Int64(v) => integer(v, out),
         Value::Float64(v) => {
             let _ = write!(out, "{v:?}");
         }
@@ -47,14 +43,15 @@ pub fn text(value: &Value<'_>, out: &mut Vec<u8>) {
             let seconds = micros.div_euclid(1_000_000);
             let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
             date(days, out);
-            let _ = write!(
-                out,
-                "T{:02}:{:02}:{:02}.{:06}Z",
-                rem / 3600,
-                rem % 3600 / 60,
-                rem % 60,
-                micros.rem_euclid(1_000_000)
-            );
+            out.push(b'T');
+            digits(rem / 3600, 2, out);
+            out.push(b':');
+            digits(rem % 3600 / 60, 2, out);
+            out.push(b':');
+            digits(rem % 60, 2, out);
+            out.push(b'.');
+            digits(micros.rem_euclid(1_000_000), 6, out);
+            out.push(b'Z');
         }
         Value::Date(days) => date(i64::from(days), out),
         Value::Uuid(b) => {
@@ -122,9 +119,17 @@ impl Encoder {
                         out.push(b',');
                     }
                     out.extend_from_slice(self.json_names[i].as_bytes());
-                    if value.is_null() {
-                        out.extend_from_slice(b"null");
-                        continue;
+                    match *value {
+                        Value::Null => {
+                            out.extend_from_slice(b"null");
+                            continue;
+                        }
+                        // Already text: escaped straight into `out`.
+                        Value::Text(v) | Value::Numeric(v) => {
+                            json_string(v.as_bytes(), out);
+                            continue;
+                        }
+                        _ => {}
                     }
                     self.scratch.clear();
                     text(value, &mut self.scratch);
@@ -154,11 +159,70 @@ impl Encoder {
     }
 }
 
-/// A JSON string of `text` (valid UTF-8 in every case we write; invalid bytes
-/// would be replaced).
+/// A JSON string of `text` (UTF-8: a text value, or the ASCII text form of
+/// another type), escaped as serde_json does: `\"`, `\\`, `\b`, `\f`, `\n`,
+/// `\r`, `\t`, other control characters as `\u00XX`. Runs of plain bytes are
+/// copied at once.
 fn json_string(text: &[u8], out: &mut Vec<u8>) {
-    let s = String::from_utf8_lossy(text);
-    let _ = serde_json::to_writer(&mut *out, &*s);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..0x20 => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+    out.push(b'"');
+}
+
+/// `v` in decimal.
+fn integer(v: i64, out: &mut Vec<u8>) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    let mut n = v.unsigned_abs();
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// `v` (0 or more) in decimal, zero-padded to `width` digits.
+fn digits(v: i64, width: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    let mut n = v;
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// A CSV field: quoted when it holds `,`, `"`, CR or LF, or (with
@@ -238,7 +302,11 @@ fn date(days: i64, out: &mut Vec<u8>) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     if (0..=9999).contains(&y) {
-        let _ = write!(out, "{y:04}-{m:02}-{d:02}");
+        digits(y, 4, out);
+        out.push(b'-');
+        digits(m, 2, out);
+        out.push(b'-');
+        digits(d, 2, out);
     } else {
         let _ = write!(out, "{y:+05}-{m:02}-{d:02}");
     }
@@ -378,6 +446,38 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["c6"], "AP9hYg==");
+    }
+
+    #[test]
+    fn strings_and_numbers_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and \\ back",
+            "\u{0}\u{1}\u{8}\u{b}\u{c}\u{1f}\u{7f}\t\r\n",
+            "été ✓ 😀",
+        ] {
+            let mut out = Vec::new();
+            json_string(text.as_bytes(), &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(text).unwrap()
+            );
+        }
+        for v in [0, 7, -7, 10, 99_999, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            integer(v, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+        for (micros, expected) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (-1, "1969-12-31T23:59:59.999999Z"),
+            (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
+        ] {
+            let mut out = Vec::new();
+            text(&Value::Timestamp(micros), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]

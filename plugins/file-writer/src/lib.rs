@@ -117,7 +117,7 @@ pub struct FileWriter {
     current: Option<Current>,
     last_start: i64,
     /// Key hash -> the id of the file holding it.
-    keys: HashMap<u128, u32>,
+    keys: HashMap<u128, u32, KeyHashes>,
     files: HashMap<String, Tracked>,
     next_id: u32,
     hashers: (RandomState, RandomState),
@@ -169,7 +169,7 @@ impl Writer for FileWriter {
             instance: files::instance_id(),
             current: None,
             last_start: 0,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             files: HashMap::new(),
             next_id: 0,
             hashers: (RandomState::new(), RandomState::new()),
@@ -207,13 +207,16 @@ impl Writer for FileWriter {
         }
 
         self.buf.clear();
-        let mut new_keys = Vec::new();
-        let mut in_batch = HashSet::new();
+        let mut new_keys = Vec::with_capacity(batch.count as usize);
+        let mut in_batch =
+            HashSet::with_capacity_and_hasher(batch.count as usize, KeyHashes::default());
         let mut skipped = 0u32;
+        let mut values = Vec::with_capacity(self.types.len());
         for row in RowReader::new(&self.types, batch) {
             let row =
                 row.map_err(|e| PluginError::Fatal(format!("the row batch is malformed: {e}")))?;
-            let values = row.values();
+            values.clear();
+            values.extend(row.iter());
             self.key_buf.clear();
             for &i in &self.key_columns {
                 self.text_buf.clear();
@@ -541,6 +544,35 @@ fn finish_leftover(dir: &Dir, parsed: &FileName) -> io::Result<()> {
     dir.rename(&open, &parsed.base)?;
     dir.sync();
     Ok(())
+}
+
+/// The hasher of the key sets: their keys are already keyed 128-bit hashes, so
+/// folding them is enough (no second SipHash per lookup).
+#[derive(Clone, Copy, Default)]
+struct KeyHashes;
+
+impl BuildHasher for KeyHashes {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; a plain FNV-1a for completeness.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
 }
 
 /// Appends one key column's text, length first, so that keys never run together.
