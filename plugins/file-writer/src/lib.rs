@@ -208,8 +208,7 @@ impl Writer for FileWriter {
 
         self.buf.clear();
         let mut new_keys = Vec::with_capacity(batch.count as usize);
-        let mut in_batch =
-            HashSet::with_capacity_and_hasher(batch.count as usize, KeyHashes::default());
+        let mut in_batch = HashSet::with_capacity_and_hasher(batch.count as usize, KeyHashes);
         let mut skipped = 0u32;
         let mut values = Vec::with_capacity(self.types.len());
         for row in RowReader::new(&self.types, batch) {
