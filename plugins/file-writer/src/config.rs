@@ -125,37 +125,7 @@ impl Config {
     }
 }
 
-/// A duration such as `500ms`, `30s`, `5m`, `1h30m` or `2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like \"30s\", \"5m\" or \"1h30m\"");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let unit_len = rest[digits..]
-            .bytes()
-            .take_while(u8::is_ascii_alphabetic)
-            .count();
-        if digits == 0 || unit_len == 0 {
-            return Err(bad());
-        }
-        let n: u32 = rest[..digits].parse().map_err(|_| bad())?;
-        let unit = match &rest[digits..digits + unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        total += unit * n;
-        rest = rest[digits + unit_len..].trim_start();
-    }
-    Ok(total)
-}
+pub use sluice_plugin_sdk::time::parse_duration;
 
 #[cfg(test)]
 mod tests {

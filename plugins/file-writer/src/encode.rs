@@ -292,15 +292,9 @@ fn base64(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// `YYYY-MM-DD` (a year outside 0..=9999 with its sign).
 fn date(days: i64, out: &mut Vec<u8>) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    // Digit by digit in the common case (this is the hot path of NDJSON
+    // encoding); the SDK's `write_date` for the rest.
+    let (y, m, d) = sluice_plugin_sdk::time::civil_from_days(days);
     if (0..=9999).contains(&y) {
         digits(y, 4, out);
         out.push(b'-');
@@ -308,7 +302,7 @@ fn date(days: i64, out: &mut Vec<u8>) {
         out.push(b'-');
         digits(d, 2, out);
     } else {
-        let _ = write!(out, "{y:+05}-{m:02}-{d:02}");
+        sluice_plugin_sdk::time::write_date(days, out);
     }
 }
 

@@ -66,7 +66,7 @@ pub fn name(prefix: &str, micros: i64, instance: &str, format: Format) -> String
     let mut stamp = Vec::new();
     let seconds = micros.div_euclid(1_000_000);
     let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = sluice_plugin_sdk::time::civil_from_days(days);
     let _ = write!(
         stamp,
         "{:04}{m:02}{d:02}T{:02}{:02}{:02}.{:06}Z",
@@ -92,19 +92,6 @@ pub fn instance_id() -> String {
     let a = RandomState::new().hash_one(nanos);
     let b = RandomState::new().hash_one(a);
     format!("{:016x}", a ^ b.rotate_left(29))
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
