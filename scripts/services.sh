@@ -72,11 +72,21 @@ clickhouse_answers() {
 if ! clickhouse_answers; then
   [ -x /etc/init.d/clickhouse-server ] || apt_install clickhouse-server clickhouse-client
   if ! port_open 8123; then
+    # The package's postinst makes the data folder only when it creates the
+    # clickhouse user, so a machine where the package was purged and installed
+    # again has the user but no folder, and the server exits at once.
+    for d in /var/lib/clickhouse /var/log/clickhouse-server; do
+      [ -d "$d" ] || { as_root mkdir -p "$d" && as_root chown clickhouse:clickhouse "$d"; }
+    done
     log "starting ClickHouse"
     # The init script runs the server as the clickhouse user, with or without systemd.
     as_root /etc/init.d/clickhouse-server start >/dev/null || true
   fi
   for _ in $(seq 1 120); do clickhouse_answers && break; sleep 0.5; done
-  clickhouse_answers || { log "ClickHouse does not answer SELECT 1 on 127.0.0.1:8123 after 60 s"; exit 1; }
+  if ! clickhouse_answers; then
+    log "ClickHouse does not answer SELECT 1 on 127.0.0.1:8123 after 60 s; its error log says:"
+    as_root tail -n 20 /var/log/clickhouse-server/clickhouse-server.err.log >&2 || true
+    exit 1
+  fi
 fi
 log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"
