@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests of every crate, and the integration tests
-# against the local RabbitMQ and PostgreSQL with the real built plugins (built
-# by `sluice plugin build`, which fetches a wasm toolchain itself the first time).
+# against the local RabbitMQ, PostgreSQL, Redis and ClickHouse with the real
+# built plugins (built by `sluice plugin build`, which fetches a wasm toolchain itself the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh

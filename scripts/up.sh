@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Brings Sluice up on config.toml: starts RabbitMQ and PostgreSQL (installing them
-# where missing), builds the daemon and the shipped plugins into plugins-dist/,
+# Brings Sluice up on config.toml: starts RabbitMQ, PostgreSQL, Redis and
+# ClickHouse (installing them where missing), builds the daemon and the shipped plugins into plugins-dist/,
 # checks the configuration, then runs the daemon in the foreground (Ctrl-C drains
 # in-flight batches and stops).
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo build --release --locked -p sluice
 sluice=target/release/sluice
-"$sluice" plugin build plugins/json-source plugins/postgres-writer --out plugins-dist
+"$sluice" plugin build plugins/json-source plugins/postgres-writer plugins/clickhouse-writer \
+  plugins/redis-writer plugins/file-writer --out plugins-dist
 "$sluice" check --config config.toml
 exec "$sluice" run --config config.toml
