@@ -797,28 +797,7 @@ fn check_and_clean_redis(prefix: &str, expected: usize) -> anyhow::Result<()> {
 
 // --- Files: plain buffered writes ----------------------------------------------
 
-fn timestamp(micros: i64, out: &mut Vec<u8>) {
-    let seconds = micros.div_euclid(1_000_000);
-    let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Days to a civil date (the inverse of common::days_from_civil).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        micros.rem_euclid(1_000_000)
-    );
-}
+use sluice_plugin_sdk::time::write_timestamp as timestamp;
 
 /// The same NDJSON lines, one write and one fsync per batch.
 fn plain_files(dir: &Path, rows: &[Cdr], batch: usize) -> anyhow::Result<Duration> {

@@ -50,6 +50,21 @@ impl World {
             .unwrap_or(0)
     }
 
+    /// Creates the `cdr` table beforehand, with a check constraint that refuses
+    /// the row of message 777 (duration 777): a row the store refuses.
+    pub(crate) async fn create_table_refusing_777(&self) {
+        self.db
+            .client
+            .batch_execute(&format!(
+                "CREATE TABLE {s}.cdr (call_id text PRIMARY KEY, caller text NOT NULL, callee text NOT NULL, \
+                 started_at timestamptz NOT NULL, duration_s integer NOT NULL CHECK (duration_s <> 777), cell text, \
+                 cost numeric, call_type text, roaming boolean)",
+                s = self.db.name
+            ))
+            .await
+            .unwrap();
+    }
+
     pub(crate) async fn wait_rows(&self, n: i64, what: &str) {
         eventually(LONG, what, || async { self.rows().await >= n }).await;
     }
@@ -101,15 +116,7 @@ async fn ten_thousand_messages_land_exactly_once_and_are_all_acked() {
 async fn poison_messages_are_dead_lettered_with_their_reasons_and_the_rest_land() {
     let w = world("poison").await;
     // The table exists already, with a constraint some rows break.
-    w.db.client
-        .batch_execute(&format!(
-            "CREATE TABLE {s}.cdr (call_id text PRIMARY KEY, caller text NOT NULL, callee text NOT NULL, \
-             started_at timestamptz NOT NULL, duration_s integer NOT NULL CHECK (duration_s <> 777), cell text, \
-             cost numeric, call_type text, roaming boolean)",
-            s = w.db.name
-        ))
-        .await
-        .unwrap();
+    w.create_table_refusing_777().await;
     let mut bodies = Vec::new();
     let mut poison = 0;
     for i in 0..2_000u64 {

@@ -150,15 +150,7 @@ async fn ten_thousand_messages_land_in_four_stores_exactly_once_across_a_kill_9(
 async fn a_row_one_writer_refuses_is_dead_lettered_with_that_writers_reason() {
     let mut w = world("fan-out-poison").await;
     // Postgres refuses one row (a check constraint); the file writer takes all.
-    w.db.client
-        .batch_execute(&format!(
-            "CREATE TABLE {s}.cdr (call_id text PRIMARY KEY, caller text NOT NULL, callee text NOT NULL, \
-             started_at timestamptz NOT NULL, duration_s integer NOT NULL CHECK (duration_s <> 777), cell text, \
-             cost numeric, call_type text, roaming boolean)",
-            s = w.db.name
-        ))
-        .await
-        .unwrap();
+    w.create_table_refusing_777().await;
     let files = w.setup.dir.join("files");
     w.setup.extra_writers = format!(
         r#"
