@@ -30,7 +30,9 @@ use lapin::{Connection, ConnectionProperties};
 use sluice_tests::daemon::{Broker, Daemon, Setup};
 use sluice_tests::{TestSchema, amqp_url, cdr_json, workspace_root};
 
-use common::{cpu_by_process, cpu_delta, machine_cpu, process_cpu, rate, rss_kib, thousands};
+use common::{
+    cpu_by_process, cpu_delta, env_usize, machine_cpu, process_cpu, rate, rss_kib, thousands,
+};
 
 /// The processes whose CPU time each drain reports.
 const WATCHED: &[&str] = &["beam.smp", "postgres"];
@@ -39,13 +41,6 @@ const PREFETCH: u16 = 2000;
 const ACK_EVERY: u64 = 500;
 /// The target: Sluice drains at 90% or more of the plain consumer's rate.
 const TARGET_SHARE: f64 = 0.90;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()

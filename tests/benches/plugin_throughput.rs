@@ -44,7 +44,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use common::{max, median, min, parse_cdr, rate, thousands};
+use common::{Figures, env_usize, max, median, min, parse_cdr, rate, thousands};
 
 /// The targets the issue sets for idempotent writes.
 const TARGET_ROWS_PER_SEC: f64 = 116_000.0;
@@ -64,44 +64,12 @@ const TYPES: [Type; 9] = [
     Type::BOOL,
 ];
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
     // Benches are run with `--bench` (and cargo passes it); ignore any filter.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-/// Figures by label, in the order first seen, one value per round.
-#[derive(Default)]
-struct Figures(Vec<(String, Vec<f64>)>);
-
-impl Figures {
-    fn push(&mut self, label: &str, value: f64) {
-        match self.0.iter_mut().find(|(l, _)| l == label) {
-            Some((_, v)) => v.push(value),
-            None => self.0.push((label.to_string(), vec![value])),
-        }
-    }
-
-    fn get(&self, label: &str) -> &[f64] {
-        self.0
-            .iter()
-            .find(|(l, _)| l == label)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
-    }
-
-    fn median(&self, label: &str) -> f64 {
-        median(self.get(label))
-    }
 }
 
 struct Bench {

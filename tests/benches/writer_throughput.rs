@@ -46,14 +46,7 @@ use sluice::plugin_runtime::{
 use sluice_plugin_sdk::rows::RowWriter;
 use sluice_tests::{plugin, unique_name, workspace_root};
 
-use common::{max, median, min, rate, thousands};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{Figures, env_usize, max, median, min, rate, thousands};
 
 fn clickhouse_url() -> String {
     std::env::var("SLUICE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
@@ -143,27 +136,6 @@ fn encode_batches(rows: &[Cdr], batch: usize) -> Vec<RowBatch> {
             }
         })
         .collect()
-}
-
-/// Figures by label, in the order first seen, one value per round.
-#[derive(Default)]
-struct Figures(Vec<(String, Vec<f64>)>);
-
-impl Figures {
-    fn push(&mut self, label: &str, value: f64) {
-        match self.0.iter_mut().find(|(l, _)| l == label) {
-            Some((_, v)) => v.push(value),
-            None => self.0.push((label.to_string(), vec![value])),
-        }
-    }
-
-    fn get(&self, label: &str) -> &[f64] {
-        self.0
-            .iter()
-            .find(|(l, _)| l == label)
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
-    }
 }
 
 struct Bench {

@@ -401,3 +401,36 @@ pub fn cpu_delta(
         })
         .sum()
 }
+
+/// A `usize` from the environment variable `name`, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Figures by label, in the order first seen, one value per round.
+#[derive(Default)]
+pub struct Figures(Vec<(String, Vec<f64>)>);
+
+impl Figures {
+    pub fn push(&mut self, label: &str, value: f64) {
+        match self.0.iter_mut().find(|(l, _)| l == label) {
+            Some((_, v)) => v.push(value),
+            None => self.0.push((label.to_string(), vec![value])),
+        }
+    }
+
+    pub fn get(&self, label: &str) -> &[f64] {
+        self.0
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn median(&self, label: &str) -> f64 {
+        median(self.get(label))
+    }
+}
