@@ -95,7 +95,8 @@ async fn ten_thousand_messages_land_in_four_stores_exactly_once_across_a_kill_9(
     daemon.stop_cleanly();
     let log = daemon.log();
     assert!(
-        !log.contains("access denied"),
+        // The host's warnings for a denied request, socket or connection.
+        !log.contains("outside its grants") && !log.contains("it was not granted"),
         "no writer was denied: {log}"
     );
 
