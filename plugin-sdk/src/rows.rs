@@ -13,7 +13,10 @@
 //!   UTF-8 (numeric: a decimal literal such as `-12.340`; json: a JSON text);
 //! - bytes: a 4-byte little-endian length, then that many bytes.
 //!
-//! Sources write rows with [`RowWriter`]; writers read them with [`RowReader`].
+//! Sources write rows with [`RowWriter`]; writers read them with [`RowReader`] (row
+//! by row, each row checked before its values are read), or with [`ValueReader`]
+//! (value by value, each checked as it is read: one pass, for writers that encode
+//! each value at once).
 //!
 //! ```
 //! use sluice_plugin_sdk::ColumnType;
@@ -743,53 +746,304 @@ impl<'a> Iterator for RowReader<'a> {
 
 /// Checks the value of type `ty` at `pos` and returns where the next one starts.
 fn skip_value(ty: ColumnType, data: &[u8], pos: usize) -> Result<usize, String> {
-    let need = |at: usize, n: usize, what: &str| -> Result<usize, String> {
-        let left = data.len().saturating_sub(at);
-        if left < n {
-            Err(format!(
-                "{ty} {what} cut short: {n} bytes needed, {left} left"
-            ))
-        } else {
-            Ok(at + n)
-        }
-    };
+    read_value(ty, data, pos).map(|(_, next)| next)
+}
+
+/// Checks and reads the value of type `ty` at `pos`: the value, and where the next
+/// one starts. The one place that decides what a valid value is ([`RowReader`] and
+/// [`ValueReader`] both check with it).
+#[inline]
+fn read_value(ty: ColumnType, data: &[u8], pos: usize) -> Result<(Value<'_>, usize), String> {
     let Some(&tag) = data.get(pos) else {
-        return Err(format!("{ty} value missing: the data ends"));
+        return Err(value_missing(ty));
     };
-    match tag {
-        TAG_NULL => return Ok(pos + 1),
-        TAG_VALUE => {}
-        other => {
-            return Err(format!(
-                "invalid tag {other} for {} {ty} value (expected 0 or 1)",
-                article(ty)
-            ));
-        }
+    if tag == TAG_NULL {
+        return Ok((Value::Null, pos + 1));
+    }
+    if tag != TAG_VALUE {
+        return Err(invalid_tag(ty, tag));
     }
     let at = pos + 1;
-    match ty {
-        ColumnType::Boolean => {
-            let end = need(at, 1, "value")?;
-            match data[at] {
-                0 | 1 => Ok(end),
-                b => Err(format!("invalid boolean byte {b} (expected 0 or 1)")),
-            }
-        }
-        ColumnType::Int32 | ColumnType::Date => need(at, 4, "value"),
-        ColumnType::Int64 | ColumnType::Timestamp | ColumnType::Float64 => need(at, 8, "value"),
-        ColumnType::Uuid => need(at, 16, "value"),
+    // `pos` is inside `data`, so `at` is at most its length.
+    let rest = &data[at..];
+    Ok(match ty {
+        ColumnType::Boolean => match rest.first() {
+            Some(0) => (Value::Boolean(false), at + 1),
+            Some(1) => (Value::Boolean(true), at + 1),
+            Some(&b) => return Err(invalid_boolean(b)),
+            None => return Err(cut_short(ty, "value", 1, 0)),
+        },
+        ColumnType::Int32 => (Value::Int32(i32::from_le_bytes(fixed(ty, rest)?)), at + 4),
+        ColumnType::Date => (Value::Date(i32::from_le_bytes(fixed(ty, rest)?)), at + 4),
+        ColumnType::Int64 => (Value::Int64(i64::from_le_bytes(fixed(ty, rest)?)), at + 8),
+        ColumnType::Timestamp => (
+            Value::Timestamp(i64::from_le_bytes(fixed(ty, rest)?)),
+            at + 8,
+        ),
+        ColumnType::Float64 => (Value::Float64(f64::from_le_bytes(fixed(ty, rest)?)), at + 8),
+        ColumnType::Uuid => (Value::Uuid(fixed(ty, rest)?), at + 16),
         ColumnType::Numeric | ColumnType::Text | ColumnType::Json | ColumnType::Bytes => {
-            let body = need(at, 4, "length")?;
-            let len = u32::from_le_bytes(data[at..body].try_into().expect("4 bytes")) as usize;
-            let end = need(body, len, "value")?;
-            if ty != ColumnType::Bytes {
-                let text = std::str::from_utf8(&data[body..end])
-                    .map_err(|e| format!("{ty} value is not UTF-8: {e}"))?;
-                if ty == ColumnType::Numeric && !is_decimal_literal(text) {
-                    return Err(format!("invalid numeric literal {text:?}"));
-                }
+            let Some((len, body)) = rest.split_first_chunk::<4>() else {
+                return Err(cut_short(ty, "length", 4, rest.len()));
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            let Some(bytes) = body.get(..len) else {
+                return Err(cut_short(ty, "value", len, body.len()));
+            };
+            let end = at + 4 + len;
+            if ty == ColumnType::Bytes {
+                return Ok((Value::Bytes(bytes), end));
             }
-            Ok(end)
+            let text = if is_ascii(bytes) {
+                // SAFETY: ASCII is UTF-8.
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            } else {
+                match std::str::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(e) => return Err(not_utf8(ty, e)),
+                }
+            };
+            let value = match ty {
+                ColumnType::Numeric if !is_decimal_literal(text) => {
+                    return Err(invalid_numeric(text));
+                }
+                ColumnType::Numeric => Value::Numeric(text),
+                ColumnType::Text => Value::Text(text),
+                _ => Value::Json(text),
+            };
+            (value, end)
+        }
+    })
+}
+
+/// Whether `bytes` are all ASCII, a word at a time (the last word overlapping
+/// the one before): most texts of rows are, and this is quicker than `from_utf8`
+/// on short texts (wasm has no SIMD to speed that up).
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let n = bytes.len();
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if n >= 8 {
+        let mut any = word(n - 8);
+        let mut at = 0;
+        while at + 8 < n {
+            any |= word(at);
+            at += 8;
+        }
+        any & HIGH == 0
+    } else if n >= 4 {
+        (half(0) | half(n - 4)) & 0x8080_8080 == 0
+    } else {
+        bytes.iter().fold(0, |any, &b| any | b) < 0x80
+    }
+}
+
+/// The first `N` bytes of `rest`, the body of a fixed-size value of type `ty`.
+#[inline]
+fn fixed<const N: usize>(ty: ColumnType, rest: &[u8]) -> Result<[u8; N], String> {
+    match rest.first_chunk::<N>() {
+        Some(bytes) => Ok(*bytes),
+        None => Err(cut_short(ty, "value", N, rest.len())),
+    }
+}
+
+// The reasons of a malformed value: out of line, so that reading stays small.
+
+#[cold]
+#[inline(never)]
+fn value_missing(ty: ColumnType) -> String {
+    format!("{ty} value missing: the data ends")
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_tag(ty: ColumnType, tag: u8) -> String {
+    format!(
+        "invalid tag {tag} for {} {ty} value (expected 0 or 1)",
+        article(ty)
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_boolean(b: u8) -> String {
+    format!("invalid boolean byte {b} (expected 0 or 1)")
+}
+
+#[cold]
+#[inline(never)]
+fn cut_short(ty: ColumnType, what: &str, needed: usize, left: usize) -> String {
+    format!("{ty} {what} cut short: {needed} bytes needed, {left} left")
+}
+
+#[cold]
+#[inline(never)]
+fn not_utf8(ty: ColumnType, e: std::str::Utf8Error) -> String {
+    format!("{ty} value is not UTF-8: {e}")
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_numeric(text: &str) -> String {
+    format!("invalid numeric literal {text:?}")
+}
+
+/// Reads a batch value by value in one pass: each value is checked as it is read
+/// (exactly as [`RowReader`] checks it) and handed out at once, with no allocation.
+///
+/// [`RowReader`] checks a whole row before handing it out, and [`Row::iter`] then
+/// decodes its values in a second pass. A writer that turns each value into its
+/// output right away (an encoder, a hash of the key columns) can do it in one pass
+/// with this reader instead. The difference: a malformed value is found when it is
+/// reached, after the values before it were handed out, so such a writer must be
+/// ready to drop what it made of a batch on an error (which it must anyway for
+/// errors of its own).
+///
+/// Call [`next_row`](Self::next_row), then [`next_value`](Self::next_value) for
+/// the columns needed, in order; values not read are checked and skipped by the
+/// next `next_row`. After an error the reader is done: `next_row` returns
+/// `Ok(false)`.
+///
+/// ```
+/// use sluice_plugin_sdk::ColumnType;
+/// use sluice_plugin_sdk::rows::{RowWriter, Value, ValueReader};
+///
+/// let mut w = RowWriter::new();
+/// w.text("call-1").int32(42).null().end_row();
+/// w.text("call-2").int32(7).numeric("0.25").end_row();
+/// let batch = w.finish();
+///
+/// let types = [ColumnType::Text, ColumnType::Int32, ColumnType::Numeric];
+/// let mut reader = ValueReader::new(&types, &batch);
+/// let mut ids = Vec::new();
+/// while reader.next_row()? {
+///     // Only the first column; the others are checked and skipped.
+///     if let Value::Text(id) = reader.next_value()? {
+///         ids.push(id);
+///     }
+/// }
+/// assert_eq!(ids, ["call-1", "call-2"]);
+///
+/// // A malformed batch: the error names the row and column, as RowReader's does.
+/// let bad = sluice_plugin_sdk::rows::RowBatch { count: 1, data: vec![1, 42, 0] };
+/// let mut reader = ValueReader::new(&[ColumnType::Int32], &bad);
+/// assert!(reader.next_row()?);
+/// let err = reader.next_value().unwrap_err();
+/// assert_eq!(err.to_string(), "row 0, column 0: int32 value cut short: 4 bytes needed, 2 left");
+/// assert!(!reader.next_row()?);
+/// # Ok::<(), sluice_plugin_sdk::rows::DecodeError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ValueReader<'a> {
+    types: &'a [ColumnType],
+    data: &'a [u8],
+    count: u32,
+    /// Rows started so far (the current row is `started - 1`).
+    started: u32,
+    /// The next column of the current row (`types.len()` when none is open).
+    column: usize,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> ValueReader<'a> {
+    /// Reads `batch`, whose rows have these column types.
+    pub fn new(types: &'a [ColumnType], batch: &'a RowBatch) -> Self {
+        Self::from_parts(types, &batch.data, batch.count)
+    }
+
+    /// Reads `count` rows from `data`.
+    pub fn from_parts(types: &'a [ColumnType], data: &'a [u8], count: u32) -> Self {
+        ValueReader {
+            types,
+            data,
+            count,
+            started: 0,
+            column: types.len(),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// Moves to the next row: `Ok(true)`, or `Ok(false)` once every row was read
+    /// (an error if bytes follow the last one) or after an error. The current
+    /// row's values not read yet are checked and skipped first.
+    pub fn next_row(&mut self) -> Result<bool, DecodeError> {
+        if self.done {
+            return Ok(false);
+        }
+        while self.column < self.types.len() {
+            self.next_value()?;
+        }
+        if self.started == self.count {
+            self.done = true;
+            let extra = self.data.len() - self.pos;
+            if extra > 0 {
+                return Err(DecodeError {
+                    row: self.count,
+                    column: None,
+                    reason: format!(
+                        "{extra} bytes after the last row ({} rows announced)",
+                        self.count
+                    ),
+                });
+            }
+            return Ok(false);
+        }
+        self.started += 1;
+        self.column = 0;
+        Ok(true)
+    }
+
+    /// The next value of the current row, checked. An error if it is malformed,
+    /// or if the row has no value left (all its columns were read, or no row was
+    /// started with [`next_row`](Self::next_row)).
+    #[inline]
+    pub fn next_value(&mut self) -> Result<Value<'a>, DecodeError> {
+        let Some(&ty) = self.types.get(self.column) else {
+            return Err(self.no_value_left());
+        };
+        match read_value(ty, self.data, self.pos) {
+            Ok((value, next)) => {
+                self.pos = next;
+                self.column += 1;
+                Ok(value)
+            }
+            Err(reason) => Err(self.fail(reason)),
+        }
+    }
+
+    /// Index of the current row, from 0 (`None` before the first `next_row`).
+    pub fn row_index(&self) -> Option<u32> {
+        self.started.checked_sub(1)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, reason: String) -> DecodeError {
+        let column = self.column;
+        self.done = true;
+        self.column = self.types.len();
+        DecodeError {
+            row: self.started.saturating_sub(1),
+            column: Some(column),
+            reason,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn no_value_left(&self) -> DecodeError {
+        DecodeError {
+            row: self.started.saturating_sub(1),
+            column: None,
+            reason: if self.started == 0 || self.done {
+                "no row started (call next_row first)".to_owned()
+            } else {
+                format!("no value left: the row has {} columns", self.types.len())
+            },
         }
     }
 }
@@ -1034,9 +1288,9 @@ mod tests {
         assert_eq!(firsts, [0, 1, 3, 4].map(OwnedValue::Int32));
     }
 
-    #[test]
-    fn malformed_buffers_are_errors_not_panics() {
-        let cases: Vec<(Vec<ColumnType>, u32, Vec<u8>, &str)> = vec![
+    /// Malformed batches: the column types, the row count, the data, the error.
+    fn malformed_cases() -> Vec<(Vec<ColumnType>, u32, Vec<u8>, &'static str)> {
+        vec![
             (
                 vec![T::Int32],
                 1,
@@ -1103,8 +1357,12 @@ mod tests {
                 vec![0, 0],
                 "row 1: 1 bytes after the last row (1 rows announced)",
             ),
-        ];
-        for (types, count, data, expected) in cases {
+        ]
+    }
+
+    #[test]
+    fn malformed_buffers_are_errors_not_panics() {
+        for (types, count, data, expected) in malformed_cases() {
             let batch = RowBatch { count, data };
             let results: Vec<_> = RowReader::new(&types, &batch).collect();
             let err = results.last().unwrap().as_ref().unwrap_err();
@@ -1114,6 +1372,159 @@ mod tests {
                 1,
                 "stops after the error"
             );
+        }
+    }
+
+    /// Every value of every row, read with a `ValueReader`.
+    fn read_by_value(
+        types: &[ColumnType],
+        batch: &RowBatch,
+    ) -> Result<Vec<Vec<OwnedValue>>, DecodeError> {
+        read_all(&mut ValueReader::new(types, batch), types.len())
+    }
+
+    fn read_all(
+        reader: &mut ValueReader<'_>,
+        columns: usize,
+    ) -> Result<Vec<Vec<OwnedValue>>, DecodeError> {
+        let mut rows = Vec::new();
+        while reader.next_row()? {
+            let mut row = Vec::new();
+            for _ in 0..columns {
+                row.push(reader.next_value()?.to_owned());
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    #[test]
+    fn value_reader_reads_what_row_reader_reads() {
+        let values = sample_values();
+        let mut w = RowWriter::new();
+        for v in &values {
+            w.value(*v);
+        }
+        w.end_row();
+        for _ in &values {
+            w.null();
+        }
+        w.end_row();
+        w.boolean(false)
+            .int32(0)
+            .int64(-7)
+            .float64(f64::NAN)
+            .numeric("0")
+            .text("")
+            .bytes(&[])
+            .timestamp_micros(i64::MIN)
+            .date_days(i32::MIN)
+            .uuid([0; 16])
+            .json("null")
+            .end_row();
+        let batch = w.finish();
+        let by_value = read_by_value(&ALL_TYPES, &batch).unwrap();
+        let by_row = read(&ALL_TYPES, &batch).unwrap();
+        assert_eq!(by_value.len(), 3);
+        // NaN != NaN: compare the debug forms.
+        assert_eq!(format!("{by_value:?}"), format!("{by_row:?}"));
+        assert!(
+            read_by_value(&[T::Int32], &RowBatch::empty())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn value_reader_skips_values_not_read_and_checks_them() {
+        let mut w = RowWriter::new();
+        for i in 0..3 {
+            w.text(&format!("k{i}")).int64(i).text("x").end_row();
+        }
+        let batch = w.finish();
+        let types = [T::Text, T::Int64, T::Text];
+        let mut reader = ValueReader::new(&types, &batch);
+        assert_eq!(reader.row_index(), None);
+        let mut keys = Vec::new();
+        while reader.next_row().unwrap() {
+            keys.push(reader.next_value().unwrap());
+        }
+        assert_eq!(
+            keys,
+            [Value::Text("k0"), Value::Text("k1"), Value::Text("k2")]
+        );
+        assert_eq!(reader.row_index(), Some(2));
+        // Past the end, and past a row's last column: errors, not panics.
+        assert!(!reader.next_row().unwrap());
+        assert!(reader.next_value().is_err());
+        let mut reader = ValueReader::new(&types, &batch);
+        assert!(reader.next_value().is_err(), "no row started");
+        reader.next_row().unwrap();
+        for _ in 0..3 {
+            reader.next_value().unwrap();
+        }
+        let err = reader.next_value().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "row 0: no value left: the row has 3 columns"
+        );
+
+        // A malformed value in a column never read is still found.
+        let mut data = batch.data.clone();
+        let bad = data.len() - 1; // inside the last row's last text
+        data.truncate(bad);
+        let cut = RowBatch { count: 3, data };
+        let mut reader = ValueReader::new(&types, &cut);
+        let mut result = Ok(true);
+        while let Ok(true) = result {
+            result = reader.next_row();
+        }
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "row 2, column 2: text value cut short: 1 bytes needed, 0 left"
+        );
+    }
+
+    #[test]
+    fn texts_with_and_without_non_ascii_bytes_at_every_position() {
+        for len in 0..24 {
+            for at in 0..len.max(1) {
+                let mut text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                if len > 0 {
+                    text[at] = 0xff; // never UTF-8
+                }
+                let mut data = vec![1];
+                data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                data.extend_from_slice(&text);
+                let batch = RowBatch { count: 1, data };
+                let result = read_by_value(&[T::Text], &batch);
+                assert_eq!(result.is_ok(), len == 0, "{len} {at}");
+                if len > 0 {
+                    // A valid multi-byte character there instead.
+                    let mut good = text.clone();
+                    good.splice(at..at + 1, "é".bytes());
+                    let mut w = RowWriter::new();
+                    w.text(std::str::from_utf8(&good).unwrap()).end_row();
+                    let rows = read_by_value(&[T::Text], &w.finish()).unwrap();
+                    assert_eq!(
+                        rows[0][0],
+                        OwnedValue::Text(String::from_utf8(good).unwrap())
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn value_reader_finds_the_errors_row_reader_finds() {
+        for (types, count, data, expected) in malformed_cases() {
+            let batch = RowBatch { count, data };
+            let err = read_by_value(&types, &batch).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+            // Done after the error.
+            let mut reader = ValueReader::new(&types, &batch);
+            assert!(read_all(&mut reader, types.len()).is_err());
+            assert!(!reader.next_row().unwrap(), "{expected}");
         }
     }
 
