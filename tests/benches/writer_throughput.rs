@@ -27,7 +27,12 @@
 //! Run: `scripts/services.sh` (ClickHouse, Redis), then
 //! `cargo bench -p sluice-tests --bench writer_throughput`.
 //! `SLUICE_TEST_CLICKHOUSE` (`http://127.0.0.1:8123`) and `SLUICE_TEST_REDIS`
-//! (`127.0.0.1:6379`) point it elsewhere.
+//! (`127.0.0.1:6379`) point it elsewhere. `SLUICE_BENCH_STORES` picks the stores
+//! measured, a comma-separated list of `clickhouse`, `redis` and `files` (default:
+//! all three); `SLUICE_BENCH_STORES=files` needs neither ClickHouse nor Redis.
+//! The files go under `target/` (the disk the fsyncs measure);
+//! `SLUICE_BENCH_FILES_DIR` puts them under another directory (a tmpfs such as
+//! `/dev/shm` takes the disk out and leaves the CPU work and the host calls).
 
 mod common;
 
@@ -162,6 +167,7 @@ async fn run() -> anyhow::Result<()> {
     let n = env_usize("SLUICE_BENCH_ROWS", 100_000);
     let batch = env_usize("SLUICE_BENCH_BATCH", 1000);
     let rounds = env_usize("SLUICE_BENCH_ROUNDS", 3);
+    let stores = Stores::from_env()?;
     println!("writer_throughput: {n} CDR rows in batches of {batch}, {rounds} rounds, interleaved");
     println!("started {}", common::machine_line());
     let started = Instant::now();
@@ -217,23 +223,29 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
-    let ch_version = clickhouse_query(&clickhouse_url(), "SELECT version()")?;
-    println!("clickhouse {}", ch_version.trim());
-    let mut redis_conn = Resp::connect(&redis_address())?;
-    let info = redis_conn.call(&[b"INFO", b"server"])?;
-    let version = String::from_utf8_lossy(&info)
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
-        .unwrap_or_default();
-    println!("redis {version}");
+    if stores.clickhouse {
+        let ch_version = clickhouse_query(&clickhouse_url(), "SELECT version()")?;
+        println!("clickhouse {}", ch_version.trim());
+    }
+    if stores.redis {
+        let mut redis_conn = Resp::connect(&redis_address())?;
+        let info = redis_conn.call(&[b"INFO", b"server"])?;
+        let version = String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
+            .unwrap_or_default();
+        println!("redis {version}");
+    }
 
     let rows: Vec<Cdr> = (0..n as u64).map(cdr).collect();
     let batches = encode_batches(&rows, batch);
     let db = unique_name("sluice_bench");
-    clickhouse_query(&clickhouse_url(), &format!("CREATE DATABASE {db}"))?;
-    let tmp = workspace_root()
-        .join("target")
-        .join(unique_name("bench-files"));
+    if stores.clickhouse {
+        clickhouse_query(&clickhouse_url(), &format!("CREATE DATABASE {db}"))?;
+    }
+    let files_parent = std::env::var_os("SLUICE_BENCH_FILES_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let tmp = files_parent.join(unique_name("bench-files"));
     std::fs::create_dir_all(&tmp)?;
     println!("files under {}", tmp.display());
     let bench = Bench {
@@ -249,7 +261,7 @@ async fn run() -> anyhow::Result<()> {
         n,
     };
 
-    let groups = [
+    let groups: Vec<Group> = [
         Group::ClickHousePlugin,
         Group::ClickHousePlain,
         Group::RedisPlugin,
@@ -257,7 +269,10 @@ async fn run() -> anyhow::Result<()> {
         Group::RedisStreamPlugin,
         Group::FilesPlugin,
         Group::FilesPlain,
-    ];
+    ]
+    .into_iter()
+    .filter(|g| stores.has(*g))
+    .collect();
     let mut figures = Figures::default();
     let result = async {
         for round in 0..rounds {
@@ -286,13 +301,62 @@ async fn run() -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    let _ = clickhouse_query(&clickhouse_url(), &format!("DROP DATABASE IF EXISTS {db}"));
+    if stores.clickhouse {
+        let _ = clickhouse_query(&clickhouse_url(), &format!("DROP DATABASE IF EXISTS {db}"));
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
 
-    report(&figures, n, batch);
+    report(&figures, n, batch, &stores);
     println!("\nfinished {}", common::machine_line());
     Ok(())
+}
+
+/// The stores measured (`SLUICE_BENCH_STORES`).
+struct Stores {
+    clickhouse: bool,
+    redis: bool,
+    files: bool,
+}
+
+impl Stores {
+    fn from_env() -> anyhow::Result<Stores> {
+        let Ok(list) = std::env::var("SLUICE_BENCH_STORES") else {
+            return Ok(Stores {
+                clickhouse: true,
+                redis: true,
+                files: true,
+            });
+        };
+        let mut stores = Stores {
+            clickhouse: false,
+            redis: false,
+            files: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "clickhouse" => stores.clickhouse = true,
+                "redis" => stores.redis = true,
+                "files" => stores.files = true,
+                other => {
+                    bail!("SLUICE_BENCH_STORES: unknown store {other:?} (clickhouse, redis, files)")
+                }
+            }
+        }
+        ensure!(
+            stores.clickhouse || stores.redis || stores.files,
+            "SLUICE_BENCH_STORES names no store"
+        );
+        Ok(stores)
+    }
+
+    fn has(&self, group: Group) -> bool {
+        match group {
+            Group::ClickHousePlugin | Group::ClickHousePlain => self.clickhouse,
+            Group::RedisPlugin | Group::RedisPlain | Group::RedisStreamPlugin => self.redis,
+            Group::FilesPlugin | Group::FilesPlain => self.files,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -473,7 +537,7 @@ impl Bench {
     }
 }
 
-fn report(figures: &Figures, n: usize, batch: usize) {
+fn report(figures: &Figures, n: usize, batch: usize, stores: &Stores) {
     println!("\n## Results: {n} rows, batches of {batch} (median of rounds, [min - max])\n");
     println!("| store | Sluice writer (wasm) rows/s | plain client rows/s | writer / plain |");
     println!("|---|---|---|---|");
@@ -486,11 +550,14 @@ fn report(figures: &Figures, n: usize, batch: usize) {
             thousands(max(v))
         )
     };
-    for (store, plugin, plain) in [
-        ("ClickHouse", CH_PLUGIN, CH_PLAIN),
-        ("Redis, hash", REDIS_PLUGIN, REDIS_PLAIN),
-        ("files, NDJSON", FILES_PLUGIN, FILES_PLAIN),
+    for (store, plugin, plain, measured) in [
+        ("ClickHouse", CH_PLUGIN, CH_PLAIN, stores.clickhouse),
+        ("Redis, hash", REDIS_PLUGIN, REDIS_PLAIN, stores.redis),
+        ("files, NDJSON", FILES_PLUGIN, FILES_PLAIN, stores.files),
     ] {
+        if !measured {
+            continue;
+        }
         let ratio = median(figures.get(plugin)) / median(figures.get(plain));
         println!(
             "| {store} | {} | {} | {:.0} % |",
@@ -499,10 +566,12 @@ fn report(figures: &Figures, n: usize, batch: usize) {
             ratio * 100.0
         );
     }
-    println!(
-        "| Redis, stream + dedupe | {} | - | - |",
-        cell(REDIS_STREAM)
-    );
+    if stores.redis {
+        println!(
+            "| Redis, stream + dedupe | {} | - | - |",
+            cell(REDIS_STREAM)
+        );
+    }
 }
 
 // --- ClickHouse: a plain HTTP/1.1 client ------------------------------------
