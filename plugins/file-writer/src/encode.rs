@@ -39,60 +39,46 @@ pub fn text(value: &Value<'_>, out: &mut Vec<u8>) {
         Value::Numeric(v) | Value::Text(v) => out.extend_from_slice(v.as_bytes()),
         Value::Json(v) => minify_json(v, out),
         Value::Bytes(v) => base64(v, out),
-        Value::Timestamp(micros) => {
-            let seconds = micros.div_euclid(1_000_000);
-            let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-            date(days, out);
-            out.push(b'T');
-            digits(rem / 3600, 2, out);
-            out.push(b':');
-            digits(rem % 3600 / 60, 2, out);
-            out.push(b':');
-            digits(rem % 60, 2, out);
-            out.push(b'.');
-            digits(micros.rem_euclid(1_000_000), 6, out);
-            out.push(b'Z');
-        }
+        Value::Timestamp(micros) => timestamp(micros, out),
         Value::Date(days) => date(i64::from(days), out),
-        Value::Uuid(b) => {
-            for (i, byte) in b.iter().enumerate() {
-                if matches!(i, 4 | 6 | 8 | 10) {
-                    out.push(b'-');
-                }
-                let _ = write!(out, "{byte:02x}");
-            }
-        }
+        Value::Uuid(b) => uuid(&b, out),
     }
 }
 
-/// Whether NDJSON writes the text form bare (a JSON number, boolean or value)
-/// rather than as a string.
-fn bare_in_json(value: &Value<'_>) -> bool {
-    match value {
-        Value::Boolean(_) | Value::Int32(_) | Value::Int64(_) | Value::Json(_) => true,
-        Value::Float64(v) => v.is_finite(),
-        _ => false,
-    }
-}
-
-/// Encodes rows in one format. `scratch` is reused between values.
+/// Encodes rows in one format, value by value: [`value`](Self::value) for each
+/// column in order, then [`end_row`](Self::end_row). Nothing allocates once its
+/// scratch buffer has grown.
 pub struct Encoder {
     format: Format,
-    /// `"name":` for NDJSON, in column order.
-    json_names: Vec<String>,
+    /// What goes before each column's value: `{"name":` or `,"name":` (NDJSON),
+    /// nothing or `,` (CSV).
+    prefixes: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    /// The last timestamp's day and its `YYYY-MM-DD` (rows of a batch mostly
+    /// share their day).
+    day: Option<(i64, [u8; 10])>,
 }
 
 impl Encoder {
     /// An encoder for columns named `names`.
     pub fn new(format: Format, names: &[String]) -> Encoder {
+        let prefixes = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match format {
+                Format::Ndjson => {
+                    let open = if i == 0 { "{" } else { "," };
+                    format!("{open}{}:", serde_json::Value::String(n.clone())).into_bytes()
+                }
+                Format::Csv if i == 0 => Vec::new(),
+                Format::Csv => b",".to_vec(),
+            })
+            .collect();
         Encoder {
             format,
-            json_names: names
-                .iter()
-                .map(|n| format!("{}:", serde_json::Value::String(n.clone())))
-                .collect(),
+            prefixes,
             scratch: Vec::new(),
+            day: None,
         }
     }
 
@@ -111,62 +97,199 @@ impl Encoder {
 
     /// Appends one row's record to `out`.
     pub fn row(&mut self, values: &[Value<'_>], out: &mut Vec<u8>) {
+        for (i, value) in values.iter().enumerate() {
+            self.value(i, *value, out);
+        }
+        self.end_row(out);
+    }
+
+    /// Appends the value of column `column` (and what goes before it): call it
+    /// for each column of a row in order, then [`end_row`](Self::end_row).
+    #[inline]
+    pub fn value(&mut self, column: usize, value: Value<'_>, out: &mut Vec<u8>) {
+        put(out, &self.prefixes[column]);
         match self.format {
-            Format::Ndjson => {
-                out.push(b'{');
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(self.json_names[i].as_bytes());
-                    match *value {
-                        Value::Null => {
-                            out.extend_from_slice(b"null");
-                            continue;
-                        }
-                        // Already text: escaped straight into `out`.
-                        Value::Text(v) | Value::Numeric(v) => {
-                            json_string(v.as_bytes(), out);
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    self.scratch.clear();
-                    text(value, &mut self.scratch);
-                    if bare_in_json(value) {
-                        out.extend_from_slice(&self.scratch);
-                    } else {
-                        json_string(&self.scratch, out);
-                    }
-                }
-                out.extend_from_slice(b"}\n");
-            }
+            Format::Ndjson => self.json_value(value, out),
             Format::Csv => {
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    if value.is_null() {
-                        continue;
-                    }
-                    self.scratch.clear();
-                    text(value, &mut self.scratch);
-                    csv_field(&self.scratch, true, out);
+                if value.is_null() {
+                    return;
                 }
-                out.extend_from_slice(b"\r\n");
+                self.scratch.clear();
+                text(&value, &mut self.scratch);
+                csv_field(&self.scratch, true, out);
             }
         }
+    }
+
+    /// Ends the row (with no column, NDJSON writes `{}`).
+    #[inline]
+    pub fn end_row(&self, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Ndjson if self.prefixes.is_empty() => out.extend_from_slice(b"{}\n"),
+            Format::Ndjson => put(out, b"}\n"),
+            Format::Csv => put(out, b"\r\n"),
+        }
+    }
+
+    fn json_value(&mut self, value: Value<'_>, out: &mut Vec<u8>) {
+        match value {
+            Value::Null => put(out, b"null"),
+            Value::Boolean(true) => put(out, b"true"),
+            Value::Boolean(false) => put(out, b"false"),
+            Value::Int32(v) => integer(i64::from(v), out),
+            Value::Int64(v) => integer(v, out),
+            Value::Text(v) => json_string(v.as_bytes(), out),
+            // A decimal literal (checked by the row reader): nothing to escape.
+            Value::Numeric(v) => {
+                out.push(b'"');
+                put(out, v.as_bytes());
+                out.push(b'"');
+            }
+            Value::Timestamp(micros) => {
+                out.push(b'"');
+                self.timestamp(micros, out);
+                out.push(b'"');
+            }
+            Value::Json(v) => minify_json(v, out),
+            Value::Float64(v) if v.is_finite() => text(&value, out),
+            Value::Float64(_) | Value::Bytes(_) | Value::Date(_) | Value::Uuid(_) => {
+                // ASCII text forms without anything to escape.
+                out.push(b'"');
+                text(&value, out);
+                out.push(b'"');
+            }
+        }
+    }
+
+    /// [`timestamp`], remembering the last day's date.
+    #[inline]
+    fn timestamp(&mut self, micros: i64, out: &mut Vec<u8>) {
+        let seconds = micros.div_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let date = match self.day {
+            Some((d, date)) if d == days => date,
+            _ => match date_digits(days) {
+                Some(date) => {
+                    self.day = Some((days, date));
+                    date
+                }
+                None => return timestamp(micros, out),
+            },
+        };
+        let mut buf = [0u8; 27];
+        buf[..10].copy_from_slice(&date);
+        time_of_day(micros, &mut buf);
+        put(out, &buf);
+    }
+}
+
+/// Appends `bytes`: small slices with a few word-sized moves, as `memcpy` of a
+/// length known only at run time is, in wasm, a `memory.copy` that wasmtime
+/// runs as a call out of the guest (costly for the short texts of a row).
+#[inline(always)]
+pub(crate) fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    if n > 32 {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    out.reserve(32);
+    // SAFETY: `out` has room for 32 more bytes; every access below is inside
+    // `bytes` (reads) or the first `n` of those 32 bytes (writes), as `n` <= 32;
+    // the two regions cannot overlap (`out`'s spare capacity is not shared).
+    unsafe {
+        let src = bytes.as_ptr();
+        let dst = out.as_mut_ptr().add(out.len());
+        if n >= 16 {
+            let a = src.cast::<u128>().read_unaligned();
+            let b = src.add(n - 16).cast::<u128>().read_unaligned();
+            dst.cast::<u128>().write_unaligned(a);
+            dst.add(n - 16).cast::<u128>().write_unaligned(b);
+        } else if n >= 8 {
+            let a = src.cast::<u64>().read_unaligned();
+            let b = src.add(n - 8).cast::<u64>().read_unaligned();
+            dst.cast::<u64>().write_unaligned(a);
+            dst.add(n - 8).cast::<u64>().write_unaligned(b);
+        } else if n >= 4 {
+            let a = src.cast::<u32>().read_unaligned();
+            let b = src.add(n - 4).cast::<u32>().read_unaligned();
+            dst.cast::<u32>().write_unaligned(a);
+            dst.add(n - 4).cast::<u32>().write_unaligned(b);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+        out.set_len(out.len() + n);
+    }
+}
+
+/// Whether a byte needs escaping in a JSON string.
+#[inline(always)]
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any of the 8 bytes of `w` needs escaping in a JSON string (exact: the
+/// usual "has a zero byte" / "has a byte less than" bit tricks).
+#[inline(always)]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGH != 0
+}
+
+/// Whether `text` holds a byte that needs escaping in a JSON string, a word at a
+/// time (the last word overlapping the one before).
+#[inline]
+fn any_needs_escape(text: &[u8]) -> bool {
+    let n = text.len();
+    let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(text[at..at + 4].try_into().expect("4 bytes"));
+    if n >= 8 {
+        if word_needs_escape(word(n - 8)) {
+            return true;
+        }
+        let mut at = 0;
+        while at + 8 < n {
+            if word_needs_escape(word(at)) {
+                return true;
+            }
+            at += 8;
+        }
+        false
+    } else if n >= 4 {
+        word_needs_escape(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
+    } else {
+        text.iter().any(|&b| needs_escape(b))
     }
 }
 
 /// A JSON string of `text` (UTF-8: a text value, or the ASCII text form of
 /// another type), escaped as serde_json does: `\"`, `\\`, `\b`, `\f`, `\n`,
-/// `\r`, `\t`, other control characters as `\u00XX`. Runs of plain bytes are
-/// copied at once.
-fn json_string(text: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(text.len() + 2);
+/// `\r`, `\t`, other control characters as `\u00XX`. A text with nothing to
+/// escape (checked 8 bytes at a time) is copied at once; otherwise runs of plain
+/// bytes are.
+pub(crate) fn json_string(text: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
+    if !any_needs_escape(text) {
+        put(out, text);
+        out.push(b'"');
+        return;
+    }
+    escape_json(text, out);
+    out.push(b'"');
+}
+
+#[cold]
+#[inline(never)]
+fn escape_json(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, &b) in text.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -192,37 +315,113 @@ fn json_string(text: &[u8], out: &mut Vec<u8>) {
         start = i + 1;
     }
     out.extend_from_slice(&text[start..]);
-    out.push(b'"');
+}
+
+/// "00" to "99".
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// Writes `v` (below 100) as two digits at `at`.
+#[inline(always)]
+fn pair(v: u32, buf: &mut [u8], at: usize) {
+    let i = v as usize * 2;
+    buf[at] = PAIRS[i];
+    buf[at + 1] = PAIRS[i + 1];
 }
 
 /// `v` in decimal.
-fn integer(v: i64, out: &mut Vec<u8>) {
+pub(crate) fn integer(v: i64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = v.unsigned_abs();
+    while n >= 100 {
+        i -= 2;
+        pair((n % 100) as u32, &mut buf, i);
+        n /= 100;
+    }
+    if n >= 10 {
+        i -= 2;
+        pair(n as u32, &mut buf, i);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
     if v < 0 {
         out.push(b'-');
     }
-    let mut n = v.unsigned_abs();
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+    put(out, &buf[i..]);
 }
 
-/// `v` (0 or more) in decimal, zero-padded to `width` digits.
-fn digits(v: i64, width: usize, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    let mut n = v;
-    for slot in out[start..].iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (a year outside 0..=9999 with its sign).
+fn timestamp(micros: i64, out: &mut Vec<u8>) {
+    let days = micros.div_euclid(1_000_000).div_euclid(86_400);
+    match date_digits(days) {
+        Some(date) => {
+            let mut buf = [0u8; 27];
+            buf[..10].copy_from_slice(&date);
+            time_of_day(micros, &mut buf);
+            put(out, &buf);
+        }
+        None => {
+            sluice_plugin_sdk::time::write_date(days, out);
+            let mut buf = [0u8; 27];
+            time_of_day(micros, &mut buf);
+            put(out, &buf[10..]);
+        }
     }
+}
+
+/// `THH:MM:SS.ffffffZ` into `buf[10..27]`.
+#[inline]
+fn time_of_day(micros: i64, buf: &mut [u8; 27]) {
+    let fraction = micros.rem_euclid(1_000_000) as u32;
+    let rem = micros.div_euclid(1_000_000).rem_euclid(86_400) as u32;
+    buf[10] = b'T';
+    pair(rem / 3600, buf, 11);
+    buf[13] = b':';
+    pair(rem % 3600 / 60, buf, 14);
+    buf[16] = b':';
+    pair(rem % 60, buf, 17);
+    buf[19] = b'.';
+    pair(fraction / 10_000, buf, 20);
+    pair(fraction / 100 % 100, buf, 22);
+    pair(fraction % 100, buf, 24);
+    buf[26] = b'Z';
+}
+
+/// `YYYY-MM-DD` of a day number whose year is within 0..=9999.
+fn date_digits(days: i64) -> Option<[u8; 10]> {
+    let (y, m, d) = sluice_plugin_sdk::time::civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let y = y as u32;
+    let mut buf = *b"0000-00-00";
+    pair(y / 100, &mut buf, 0);
+    pair(y % 100, &mut buf, 2);
+    pair(m as u32, &mut buf, 5);
+    pair(d as u32, &mut buf, 8);
+    Some(buf)
+}
+
+/// A UUID's 8-4-4-4-12 hex form.
+fn uuid(b: &[u8; 16], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            buf[at] = b'-';
+            at += 1;
+        }
+        buf[at] = HEX[usize::from(byte >> 4)];
+        buf[at + 1] = HEX[usize::from(byte & 15)];
+        at += 2;
+    }
+    out.extend_from_slice(&buf);
 }
 
 /// A CSV field: quoted when it holds `,`, `"`, CR or LF, or (with
@@ -292,17 +491,9 @@ fn base64(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// `YYYY-MM-DD` (a year outside 0..=9999 with its sign).
 fn date(days: i64, out: &mut Vec<u8>) {
-    // Digit by digit in the common case (this is the hot path of NDJSON
-    // encoding); the SDK's `write_date` for the rest.
-    let (y, m, d) = sluice_plugin_sdk::time::civil_from_days(days);
-    if (0..=9999).contains(&y) {
-        digits(y, 4, out);
-        out.push(b'-');
-        digits(m, 2, out);
-        out.push(b'-');
-        digits(d, 2, out);
-    } else {
-        sluice_plugin_sdk::time::write_date(days, out);
+    match date_digits(days) {
+        Some(date) => put(out, &date),
+        None => sluice_plugin_sdk::time::write_date(days, out),
     }
 }
 
@@ -471,6 +662,82 @@ mod tests {
             let mut out = Vec::new();
             text(&Value::Timestamp(micros), &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn escapes_found_at_every_position_and_small_copies() {
+        // Texts of 0 to 40 bytes, with a byte to escape (or none, or a non-ASCII
+        // character) at each position: as serde_json writes them.
+        for len in 0..40 {
+            let plain: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let mut texts = vec![plain.clone()];
+            for at in 0..len {
+                for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", "é", "\u{7f}", " ", "~"] {
+                    let mut t = plain.clone();
+                    t.replace_range(at..at + 1, special);
+                    texts.push(t);
+                }
+            }
+            for t in texts {
+                let mut out = b"x".to_vec();
+                json_string(t.as_bytes(), &mut out);
+                assert_eq!(
+                    out[1..],
+                    *serde_json::to_string(&t).unwrap().as_bytes(),
+                    "{t:?}"
+                );
+                let mut copied = b"x".to_vec();
+                put(&mut copied, t.as_bytes());
+                assert_eq!(copied[1..], *t.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_and_timestamps_without_fmt() {
+        let mut samples: Vec<i64> = vec![i64::MIN, i64::MAX, i64::MIN + 1];
+        for p in 0..19 {
+            let v = 10i64.pow(p);
+            samples.extend([v - 1, v, v + 1, -v, -v + 1, -v - 1]);
+        }
+        for v in samples {
+            let mut out = Vec::new();
+            integer(v, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
+        // The encoder's remembered day, across days, and years outside 0..=9999.
+        let names = ["t".to_owned()];
+        let mut e = Encoder::new(Format::Ndjson, &names);
+        for micros in [
+            0,
+            86_399_999_999,
+            86_400_000_000,
+            86_400_000_000 + 1,
+            -1,
+            1_795_773_601_000_001,
+            253_402_300_800_000_000,
+            -62_167_219_200_000_001,
+            i64::MIN,
+            i64::MAX,
+            1_795_773_601_999_999,
+        ] {
+            let mut out = Vec::new();
+            e.row(&[Value::Timestamp(micros)], &mut out);
+            let mut expected = b"{\"t\":\"".to_vec();
+            sluice_plugin_sdk::time::write_timestamp(micros, &mut expected);
+            expected.extend_from_slice(b"\"}\n");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        for days in [0, -1, 2_932_896, -719_529, i32::MIN, i32::MAX] {
+            let mut out = Vec::new();
+            text(&Value::Date(days), &mut out);
+            let mut expected = Vec::new();
+            sluice_plugin_sdk::time::write_date(i64::from(days), &mut expected);
+            assert_eq!(out, expected, "{days}");
         }
     }
 
