@@ -45,10 +45,18 @@
 //! least the window, and make the window longer than the time a message may
 //! wait unacknowledged (consumer timeouts, a daemon down).
 //!
-//! Keys are kept as 128-bit hashes (about 40 bytes each in memory): size the
+//! Keys are kept as 128-bit keyed hashes (SipHash-1-3), of which 127 bits are
+//! compared (`src/keys.rs`: two different keys are taken for one with a
+//! probability of about n² / 2¹²⁸ for n keys), in a table of about 33 bytes a
+//! key on average (25 to 49, more for a moment while it doubles): size the
 //! window for the rows written by all instances within it, and the plugin's
-//! memory limit accordingly. Opening reads the window's files, which takes longer
-//! the more they hold.
+//! memory limit accordingly. Opening reads the window's files, which takes
+//! longer the more they hold.
+//!
+//! The keys of a batch go into the set as the batch is encoded (that is how a
+//! key repeated within the batch is found), and come out again if the batch is
+//! not written (a malformed batch, a failed append): the host's retry of it then
+//! finds none of its rows written.
 //!
 //! # Clocks
 //!
@@ -59,19 +67,20 @@ pub mod config;
 mod dir;
 pub mod encode;
 pub mod files;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_plugin_sdk::rows::{RowBatch, RowReader};
+use sluice_plugin_sdk::rows::{DecodeError, RowBatch, ValueReader};
 use sluice_plugin_sdk::{ColumnType, PluginError, RowRejection, Schema, Writer};
 
 use crate::config::{Config, Format};
 use crate::dir::{Dir, File};
 use crate::encode::Encoder;
 use crate::files::{FileName, OPEN};
+use crate::keys::{KeyHasher, KeySet};
 
 /// A `.open` file unchanged for `rotate_after` plus this long is a crashed
 /// writer's leftover.
@@ -110,20 +119,23 @@ pub struct FileWriter {
     dir: Dir,
     names: Vec<String>,
     types: Vec<ColumnType>,
-    key_columns: Vec<usize>,
+    /// Per column: whether it is a key column.
+    is_key: Vec<bool>,
     key_names: Vec<String>,
     instance: String,
     encoder: Encoder,
     current: Option<Current>,
     last_start: i64,
-    /// Key hash -> the id of the file holding it.
-    keys: HashMap<u128, u32, KeyHashes>,
+    /// The keys of the window, with the id of the file holding each.
+    keys: KeySet,
     files: HashMap<String, Tracked>,
     next_id: u32,
-    hashers: (RandomState, RandomState),
+    hasher: KeyHasher,
+    /// The batch's records, reused between writes.
     buf: Vec<u8>,
     key_buf: Vec<u8>,
-    text_buf: Vec<u8>,
+    /// The keys the batch being written added to `keys`.
+    new_keys: Vec<u128>,
 }
 
 impl Writer for FileWriter {
@@ -161,21 +173,21 @@ impl Writer for FileWriter {
         let mut writer = FileWriter {
             encoder: Encoder::new(config.format, &names),
             key_names: key_columns.iter().map(|&i| names[i].clone()).collect(),
+            is_key: (0..names.len()).map(|i| key_columns.contains(&i)).collect(),
             names,
             types: schema.column_types(),
-            key_columns,
             config,
             dir,
             instance: files::instance_id(),
             current: None,
             last_start: 0,
-            keys: HashMap::default(),
+            keys: KeySet::default(),
             files: HashMap::new(),
             next_id: 0,
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: KeyHasher::random(),
             buf: Vec::new(),
             key_buf: Vec::new(),
-            text_buf: Vec::new(),
+            new_keys: Vec::new(),
         };
         let now = SystemTime::now();
         writer
@@ -206,43 +218,36 @@ impl Writer for FileWriter {
             }
         }
 
-        self.buf.clear();
-        let mut new_keys = Vec::with_capacity(batch.count as usize);
-        let mut in_batch = HashSet::with_capacity_and_hasher(batch.count as usize, KeyHashes);
-        let mut skipped = 0u32;
-        let mut values = Vec::with_capacity(self.types.len());
-        for row in RowReader::new(&self.types, batch) {
-            let row =
-                row.map_err(|e| PluginError::Fatal(format!("the row batch is malformed: {e}")))?;
-            values.clear();
-            values.extend(row.iter());
-            self.key_buf.clear();
-            for &i in &self.key_columns {
-                self.text_buf.clear();
-                encode::text(&values[i], &mut self.text_buf);
-                push_key_part(&mut self.key_buf, &self.text_buf);
+        // The file the batch goes to: the current one, or the one `create` makes.
+        let id = self.current.as_ref().map_or(self.next_id, |c| c.id);
+        let skipped = match self.encode(batch, id) {
+            Ok(skipped) => skipped,
+            Err(e) => {
+                self.forget_new_keys();
+                return Err(PluginError::Fatal(format!(
+                    "the row batch is malformed: {e}"
+                )));
             }
-            let hash = key_hash(&self.hashers, &self.key_buf);
-            if self.keys.contains_key(&hash) || !in_batch.insert(hash) {
-                skipped += 1;
-                continue;
-            }
-            self.encoder.row(&values, &mut self.buf);
-            new_keys.push(hash);
-        }
+        };
         if skipped > 0 {
             sluice_plugin_sdk::debug!("skipped {skipped} rows whose key is already written");
         }
         if self.buf.is_empty() {
             return Ok(Vec::new());
         }
-        if self.current.is_none() {
-            self.create(now)?;
+        if self.current.is_none()
+            && let Err(e) = self.create(now)
+        {
+            self.forget_new_keys();
+            return Err(e);
         }
         let current = self.current.as_mut().expect("created above");
-        current
-            .cut_back()
-            .map_err(|e| io_error(&format!("cutting {}{OPEN} back", current.base), e))?;
+        debug_assert_eq!(current.id, id);
+        if let Err(e) = current.cut_back() {
+            let e = io_error(&format!("cutting {}{OPEN} back", current.base), e);
+            self.forget_new_keys();
+            return Err(e);
+        }
         let before = current.size;
         // One positional write of the whole batch (one host call in wasm), then
         // one fsync.
@@ -254,13 +259,13 @@ impl Writer for FileWriter {
             // Nothing of the batch may stay: the host retries it.
             current.cut_pending = true;
             let _ = current.cut_back();
-            return Err(io_error(&format!("appending to {}{OPEN}", current.base), e));
+            let e = io_error(&format!("appending to {}{OPEN}", current.base), e);
+            self.forget_new_keys();
+            return Err(e);
         }
         current.size += self.buf.len() as u64;
-        let id = current.id;
-        for hash in new_keys {
-            self.keys.insert(hash, id);
-        }
+        // The batch's keys, in `keys` since `encode`, stay.
+        self.new_keys.clear();
         if let Some(tracked) = self.files.get_mut(&current.base) {
             tracked.offset = current.size;
             tracked.mtime = now;
@@ -297,6 +302,45 @@ impl Current {
 }
 
 impl FileWriter {
+    /// Encodes the batch's rows into `buf`, in one pass over the row encoding,
+    /// and adds their keys to `keys` (for the file `id`), listing them in
+    /// `new_keys` so that a failed write takes them out again. A row whose key is
+    /// in `keys` already (written before, or earlier in this batch) is left out.
+    /// Returns how many rows were left out.
+    fn encode(&mut self, batch: &RowBatch, id: u32) -> Result<u32, DecodeError> {
+        self.buf.clear();
+        self.new_keys.clear();
+        let mut skipped = 0;
+        let mut reader = ValueReader::new(&self.types, batch);
+        while reader.next_row()? {
+            let start = self.buf.len();
+            self.key_buf.clear();
+            for column in 0..self.types.len() {
+                let value = reader.next_value()?;
+                if self.is_key[column] {
+                    keys::push_value(&mut self.key_buf, value);
+                }
+                self.encoder.value(column, value, &mut self.buf);
+            }
+            self.encoder.end_row(&mut self.buf);
+            let hash = self.hasher.hash(&self.key_buf);
+            if self.keys.insert_new(hash, id) {
+                self.new_keys.push(hash);
+            } else {
+                self.buf.truncate(start);
+                skipped += 1;
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// Takes the keys of a batch that was not written out of `keys` again.
+    fn forget_new_keys(&mut self) {
+        for hash in self.new_keys.drain(..) {
+            self.keys.remove(hash);
+        }
+    }
+
     /// This instance's id, part of its file names.
     pub fn instance(&self) -> &str {
         &self.instance
@@ -489,9 +533,9 @@ impl FileWriter {
                 let Some(texts) = texts else { continue };
                 self.key_buf.clear();
                 for text in &texts {
-                    push_key_part(&mut self.key_buf, text);
+                    keys::push_text(&mut self.key_buf, text);
                 }
-                self.keys.insert(key_hash(&self.hashers, &self.key_buf), id);
+                self.keys.insert(self.hasher.hash(&self.key_buf), id);
             }
             tracked.offset += complete as u64;
             // A finished file ends with a complete record: nothing more to read.
@@ -507,7 +551,7 @@ impl FileWriter {
             .collect();
         if !expired.is_empty() {
             self.files.retain(|_, t| !expired.contains(&t.id));
-            self.keys.retain(|_, id| !expired.contains(id));
+            self.keys.retain(|id| !expired.contains(&id));
         }
         Ok(())
     }
@@ -543,45 +587,6 @@ fn finish_leftover(dir: &Dir, parsed: &FileName) -> io::Result<()> {
     dir.rename(&open, &parsed.base)?;
     dir.sync();
     Ok(())
-}
-
-/// The hasher of the key sets: their keys are already keyed 128-bit hashes, so
-/// folding them is enough (no second SipHash per lookup).
-#[derive(Clone, Copy, Default)]
-struct KeyHashes;
-
-impl BuildHasher for KeyHashes {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 ^= (v as u64) ^ ((v >> 64) as u64);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u128 keys; a plain FNV-1a for completeness.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-}
-
-/// Appends one key column's text, length first, so that keys never run together.
-fn push_key_part(key: &mut Vec<u8>, text: &[u8]) {
-    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
-    key.extend_from_slice(text);
-}
-
-fn key_hash(hashers: &(RandomState, RandomState), key: &[u8]) -> u128 {
-    (u128::from(hashers.0.hash_one(key)) << 64) | u128::from(hashers.1.hash_one(key))
 }
 
 fn micros(t: SystemTime) -> i64 {

@@ -289,3 +289,24 @@ fn a_missing_directory_is_a_configuration_error() {
         "{err:?}"
     );
 }
+
+#[test]
+fn keys_of_a_batch_not_written_are_not_kept() {
+    let dir = TempDir::new();
+    let mut writer = FileWriter::open(&dir.config(""), &schema()).unwrap();
+    // A malformed batch, its last row cut short: the rows before it were encoded
+    // (and their keys noted) before the reader found it.
+    let mut bad = row_batch(&rows(0..3));
+    bad.data.truncate(bad.data.len() - 1);
+    let err = writer.write(&bad).unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Fatal(m) if m.contains("row 2, column 2")),
+        "{err:?}"
+    );
+    assert_eq!(writer.keys_remembered(), 0);
+    assert_eq!(dir.names().len(), 0);
+    writer.write(&row_batch(&rows(0..3))).unwrap();
+    assert_eq!(writer.keys_remembered(), 3);
+    drop(writer);
+    assert_eq!(dir.lines().len(), 3);
+}

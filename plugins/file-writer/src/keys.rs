@@ -1,0 +1,422 @@
+//! The dedupe keys: the text forms of a row's key columns, hashed to 128 bits.
+//!
+//! A key is the key columns' text forms (see [`encode`](crate::encode)), each
+//! preceded by its length (so that `("ab", "c")` and `("a", "bc")` differ), hashed
+//! with SipHash-1-3 in its 128-bit variant under a random key drawn by each
+//! instance. The same key comes out of a row being written (its values) and of a
+//! line read back from a file (its fields' texts): the dedupe set holds both.
+
+use std::hash::{BuildHasher, RandomState};
+
+use sluice_plugin_sdk::rows::Value;
+
+use crate::encode;
+
+/// SipHash-1-3 with a 128-bit result, under a key drawn at random.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHasher {
+    /// A hasher with a random key (std's hash map keys, which the host draws from
+    /// its real random source).
+    pub fn random() -> KeyHasher {
+        KeyHasher {
+            k0: RandomState::new().hash_one(0x6b30_u64),
+            k1: RandomState::new().hash_one(0x6b31_u64),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_key(k0: u64, k1: u64) -> KeyHasher {
+        KeyHasher { k0, k1 }
+    }
+
+    /// The hash of a key built with [`push_text`] and [`push_value`].
+    #[inline]
+    pub fn hash(&self, key: &[u8]) -> u128 {
+        siphash::<1, 3, true>(self.k0, self.k1, key)
+    }
+}
+
+/// Appends one key column's text, length first.
+#[inline]
+pub fn push_text(key: &mut Vec<u8>, text: &[u8]) {
+    encode::put(key, &(text.len() as u64).to_le_bytes());
+    encode::put(key, text);
+}
+
+/// Appends one key column's value as its text form, length first (null: an
+/// empty text).
+#[inline]
+pub fn push_value(key: &mut Vec<u8>, value: Value<'_>) {
+    match value {
+        Value::Text(v) | Value::Numeric(v) => push_text(key, v.as_bytes()),
+        _ => {
+            let at = key.len();
+            key.extend_from_slice(&[0; 8]);
+            encode::text(&value, key);
+            let len = (key.len() - at - 8) as u64;
+            key[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+}
+
+/// The dedupe set: key hashes, each with the id of the file it is in.
+///
+/// An open-addressing table with linear probing, in two arrays side by side: a
+/// 4-byte tag per slot (31 bits of the hash, and a 1 bit: 0 marks an empty
+/// slot), and the slots themselves (the other 96 bits and the file id, 16
+/// bytes). Two hashes are the same key if those 127 bits agree. A lookup probes
+/// the tags and reads a slot only where a tag matches: for a key not in the set
+/// (the common case: every new row) it reads only the tags, a fifth of the
+/// table's memory, which stay in the caches far more often. At most 13/16 of the
+/// slots are used: about 20 / 0.6 = 33 bytes per key on average.
+pub struct KeySet {
+    tags: Vec<u32>,
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Slot {
+    hash: [u32; 3],
+    file: u32,
+}
+
+/// The hash's bits kept in the slot, its tag, and its home slot in a table of
+/// `mask + 1` slots.
+#[inline]
+fn split(hash: u128, mask: usize) -> ([u32; 3], u32, usize) {
+    let words = [hash as u32, (hash >> 32) as u32, (hash >> 64) as u32];
+    (words, (hash >> 96) as u32 | 1, words[0] as usize & mask)
+}
+
+/// Whether a table of `slots` slots may hold `len` keys.
+fn fits(len: usize, slots: usize) -> bool {
+    len * 16 <= slots * 13
+}
+
+const MIN_SLOTS: usize = 1024;
+
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet {
+            tags: vec![0; MIN_SLOTS],
+            slots: vec![Slot::default(); MIN_SLOTS],
+            len: 0,
+        }
+    }
+}
+
+impl KeySet {
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.tags.len() - 1
+    }
+
+    /// Where `hash` is, or the empty slot where it would go.
+    #[inline]
+    fn find(&self, hash: u128) -> (usize, bool) {
+        let mask = self.mask();
+        let (words, tag, mut i) = split(hash, mask);
+        loop {
+            let t = self.tags[i];
+            if t == 0 {
+                return (i, false);
+            }
+            if t == tag && self.slots[i].hash == words {
+                return (i, true);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds `hash` for `file` unless it is there: whether it was added.
+    #[inline]
+    pub fn insert_new(&mut self, hash: u128, file: u32) -> bool {
+        let (i, found) = self.find(hash);
+        if found {
+            return false;
+        }
+        let (words, tag, _) = split(hash, 0);
+        self.tags[i] = tag;
+        self.slots[i] = Slot { hash: words, file };
+        self.len += 1;
+        if !fits(self.len, self.tags.len()) {
+            self.resize(self.tags.len() * 2);
+        }
+        true
+    }
+
+    /// Adds `hash` for `file`, or moves it to `file` if it is there (a key in
+    /// two files is forgotten with the one read or written last).
+    pub fn insert(&mut self, hash: u128, file: u32) {
+        match self.find(hash) {
+            (i, true) => self.slots[i].file = file,
+            (_, false) => {
+                self.insert_new(hash, file);
+            }
+        }
+    }
+
+    /// Whether `hash` is there.
+    #[cfg(test)]
+    pub fn contains(&self, hash: u128) -> bool {
+        self.find(hash).1
+    }
+
+    /// Takes `hash` out (nothing if it is not there).
+    pub fn remove(&mut self, hash: u128) {
+        let (mut hole, found) = self.find(hash);
+        if !found {
+            return;
+        }
+        // Backward shift: move up each later key of the run whose home is not
+        // between the hole and it, so that no probe stops early at the hole.
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            if self.tags[j] == 0 {
+                break;
+            }
+            let home = self.slots[j].hash[0] as usize & mask;
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.tags[hole] = self.tags[j];
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+        }
+        self.tags[hole] = 0;
+        self.len -= 1;
+    }
+
+    /// Keeps the keys whose file `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.tags.len() {
+            if self.tags[i] != 0 {
+                if keep(self.slots[i].file) {
+                    kept += 1;
+                } else {
+                    self.tags[i] = 0;
+                }
+            }
+        }
+        if kept == self.len {
+            return;
+        }
+        // The emptied slots broke probe runs: put every key in place again.
+        self.len = kept;
+        let mut size = MIN_SLOTS;
+        while !fits(kept, size) {
+            size *= 2;
+        }
+        self.resize(size);
+    }
+
+    /// Moves the keys into a table of `size` slots (a power of two).
+    #[cold]
+    fn resize(&mut self, size: usize) {
+        let tags = std::mem::replace(&mut self.tags, vec![0; size]);
+        let slots = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+        let mask = size - 1;
+        for (tag, slot) in tags.into_iter().zip(slots) {
+            if tag == 0 {
+                continue;
+            }
+            let mut i = slot.hash[0] as usize & mask;
+            while self.tags[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.tags[i] = tag;
+            self.slots[i] = slot;
+        }
+    }
+}
+
+#[inline(always)]
+fn round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13);
+    v[1] ^= v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16);
+    v[3] ^= v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21);
+    v[3] ^= v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17);
+    v[1] ^= v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+/// SipHash-C-D of `data` under the key `(k0, k1)`, as the reference
+/// implementation computes it: the 64-bit result in the low half, or (`WIDE`) the
+/// 128-bit one.
+#[inline]
+fn siphash<const C: usize, const D: usize, const WIDE: bool>(
+    k0: u64,
+    k1: u64,
+    data: &[u8],
+) -> u128 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    if WIDE {
+        v[1] ^= 0xee;
+    }
+    let mut blocks = data.chunks_exact(8);
+    for block in &mut blocks {
+        let m = u64::from_le_bytes(block.try_into().expect("8 bytes"));
+        v[3] ^= m;
+        for _ in 0..C {
+            round(&mut v);
+        }
+        v[0] ^= m;
+    }
+    let mut last = (data.len() as u64) << 56;
+    for (i, &b) in blocks.remainder().iter().enumerate() {
+        last |= u64::from(b) << (8 * i);
+    }
+    v[3] ^= last;
+    for _ in 0..C {
+        round(&mut v);
+    }
+    v[0] ^= last;
+    v[2] ^= if WIDE { 0xee } else { 0xff };
+    for _ in 0..D {
+        round(&mut v);
+    }
+    let low = v[0] ^ v[1] ^ v[2] ^ v[3];
+    if !WIDE {
+        return u128::from(low);
+    }
+    v[1] ^= 0xdd;
+    for _ in 0..D {
+        round(&mut v);
+    }
+    let high = v[0] ^ v[1] ^ v[2] ^ v[3];
+    u128::from(low) | (u128::from(high) << 64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference implementation's key, 00 01 .. 0f.
+    const K0: u64 = 0x0706_0504_0302_0100;
+    const K1: u64 = 0x0f0e_0d0c_0b0a_0908;
+
+    #[test]
+    fn siphash_as_the_reference_and_std_compute_it() {
+        // vectors.h of the reference implementation: SipHash-2-4, 128-bit, the
+        // messages 00 01 .. (n-1) for n = 0 and 15.
+        let message: Vec<u8> = (0..64).collect();
+        let wide = |n: usize| siphash::<2, 4, true>(K0, K1, &message[..n]).to_le_bytes();
+        assert_eq!(
+            wide(0),
+            [
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
+            ]
+        );
+        // The 64-bit variant against std's SipHash-2-4, for every tail length.
+        for n in 0..64 {
+            #[allow(deprecated)]
+            let mut std = std::hash::SipHasher::new_with_keys(K0, K1);
+            std::hash::Hasher::write(&mut std, &message[..n]);
+            assert_eq!(
+                siphash::<2, 4, false>(K0, K1, &message[..n]),
+                u128::from(std::hash::Hasher::finish(&std)),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn the_key_set_finds_adds_moves_and_forgets() {
+        let mut set = KeySet::default();
+        // Hashes that share their home slot (the low bits) and their tag, to
+        // exercise probing and the backward shift.
+        let hash = |i: u64| u128::from((i + 1) << 20 | (i % 7)) | (u128::from(i % 3) << 96);
+        let n = 5000;
+        for i in 0..n {
+            assert!(set.insert_new(hash(i), (i % 3) as u32));
+            assert!(!set.insert_new(hash(i), 9));
+        }
+        assert!(set.insert_new(0, 7) && set.contains(0) && !set.contains(2 << 96));
+        // Bit 96 is the one not compared (the tag's low bit is always 1).
+        assert!(set.contains(1 << 96));
+        set.remove(0);
+        assert_eq!(set.len(), n as usize);
+        // Remove every fifth, twice; the others stay findable.
+        for i in (0..n).filter(|i| i % 5 == 0) {
+            set.remove(hash(i));
+            set.remove(hash(i));
+        }
+        for i in 0..n {
+            assert_eq!(set.contains(hash(i)), i % 5 != 0, "{i}");
+        }
+        assert_eq!(set.len(), n as usize - (n as usize).div_ceil(5));
+        // Move some to file 3, then forget files 0 and 1.
+        for i in (0..n).filter(|i| i % 5 != 0 && i % 2 == 0) {
+            set.insert(hash(i), 3);
+        }
+        set.retain(|file| file >= 2);
+        for i in 0..n {
+            let kept = i % 5 != 0 && (i % 2 == 0 || i % 3 == 2);
+            assert_eq!(set.contains(hash(i)), kept, "{i}");
+        }
+        set.retain(|_| false);
+        assert_eq!(set.len(), 0);
+        assert!(!set.contains(hash(1)));
+    }
+
+    #[test]
+    fn keys_of_values_and_of_texts_agree() {
+        let h = KeyHasher::with_key(1, 2);
+        let key = |parts: &[Value<'_>]| {
+            let mut k = Vec::new();
+            for p in parts {
+                push_value(&mut k, *p);
+            }
+            h.hash(&k)
+        };
+        let texts = |parts: &[&str]| {
+            let mut k = Vec::new();
+            for p in parts {
+                push_text(&mut k, p.as_bytes());
+            }
+            h.hash(&k)
+        };
+        assert_eq!(key(&[Value::Text("c-1")]), texts(&["c-1"]));
+        assert_eq!(
+            key(&[Value::Int64(-42), Value::Timestamp(0), Value::Null]),
+            texts(&["-42", "1970-01-01T00:00:00.000000Z", ""])
+        );
+        assert_ne!(texts(&["ab", "c"]), texts(&["a", "bc"]));
+        assert_ne!(
+            KeyHasher::random().hash(b"x"),
+            KeyHasher::random().hash(b"x")
+        );
+    }
+}
