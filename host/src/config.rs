@@ -94,10 +94,10 @@ pub struct PipelineConfig {
     /// must be at least `batch.max_messages`, or a batch could never fill and every
     /// batch would wait the full `max_wait`.
     pub prefetch: u16,
-    /// Consumers on the queue (`consumers`, default 2, 1 to 64), each its own
-    /// AMQP connection (a consuming channel and a dead-letter channel) with its
-    /// own plugin instances, batching on its own: one decodes or writes while
-    /// another fills.
+    /// Consumers on the queue (`consumers`, default 2, 1 to 64), each with its
+    /// own channels on the pipeline's one AMQP connection (a consuming channel
+    /// and a dead-letter channel) and its own plugin instances, batching on its
+    /// own: one decodes or writes while another fills.
     pub consumers: u16,
     /// When a batch is complete (`batch`).
     pub batch: BatchConfig,

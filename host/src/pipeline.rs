@@ -656,6 +656,78 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(pipeline = %name, consumer = worker.index, "consumer stopped");
 }
 
+/// How long a filling batch lets deliveries pile up after one arrives, before
+/// taking them all. Waiting on the consumer for each delivery costs a wake-up of
+/// this task by lapin's I/O thread per message (a futex call on each side and a
+/// context switch, on a loaded machine more CPU than the message's own handling);
+/// with this pause one wake-up takes every message that came meanwhile (about 40
+/// at 40,000 msg/s). A batch waits at most this much longer to fill, and never
+/// past its `max_wait`.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Fills a batch that has its first message, until it holds `max_messages`,
+/// `deadline` passes or shutdown is asked for (then returns `true`).
+async fn fill(
+    worker: &mut Worker,
+    stream: &mut lapin::Consumer,
+    received: &mut Vec<Received>,
+    messages: &mut Vec<Message>,
+    deadline: tokio::time::Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, Stop> {
+    use futures::FutureExt as _;
+    use tokio::time::{Instant, sleep_until};
+    let ended = || Stop::Session(anyhow::anyhow!("the broker ended the consumer"));
+    let max = worker.config.batch.max_messages;
+    let mut beat_due = Instant::now() + IDLE_BEAT;
+    while messages.len() < max {
+        // Take what has arrived, without asking to be woken for it.
+        while messages.len() < max {
+            match stream.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(d))) => {
+                    let (r, m) = crate::queue_input::receive(d);
+                    received.push(r);
+                    messages.push(m);
+                }
+                Some(Some(Err(e))) => return Err(Stop::Session(e.into())),
+                Some(None) => return Err(ended()),
+            }
+        }
+        let now = Instant::now();
+        if messages.len() >= max || now >= deadline {
+            break;
+        }
+        if now >= beat_due {
+            worker.report.health.beat(&worker.config.name, worker.index);
+            beat_due = now + IDLE_BEAT;
+        }
+        // Nothing more yet: wait for the next delivery, then let others join it.
+        tokio::select! {
+            biased;
+            _ = stopped(shutdown) => return Ok(true),
+            d = stream.next() => match d {
+                Some(Ok(d)) => {
+                    let (r, m) = crate::queue_input::receive(d);
+                    received.push(r);
+                    messages.push(m);
+                }
+                Some(Err(e)) => return Err(Stop::Session(e.into())),
+                None => return Err(ended()),
+            },
+            _ = sleep_until(deadline.min(beat_due)) => continue,
+        }
+        if messages.len() < max {
+            tokio::select! {
+                biased;
+                _ = stopped(shutdown) => return Ok(true),
+                _ = sleep_until(deadline.min(Instant::now() + COALESCE)) => {}
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// One AMQP session: consume batches until shutdown or a session error.
 async fn consume(
     worker: &mut Worker,
@@ -669,7 +741,6 @@ async fn consume(
         .consumer_up(&worker.config.name, worker.index);
     worker.report.metrics.connected(worker.index, true);
     tracing::info!(pipeline = %worker.config.name, consumer = worker.index, queue = %worker.config.queue.name, "consuming");
-    let max = worker.config.batch.max_messages;
     let max_wait = worker.config.batch.max_wait;
     loop {
         // Wait for the first message of a batch, or for shutdown, telling the
@@ -692,28 +763,19 @@ async fn consume(
             )));
         };
         let (r, m) = crate::queue_input::receive(first.map_err(anyhow::Error::from)?);
-        let mut received = vec![r];
-        let mut messages = vec![m];
-        let deadline = tokio::time::Instant::now() + max_wait;
-        let mut stopping = false;
-        let mut beats = tokio::time::interval(IDLE_BEAT);
-        beats.tick().await; // the first tick is immediate
-        while messages.len() < max {
-            tokio::select! {
-                _ = beats.tick() => worker.report.health.beat(&worker.config.name, worker.index),
-                d = stream.next() => match d {
-                    Some(Ok(d)) => {
-                        let (r, m) = crate::queue_input::receive(d);
-                        received.push(r);
-                        messages.push(m);
-                    }
-                    Some(Err(e)) => return Err(Stop::Session(e.into())),
-                    None => return Err(Stop::Session(anyhow::anyhow!("the broker ended the consumer"))),
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stopped(shutdown) => { stopping = true; break; }
-            }
-        }
+        let max = worker.config.batch.max_messages;
+        let (mut received, mut messages) = (Vec::with_capacity(max), Vec::with_capacity(max));
+        received.push(r);
+        messages.push(m);
+        let stopping = fill(
+            worker,
+            &mut stream,
+            &mut received,
+            &mut messages,
+            tokio::time::Instant::now() + max_wait,
+            shutdown,
+        )
+        .await?;
         if stopping {
             // Stop the flow first, then finish what is in hand.
             session.cancel().await.ok();
