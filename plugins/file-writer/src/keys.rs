@@ -66,32 +66,47 @@ pub fn push_value(key: &mut Vec<u8>, value: Value<'_>) {
 
 /// The dedupe set: key hashes, each with the id of the file it is in.
 ///
-/// An open-addressing table with linear probing, in two arrays side by side: a
-/// 4-byte tag per slot (31 bits of the hash, and a 1 bit: 0 marks an empty
-/// slot), and the slots themselves (the other 96 bits and the file id, 16
-/// bytes). Two hashes are the same key if those 127 bits agree. A lookup probes
-/// the tags and reads a slot only where a tag matches: for a key not in the set
-/// (the common case: every new row) it reads only the tags, a fifth of the
-/// table's memory, which stay in the caches far more often. At most 13/16 of the
-/// slots are used: about 20 / 0.6 = 33 bytes per key on average.
+/// The keys are kept in a list, in the order they came (the whole 128-bit hash
+/// and the file id, 20 bytes each), indexed by an open-addressing table with
+/// linear probing whose slots are 8 bytes: 32 bits of the hash as a tag (0
+/// marks an empty slot) and the key's place in the list. A new key, the common
+/// case (every new row), touches one slot of the table, which is small enough to
+/// stay in the caches far more often than whole entries would, and is appended
+/// to the list, whose writes are sequential; the list is read only where a tag
+/// matches. Looking up and inserting each row's key into a table of millions was
+/// the writer's costliest step (a cache miss or two per row). At most 13/16 of
+/// the slots are used; with the list's spare capacity (it grows by doubling), a
+/// key takes 30 to 60 bytes.
 pub struct KeySet {
-    tags: Vec<u32>,
-    slots: Vec<Slot>,
-    len: usize,
+    /// Tag (high 32 bits) and place in `keys` (low 32 bits); 0: empty.
+    slots: Vec<u64>,
+    keys: Vec<Entry>,
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Slot {
-    hash: [u32; 3],
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    hash: [u32; 4],
     file: u32,
 }
 
-/// The hash's bits kept in the slot, its tag, and its home slot in a table of
-/// `mask + 1` slots.
-#[inline]
-fn split(hash: u128, mask: usize) -> ([u32; 3], u32, usize) {
-    let words = [hash as u32, (hash >> 32) as u32, (hash >> 64) as u32];
-    (words, (hash >> 96) as u32 | 1, words[0] as usize & mask)
+impl Entry {
+    fn new(hash: u128, file: u32) -> Entry {
+        Entry {
+            hash: [
+                hash as u32,
+                (hash >> 32) as u32,
+                (hash >> 64) as u32,
+                (hash >> 96) as u32,
+            ],
+            file,
+        }
+    }
+
+    /// Its tag (never 0) and its home slot in a table of `mask + 1` slots.
+    #[inline]
+    fn tag_and_home(&self, mask: usize) -> (u32, usize) {
+        (self.hash[3] | 1, self.hash[0] as usize & mask)
+    }
 }
 
 /// Whether a table of `slots` slots may hold `len` keys.
@@ -104,9 +119,8 @@ const MIN_SLOTS: usize = 1024;
 impl Default for KeySet {
     fn default() -> Self {
         KeySet {
-            tags: vec![0; MIN_SLOTS],
-            slots: vec![Slot::default(); MIN_SLOTS],
-            len: 0,
+            slots: vec![0; MIN_SLOTS],
+            keys: Vec::new(),
         }
     }
 }
@@ -114,25 +128,25 @@ impl Default for KeySet {
 impl KeySet {
     /// How many keys it holds.
     pub fn len(&self) -> usize {
-        self.len
+        self.keys.len()
     }
 
     #[inline]
     fn mask(&self) -> usize {
-        self.tags.len() - 1
+        self.slots.len() - 1
     }
 
-    /// Where `hash` is, or the empty slot where it would go.
+    /// The slot of `entry`'s hash, or the empty slot where it would go.
     #[inline]
-    fn find(&self, hash: u128) -> (usize, bool) {
+    fn find(&self, entry: &Entry) -> (usize, bool) {
         let mask = self.mask();
-        let (words, tag, mut i) = split(hash, mask);
+        let (tag, mut i) = entry.tag_and_home(mask);
         loop {
-            let t = self.tags[i];
-            if t == 0 {
+            let slot = self.slots[i];
+            if slot == 0 {
                 return (i, false);
             }
-            if t == tag && self.slots[i].hash == words {
+            if (slot >> 32) as u32 == tag && self.keys[slot as u32 as usize].hash == entry.hash {
                 return (i, true);
             }
             i = (i + 1) & mask;
@@ -142,16 +156,16 @@ impl KeySet {
     /// Adds `hash` for `file` unless it is there: whether it was added.
     #[inline]
     pub fn insert_new(&mut self, hash: u128, file: u32) -> bool {
-        let (i, found) = self.find(hash);
+        let entry = Entry::new(hash, file);
+        let (i, found) = self.find(&entry);
         if found {
             return false;
         }
-        let (words, tag, _) = split(hash, 0);
-        self.tags[i] = tag;
-        self.slots[i] = Slot { hash: words, file };
-        self.len += 1;
-        if !fits(self.len, self.tags.len()) {
-            self.resize(self.tags.len() * 2);
+        let (tag, _) = entry.tag_and_home(0);
+        self.slots[i] = u64::from(tag) << 32 | self.keys.len() as u64;
+        self.keys.push(entry);
+        if !fits(self.keys.len(), self.slots.len()) {
+            self.rebuild(self.slots.len() * 2);
         }
         true
     }
@@ -159,8 +173,9 @@ impl KeySet {
     /// Adds `hash` for `file`, or moves it to `file` if it is there (a key in
     /// two files is forgotten with the one read or written last).
     pub fn insert(&mut self, hash: u128, file: u32) {
-        match self.find(hash) {
-            (i, true) => self.slots[i].file = file,
+        let entry = Entry::new(hash, file);
+        match self.find(&entry) {
+            (i, true) => self.keys[self.slots[i] as u32 as usize].file = file,
             (_, false) => {
                 self.insert_new(hash, file);
             }
@@ -170,80 +185,75 @@ impl KeySet {
     /// Whether `hash` is there.
     #[cfg(test)]
     pub fn contains(&self, hash: u128) -> bool {
-        self.find(hash).1
+        self.find(&Entry::new(hash, 0)).1
     }
 
     /// Takes `hash` out (nothing if it is not there).
     pub fn remove(&mut self, hash: u128) {
-        let (mut hole, found) = self.find(hash);
+        let (mut hole, found) = self.find(&Entry::new(hash, 0));
         if !found {
             return;
         }
-        // Backward shift: move up each later key of the run whose home is not
+        let place = self.slots[hole] as u32 as usize;
+        // Backward shift: move up each later slot of the run whose home is not
         // between the hole and it, so that no probe stops early at the hole.
         let mask = self.mask();
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
-            if self.tags[j] == 0 {
+            let slot = self.slots[j];
+            if slot == 0 {
                 break;
             }
-            let home = self.slots[j].hash[0] as usize & mask;
+            let (_, home) = self.keys[slot as u32 as usize].tag_and_home(mask);
             let stays = if hole <= j {
                 hole < home && home <= j
             } else {
                 hole < home || home <= j
             };
             if !stays {
-                self.tags[hole] = self.tags[j];
-                self.slots[hole] = self.slots[j];
+                self.slots[hole] = slot;
                 hole = j;
             }
         }
-        self.tags[hole] = 0;
-        self.len -= 1;
+        self.slots[hole] = 0;
+        // The list's last key takes the removed one's place.
+        let last = self.keys.len() - 1;
+        if place != last {
+            let moved = self.keys[last];
+            let (i, found) = self.find(&moved);
+            debug_assert!(found);
+            self.slots[i] = self.slots[i] & !0xffff_ffff | place as u64;
+            self.keys[place] = moved;
+        }
+        self.keys.pop();
     }
 
     /// Keeps the keys whose file `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        let mut kept = 0;
-        for i in 0..self.tags.len() {
-            if self.tags[i] != 0 {
-                if keep(self.slots[i].file) {
-                    kept += 1;
-                } else {
-                    self.tags[i] = 0;
-                }
-            }
-        }
-        if kept == self.len {
+        let before = self.keys.len();
+        self.keys.retain(|e| keep(e.file));
+        if self.keys.len() == before {
             return;
         }
-        // The emptied slots broke probe runs: put every key in place again.
-        self.len = kept;
         let mut size = MIN_SLOTS;
-        while !fits(kept, size) {
+        while !fits(self.keys.len(), size) {
             size *= 2;
         }
-        self.resize(size);
+        self.rebuild(size);
     }
 
-    /// Moves the keys into a table of `size` slots (a power of two).
+    /// Indexes the list again in a table of `size` slots (a power of two).
     #[cold]
-    fn resize(&mut self, size: usize) {
-        let tags = std::mem::replace(&mut self.tags, vec![0; size]);
-        let slots = std::mem::replace(&mut self.slots, vec![Slot::default(); size]);
+    fn rebuild(&mut self, size: usize) {
+        self.slots = vec![0; size];
         let mask = size - 1;
-        for (tag, slot) in tags.into_iter().zip(slots) {
-            if tag == 0 {
-                continue;
-            }
-            let mut i = slot.hash[0] as usize & mask;
-            while self.tags[i] != 0 {
+        for (place, entry) in self.keys.iter().enumerate() {
+            let (tag, mut i) = entry.tag_and_home(mask);
+            while self.slots[i] != 0 {
                 i = (i + 1) & mask;
             }
-            self.tags[i] = tag;
-            self.slots[i] = slot;
+            self.slots[i] = u64::from(tag) << 32 | place as u64;
         }
     }
 }
@@ -363,9 +373,8 @@ mod tests {
             assert!(set.insert_new(hash(i), (i % 3) as u32));
             assert!(!set.insert_new(hash(i), 9));
         }
-        assert!(set.insert_new(0, 7) && set.contains(0) && !set.contains(2 << 96));
-        // Bit 96 is the one not compared (the tag's low bit is always 1).
-        assert!(set.contains(1 << 96));
+        // All 128 bits are compared: 1 << 96 has 0's tag (its low bit is set).
+        assert!(set.insert_new(0, 7) && set.contains(0) && !set.contains(1 << 96));
         set.remove(0);
         assert_eq!(set.len(), n as usize);
         // Remove every fifth, twice; the others stay findable.

@@ -45,13 +45,12 @@
 //! least the window, and make the window longer than the time a message may
 //! wait unacknowledged (consumer timeouts, a daemon down).
 //!
-//! Keys are kept as 128-bit keyed hashes (SipHash-1-3), of which 127 bits are
-//! compared (`src/keys.rs`: two different keys are taken for one with a
-//! probability of about n² / 2¹²⁸ for n keys), in a table of about 33 bytes a
-//! key on average (25 to 49, more for a moment while it doubles): size the
-//! window for the rows written by all instances within it, and the plugin's
-//! memory limit accordingly. Opening reads the window's files, which takes
-//! longer the more they hold.
+//! Keys are kept as 128-bit keyed hashes (SipHash-1-3 under a random key, see
+//! `src/keys.rs`: two different keys are taken for one with a probability of
+//! about n² / 2¹²⁹ for n keys), 30 to 60 bytes a key in memory (a list and its
+//! index, both grown by doubling): size the window for the rows written by all
+//! instances within it, and the plugin's memory limit accordingly. Opening
+//! reads the window's files, which takes longer the more they hold.
 //!
 //! The keys of a batch go into the set as the batch is encoded (that is how a
 //! key repeated within the batch is found), and come out again if the batch is
