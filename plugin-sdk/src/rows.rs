@@ -1190,8 +1190,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn round_trips_every_type_with_and_without_nulls() {
+    /// Three rows of [`ALL_TYPES`]: the sample values, all nulls, and edge values
+    /// (`float` as the float column's).
+    fn sample_batch(float: f64) -> RowBatch {
         let values = sample_values();
         let mut w = RowWriter::new();
         for v in &values {
@@ -1205,16 +1206,22 @@ mod tests {
         w.boolean(false)
             .int32(0)
             .int64(-7)
-            .float64(f64::MAX)
+            .float64(float)
             .numeric("0")
             .text("")
-            .bytes(&[]);
-        w.timestamp_micros(i64::MIN)
+            .bytes(&[])
+            .timestamp_micros(i64::MIN)
             .date_days(i32::MIN)
             .uuid([0; 16])
             .json("null")
             .end_row();
-        let batch = w.finish();
+        w.finish()
+    }
+
+    #[test]
+    fn round_trips_every_type_with_and_without_nulls() {
+        let values = sample_values();
+        let batch = sample_batch(f64::MAX);
         assert_eq!(batch.count, 3);
 
         let rows = read(&ALL_TYPES, &batch).unwrap();
@@ -1400,29 +1407,7 @@ mod tests {
 
     #[test]
     fn value_reader_reads_what_row_reader_reads() {
-        let values = sample_values();
-        let mut w = RowWriter::new();
-        for v in &values {
-            w.value(*v);
-        }
-        w.end_row();
-        for _ in &values {
-            w.null();
-        }
-        w.end_row();
-        w.boolean(false)
-            .int32(0)
-            .int64(-7)
-            .float64(f64::NAN)
-            .numeric("0")
-            .text("")
-            .bytes(&[])
-            .timestamp_micros(i64::MIN)
-            .date_days(i32::MIN)
-            .uuid([0; 16])
-            .json("null")
-            .end_row();
-        let batch = w.finish();
+        let batch = sample_batch(f64::NAN);
         let by_value = read_by_value(&ALL_TYPES, &batch).unwrap();
         let by_row = read(&ALL_TYPES, &batch).unwrap();
         assert_eq!(by_value.len(), 3);
