@@ -272,11 +272,8 @@ impl Worker {
                 Err(e) => kept.push((self.source.plugin().info.label(), e)),
             }
         }
-        let schema = match self.source.schema().await {
-            Ok(schema) => Some(schema),
-            // `decode` meets the same error and stalls with it.
-            Err(_) => None,
-        };
+        // An error here: `decode` meets the same error and stalls with it.
+        let schema = self.source.schema().await.ok();
         if schema.is_none() || schema != self.schema {
             // A new schema: the writers are opened again for it (which applies
             // additive changes, or stalls with what is incompatible).

@@ -192,10 +192,10 @@ impl PluginRegistry {
     pub fn plugins(&self) -> PluginSet {
         let mut set = PluginSet::new();
         for (path, entry) in &self.files {
-            if let Some(plugin) = &entry.plugin {
-                if let Some(other) = set.insert(plugin.info.name.clone(), plugin.clone()) {
-                    tracing::warn!(plugin = %plugin.info.name, file = %path.display(), other = %other.path.display(), "two files declare the same plugin name; using the later file");
-                }
+            if let Some(plugin) = &entry.plugin
+                && let Some(other) = set.insert(plugin.info.name.clone(), plugin.clone())
+            {
+                tracing::warn!(plugin = %plugin.info.name, file = %path.display(), other = %other.path.display(), "two files declare the same plugin name; using the later file");
             }
         }
         set
@@ -265,12 +265,12 @@ pub fn watch(
     debouncer
         .watch(&plugin_dir_abs, RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", plugin_dir.display()))?;
-    if let Some(parent) = config_file.parent() {
-        if parent != plugin_dir_abs {
-            debouncer
-                .watch(parent, RecursiveMode::NonRecursive)
-                .with_context(|| format!("watching {}", parent.display()))?;
-        }
+    if let Some(parent) = config_file.parent()
+        && parent != plugin_dir_abs
+    {
+        debouncer
+            .watch(parent, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", parent.display()))?;
     }
     Ok((debouncer, rx))
 }

@@ -21,7 +21,7 @@ impl Host for PluginState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let plugin = &*self.label.plugin;
         let pipeline = &*self.label.pipeline;
