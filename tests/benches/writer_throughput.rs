@@ -149,7 +149,7 @@ struct Bench {
     redis: Arc<LoadedPlugin>,
     files: Arc<LoadedPlugin>,
     rows: Arc<Vec<Cdr>>,
-    batches: Vec<RowBatch>,
+    batches: Arc<Vec<RowBatch>>,
     batch: usize,
     db: String,
     tmp: PathBuf,
@@ -254,7 +254,7 @@ async fn run() -> anyhow::Result<()> {
         redis,
         files,
         rows: Arc::new(rows),
-        batches,
+        batches: Arc::new(batches),
         batch,
         db: db.clone(),
         tmp: tmp.clone(),
@@ -398,14 +398,21 @@ impl Bench {
         Ok(w)
     }
 
-    /// Writes every batch through `writer`; the time it took.
-    async fn write_all(&self, writer: &mut WriterInstance) -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        for b in &self.batches {
-            let rejected = writer.write(b).await?;
-            ensure!(rejected.is_empty(), "rows rejected: {:?}", &rejected[..1]);
-        }
-        Ok(t.elapsed())
+    /// Writes every batch through `writer`, then drops it; the time the writes
+    /// took. The calls run in a spawned task, on a worker thread of the runtime,
+    /// as a daemon consumer's do (the bench's own future runs on the thread of
+    /// `block_on`, which is not a worker).
+    async fn write_all(&self, mut writer: WriterInstance) -> anyhow::Result<Duration> {
+        let batches = self.batches.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            for b in batches.iter() {
+                let rejected = writer.write(b).await?;
+                ensure!(rejected.is_empty(), "rows rejected: {:?}", &rejected[..1]);
+            }
+            anyhow::Ok(t.elapsed())
+        })
+        .await?
     }
 
     async fn run_group(
@@ -426,9 +433,8 @@ impl Bench {
                 );
                 let grants = Grants::none()
                     .with_http(HttpGrant::parse(&clickhouse_url()).map_err(anyhow::Error::msg)?);
-                let mut w = self.writer(&self.clickhouse, config, grants).await?;
-                let elapsed = self.write_all(&mut w).await?;
-                drop(w);
+                let w = self.writer(&self.clickhouse, config, grants).await?;
+                let elapsed = self.write_all(w).await?;
                 self.check_clickhouse(&table)?;
                 (CH_PLUGIN, elapsed)
             }
@@ -468,9 +474,8 @@ impl Bench {
                 );
                 let grants = Grants::none()
                     .with_tcp(TcpGrant::parse(&redis_address()).map_err(anyhow::Error::msg)?);
-                let mut w = self.writer(&self.redis, config, grants).await?;
-                let elapsed = self.write_all(&mut w).await?;
-                drop(w);
+                let w = self.writer(&self.redis, config, grants).await?;
+                let elapsed = self.write_all(w).await?;
                 check_and_clean_redis(&prefix, n)?;
                 (REDIS_PLUGIN, elapsed)
             }
@@ -491,9 +496,8 @@ impl Bench {
                 );
                 let grants = Grants::none()
                     .with_tcp(TcpGrant::parse(&redis_address()).map_err(anyhow::Error::msg)?);
-                let mut w = self.writer(&self.redis, config, grants).await?;
-                let elapsed = self.write_all(&mut w).await?;
-                drop(w);
+                let w = self.writer(&self.redis, config, grants).await?;
+                let elapsed = self.write_all(w).await?;
                 let mut r = Resp::connect(&redis_address())?;
                 let len = r.call(&[b"XLEN", stream.as_bytes()])?;
                 ensure!(
@@ -509,9 +513,8 @@ impl Bench {
                 std::fs::create_dir_all(&dir)?;
                 let config = r#"{"format":"ndjson","prefix":"cdr"}"#.to_string();
                 let grants = Grants::none().with_directory(&dir);
-                let mut w = self.writer(&self.files, config, grants).await?;
-                let elapsed = self.write_all(&mut w).await?;
-                drop(w);
+                let w = self.writer(&self.files, config, grants).await?;
+                let elapsed = self.write_all(w).await?;
                 ensure!(count_lines(&dir)? == n, "lines in {}", dir.display());
                 (FILES_PLUGIN, elapsed)
             }
