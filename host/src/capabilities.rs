@@ -105,11 +105,13 @@ impl Grants {
     ) -> Result<Granted, String> {
         let output = OutputTail::default();
         let net = net::NetAccess::prepare(label.clone(), self.clone()).await;
-        let wasi = wasi::ctx(&output, self, &net)?;
+        let files_inline = wasi::files_inline(self);
+        let wasi = wasi::ctx(&output, self, &net, files_inline)?;
         Ok(Granted {
             wasi,
             output,
             http: http::HttpHooks::new(net),
+            files_inline,
         })
     }
 }
@@ -119,6 +121,10 @@ pub(crate) struct Granted {
     pub(crate) wasi: WasiCtx,
     pub(crate) output: OutputTail,
     pub(crate) http: http::HttpHooks,
+    /// Whether `wasi` runs filesystem calls on the calling thread
+    /// ([`wasi::files_inline`]): the instance's calls must then run inside
+    /// `block_in_place`.
+    pub(crate) files_inline: bool,
 }
 
 impl Granted {
@@ -129,6 +135,7 @@ impl Granted {
             wasi: wasi::locked_down_ctx(&output),
             output,
             http: http::HttpHooks::none(),
+            files_inline: false,
         }
     }
 }

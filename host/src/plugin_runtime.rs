@@ -44,6 +44,15 @@ pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
 /// How often the epoch advances: the granularity of time limits.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Whether the current thread may call `tokio::task::block_in_place`: it runs on
+/// a multi-thread tokio runtime (a worker, or the thread in its `block_on`).
+/// On a current-thread runtime `block_in_place` panics; outside any runtime
+/// there is no runtime to keep free.
+pub(crate) fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Limits and places for the runtime.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -543,7 +552,9 @@ impl PluginRuntime {
                 Ok(wasmtime::UpdateDeadline::Interrupt)
             } else {
                 // Yield to the executor every tick so that a long call shares the
-                // worker thread with the rest of the daemon.
+                // worker thread with the rest of the daemon. (A call that runs in
+                // `block_in_place`, see `instance::run_call`, holds no worker: its
+                // `block_on` polls it again at once.)
                 Ok(wasmtime::UpdateDeadline::Yield(1))
             }
         });

@@ -283,6 +283,95 @@ async fn the_granted_directory_is_data_and_nothing_else_is_visible() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
+/// On a multi-thread runtime a writer with a directory grant does its file
+/// calls on the thread that calls it, inside `block_in_place`. A file call
+/// that blocks (opening a FIFO that nobody reads yet, standing in for a hung
+/// `fsync`) in as many writers as the runtime has workers must leave the
+/// workers free, and the wait, longer than the 500 ms limit of the test
+/// runtime, is host time, not plugin time: the writer fails with its own file
+/// error, not with a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_file_call_holds_no_worker_and_is_not_plugin_time() {
+    let rt = runtime();
+    let probe = probe(&rt).await;
+    let dir = scratch();
+    let writers: Vec<_> = (0..2)
+        .map(|i| {
+            let fifo = dir.join(format!("fifo{i}"));
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo {}", fifo.display());
+            let (rt, probe, grants) = (
+                rt.clone(),
+                probe.clone(),
+                Grants::none().with_directory(&dir),
+            );
+            let config = json!({ "file": format!("/data/fifo{i}") });
+            (
+                fifo,
+                tokio::spawn(async move { open(&rt, &probe, config, grants).await }),
+            )
+        })
+        .collect();
+    // This test's own future runs on the thread of `block_on`, not on a worker,
+    // and waits with std's blocking calls: only the spawned tasks need a worker.
+    std::thread::sleep(Duration::from_millis(700));
+    let (tx, rx) = std::sync::mpsc::channel();
+    tokio::spawn(async move { tx.send(()).unwrap() });
+    let runtime_went_on = rx.recv_timeout(Duration::from_secs(5)).is_ok();
+    let writers_waited = writers.iter().all(|(_, writer)| !writer.is_finished());
+    // Release the writers before asserting (a test that fails must not hang):
+    // a reader opens each FIFO. The probe's write then fails (a FIFO has no
+    // offsets, and std writes at one), which is the answer expected: its own
+    // file error, not a timeout.
+    for (fifo, _) in &writers {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo));
+    }
+    for (_, writer) in writers {
+        let err = writer.await.unwrap().unwrap_err();
+        assert!(err.contains("file: NotSeekable"), "{err}");
+    }
+    assert!(
+        runtime_went_on,
+        "a task spawned while the writers waited in a file call did not run"
+    );
+    assert!(writers_waited, "a writer did not wait for its FIFO");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A writer with a directory grant, its calls run inside `block_in_place`,
+/// is still stopped at its time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_with_a_directory_is_stopped_at_the_time_limit() {
+    let rt = runtime();
+    let probe = probe(&rt).await;
+    let dir = scratch();
+    let mut writer = WriterInstance::new(
+        rt.clone(),
+        probe.clone(),
+        "grants",
+        json!({ "file": "/data/a.txt", "spin": true }).to_string(),
+        schema(),
+        Grants::none().with_directory(&dir),
+    );
+    let started = std::time::Instant::now();
+    let err = tokio::spawn(async move { writer.open().await })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(dir.join("a.txt").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test]
 async fn a_postgres_connection_not_granted_is_access_denied() {
     let rt = runtime();

@@ -10,6 +10,13 @@
 //! directory grant gives real clocks (timeouts, timestamps, file times).
 //! Whatever the plugin writes to stdout or stderr is kept (the last few KiB) so
 //! that a trap can be reported with the plugin's own last words.
+//!
+//! A writer with a directory grant runs its filesystem calls on the thread that
+//! calls it ([`files_inline`]) instead of wasmtime-wasi's default, a hop to
+//! tokio's blocking pool per call (about 85 us each, several per batch); its
+//! calls then run inside `tokio::task::block_in_place`
+//! (`plugin_runtime::instance`), so a slow or hung `fsync` holds that call's
+//! thread, never a worker of the runtime.
 
 use std::collections::VecDeque;
 use std::io;
@@ -45,19 +52,37 @@ pub fn locked_down_ctx(output: &OutputTail) -> WasiCtx {
         .build()
 }
 
+/// Whether a writer instance with `grants`, set up on the current thread, runs
+/// its filesystem calls on the calling thread: with a directory grant, on a
+/// multi-thread tokio runtime, where its calls can go through
+/// `tokio::task::block_in_place` (`plugin_runtime::can_block_in_place`). On a
+/// current-thread runtime (tests, tools) they hop to the blocking pool as
+/// wasmtime-wasi does by default: blocking the only thread would stop
+/// everything else.
+///
+/// Only filesystem calls change (`wasi:filesystem` descriptors and the
+/// directory; `wasi:http`, `wasi:sockets` and the `postgres` capability are
+/// async in any case), and only for writers with a directory grant.
+pub(crate) fn files_inline(grants: &Grants) -> bool {
+    grants.directory.is_some() && crate::plugin_runtime::can_block_in_place()
+}
+
 /// The WASI context of a writer instance with `grants`; `net` checks its
 /// socket addresses. Creates the granted directory if it is missing; the error
-/// names it if that, or opening it, fails.
+/// names it if that, or opening it, fails. With `files_inline` (see
+/// [`files_inline`]) filesystem calls run on the calling thread.
 pub(crate) fn ctx(
     output: &OutputTail,
     grants: &Grants,
     net: &Arc<NetAccess>,
+    files_inline: bool,
 ) -> Result<WasiCtx, String> {
     let mut builder = WasiCtx::builder();
     builder
         .stdout(output.clone())
         .stderr(output.clone())
-        .allow_udp(false);
+        .allow_udp(false)
+        .allow_blocking_current_thread(files_inline);
     if !grants.gives_real_clocks() {
         builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
     }

@@ -157,6 +157,34 @@ fn begin_call(store: &mut Store<PluginState>) {
     store.set_epoch_deadline(1);
 }
 
+/// Runs `call`, a call into an instance whose WASI context has `files_inline`,
+/// to its end.
+///
+/// Such an instance (a writer with a directory grant) does its filesystem work
+/// on the thread that polls the call, so the call runs inside
+/// `tokio::task::block_in_place`: tokio hands the worker's other tasks to
+/// another thread first, and a slow or hung `fsync` then holds this thread
+/// only, never a worker (the admin server, the health checks and the other
+/// consumers go on). `Handle::block_on` drives the async call there; the
+/// plugin's `wasi:http`, sockets and Postgres calls still await tokio's I/O,
+/// which the workers drive. The whole call, the plugin's own code included,
+/// runs off the workers, and the call cannot be cancelled half-way (nothing in
+/// the pipeline drops a write in flight; at shutdown the runtime waits for it).
+/// Time limits work as for any call: epoch checks run in the plugin's code
+/// whatever the thread, and time in host calls is told apart as ever
+/// (`state::CallClock`).
+///
+/// Elsewhere, or when this thread cannot block in place (a current-thread
+/// runtime, where `block_in_place` panics; a context with `files_inline` is
+/// only built on a multi-thread one), the call is awaited as it is.
+async fn run_call<F: Future>(files_inline: bool, call: F) -> F::Output {
+    if files_inline && super::can_block_in_place() {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
+    } else {
+        call.await
+    }
+}
+
 /// Explains a failed call from what the store saw.
 fn call_error(
     plugin: &str,
@@ -509,10 +537,12 @@ impl WriterInstance {
             Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
         };
         begin_call(&mut store);
-        let result = bindings
-            .sluice_plugin_writer()
-            .call_open(&mut store, &self.config, &self.schema)
-            .await;
+        let files_inline = store.data().files_inline;
+        let call =
+            bindings
+                .sluice_plugin_writer()
+                .call_open(&mut store, &self.config, &self.schema);
+        let result = run_call(files_inline, call).await;
         answer(&name, "open", &store, result)?;
         self.live = Some((store, bindings));
         Ok(())
@@ -525,10 +555,11 @@ impl WriterInstance {
         let name = self.plugin.info.label();
         let (store, bindings) = self.live.as_mut().expect("opened above");
         begin_call(store);
-        let result = bindings
+        let files_inline = store.data().files_inline;
+        let call = bindings
             .sluice_plugin_writer()
-            .call_write(&mut *store, batch)
-            .await;
+            .call_write(&mut *store, batch);
+        let result = run_call(files_inline, call).await;
         let error = match result {
             Ok(Ok(rejections)) => {
                 if let Some(bad) = rejections.iter().find(|r| r.row >= batch.count) {

@@ -36,6 +36,10 @@ pub struct PluginState {
     /// The message of the last panic the plugin reported (see `capabilities::log`).
     pub(crate) last_panic: Option<String>,
     pub(crate) pg_open: usize,
+    /// Whether the WASI context runs filesystem calls on the calling thread
+    /// (a writer with a directory grant): calls into the instance then run
+    /// inside `block_in_place` (`instance::run_call`).
+    pub(crate) files_inline: bool,
 }
 
 impl PluginState {
@@ -47,6 +51,7 @@ impl PluginState {
         time_limit: Duration,
     ) -> Self {
         Self {
+            files_inline: granted.files_inline,
             wasi: granted.wasi,
             http: WasiHttpCtx::new(),
             http_hooks: granted.http,
@@ -95,6 +100,12 @@ const QUIET_GAP: Duration = Duration::from_millis(100);
 /// told apart by the epoch checks: those run only while plugin code runs, one
 /// per tick, and a pause longer than [`QUIET_GAP`] between two of them is taken
 /// as time in the host.
+///
+/// That holds wherever a WASI call does its work: awaited on tokio's blocking
+/// pool, or on the calling thread (the filesystem calls of a writer with a
+/// directory grant, see `capabilities::wasi::files_inline`). Either way no
+/// plugin code runs, so no epoch check, until it returns: a slow `fsync` is
+/// host time, and the plugin's own code still meets a check every tick.
 #[derive(Debug)]
 pub(crate) struct CallClock {
     limit: Duration,

@@ -5,7 +5,8 @@
 //! - `"tcp": "127.0.0.1:PORT"`: a TCP connect through `wasi:sockets`;
 //! - `"file": "/data/a.txt"`: writes the file with `std::fs` and reads it back;
 //! - `"postgres": "name"`: opens the granted Postgres connection `name`;
-//! - `"clock": "real"` or `"frozen"`: what `SystemTime::now()` must look like.
+//! - `"clock": "real"` or `"frozen"`: what `SystemTime::now()` must look like;
+//! - `"spin": true`: then loops forever (the host's time limit must stop it).
 //!
 //! `open` succeeds when every action did; otherwise it fails with one
 //! `kind: typed error` per failed action, joined by `; `
@@ -53,6 +54,12 @@ impl Writer for Probe {
             let seen = if secs == 0 { "frozen" } else { "real" };
             if seen != expected {
                 failed.push(format!("clock: {seen} ({secs}s since the epoch)"));
+            }
+        }
+        if config.get("spin") == Some(&serde_json::Value::Bool(true)) {
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
             }
         }
         if failed.is_empty() {
