@@ -88,7 +88,7 @@ fn cdr(i: u64) -> Cdr {
         cell: format!("FR-PAR-{:04}", i % 5000),
         cost: format!("{}.{:02}", i % 10, i % 100),
         call_type: "voice",
-        roaming: i % 7 == 0,
+        roaming: i.is_multiple_of(7),
     }
 }
 

@@ -152,7 +152,7 @@ pub fn cdr_json(i: u64) -> String {
         i % 5000,
         i % 10,
         i % 100,
-        i % 7 == 0
+        i.is_multiple_of(7)
     )
 }
 
