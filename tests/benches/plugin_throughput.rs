@@ -34,12 +34,10 @@ use anyhow::{Context as _, ensure};
 use sluice::capabilities::Grants;
 use sluice::capabilities::postgres::PostgresGrant;
 use sluice::plugin_runtime::{
-    LoadedPlugin, Message, PluginRuntime, RowBatch, RuntimeConfig, SourceInstance, WriterInstance,
+    LoadedPlugin, Message, PluginRuntime, RowBatch, SourceInstance, WriterInstance,
 };
 use sluice_plugin_sdk::Source as _;
-use sluice_tests::{
-    cdr_json, cdr_source_config, plugin, postgres_url, unique_name, workspace_root,
-};
+use sluice_tests::{cdr_json, cdr_source_config, plugin, postgres_url, unique_name};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
@@ -115,18 +113,7 @@ async fn run() -> anyhow::Result<()> {
     let rounds = env_usize("SLUICE_BENCH_ROUNDS", 3);
     println!("plugin_throughput: {n} CDR messages, {rounds} rounds, interleaved");
     println!("started {}", common::machine_line());
-
-    let started = Instant::now();
-    let plugins_dir = sluice_tests::plugins_dir();
-    println!(
-        "plugins: {} (built or checked in {:.1} s)",
-        plugins_dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    let rt = PluginRuntime::new(RuntimeConfig {
-        cache_dir: Some(workspace_root().join("target/bench-component-cache")),
-        ..RuntimeConfig::default()
-    })?;
+    let rt = common::bench_runtime()?;
     let source = Arc::new(rt.load(&plugin("json-source")).await?);
     let writer = Arc::new(rt.load(&plugin("postgres-writer")).await?);
     let chaos = Arc::new(rt.load(&plugin("chaos-source")).await?);

@@ -45,8 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use sluice::capabilities::{Capability, Grants, HttpGrant, TcpGrant};
 use sluice::plugin_runtime::{
-    Column, ColumnType, LoadedPlugin, PluginRuntime, RowBatch, RuntimeConfig, Schema,
-    WriterInstance,
+    Column, ColumnType, LoadedPlugin, PluginRuntime, RowBatch, Schema, WriterInstance,
 };
 use sluice_plugin_sdk::rows::RowWriter;
 use sluice_tests::{plugin, unique_name, workspace_root};
@@ -170,17 +169,7 @@ async fn run() -> anyhow::Result<()> {
     let stores = Stores::from_env()?;
     println!("writer_throughput: {n} CDR rows in batches of {batch}, {rounds} rounds, interleaved");
     println!("started {}", common::machine_line());
-    let started = Instant::now();
-    let plugins_dir = sluice_tests::plugins_dir();
-    println!(
-        "plugins: {} (built or checked in {:.1} s)",
-        plugins_dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    let rt = PluginRuntime::new(RuntimeConfig {
-        cache_dir: Some(workspace_root().join("target/bench-component-cache")),
-        ..RuntimeConfig::default()
-    })?;
+    let rt = common::bench_runtime()?;
     let load = |name: &'static str| {
         let rt = rt.clone();
         async move {

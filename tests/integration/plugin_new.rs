@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice_tests::daemon::{Setup, eventually, http_get, json_to_toml_inline};
-use sluice_tests::{amqp_url, cdr_json, cdr_source_config, plugin, postgres_url, workspace_root};
+use sluice_tests::{cdr_json, cdr_source_config, plugin, workspace_root};
 
 use super::daemon::{LONG, World, start, world};
 
@@ -102,54 +102,6 @@ fn plugin_dir_with(setup: &mut Setup, shipped: &str) {
     setup.plugin_dir = dir;
 }
 
-/// The setup's configuration with this source and writer (TOML lines of
-/// `[pipelines.source]` and `[[pipelines.writers]]`).
-fn write_config(setup: &Setup, source: &str, writer: &str) {
-    let text = format!(
-        r#"
-[daemon]
-plugin_dir = "{plugins}"
-cache_dir = "{cache}"
-admin_addr = "127.0.0.1:{admin_port}"
-shutdown_timeout = "20s"
-
-[connections.rabbit]
-type = "amqp"
-url = "{amqp}"
-
-[connections.warehouse]
-type = "postgres"
-url = "{pg}?application_name={app}"
-
-[[pipelines]]
-name = "{name}"
-connection = "rabbit"
-queue = {{ name = "{queue}", bindings = [{{ exchange = "{exchange}", routing_key = "cdr.#" }}] }}
-dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
-retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
-
-[pipelines.source]
-{source}
-
-[[pipelines.writers]]
-{writer}
-"#,
-        plugins = setup.plugin_dir.display(),
-        cache = workspace_root()
-            .join("target/test-component-cache")
-            .display(),
-        admin_port = setup.admin_port,
-        amqp = amqp_url(),
-        pg = postgres_url(),
-        app = setup.pg_app,
-        name = setup.pipeline,
-        queue = setup.queue,
-        exchange = setup.exchange,
-        dead = setup.dead_queue,
-    );
-    std::fs::write(setup.config_path(), text).unwrap();
-}
-
 /// Starts the daemon without the generated plugin (its pipeline paused), drops
 /// the plugin into the plugin folder, and waits for the pipeline to resume and
 /// the daemon to be ready.
@@ -188,8 +140,7 @@ async fn a_generated_writer_lands_rows_from_the_shipped_json_source() {
     let component = plugin_build(&crate_dir, &w.setup.dir.join("dist"), name);
 
     let table = format!("{}.docs", w.db.name);
-    write_config(
-        &w.setup,
+    w.setup.write_config_plugins(
         &format!(
             "plugin = \"json-source\"\nconfig = {}",
             json_to_toml_inline(&cdr_source_config(1, ""))
@@ -263,8 +214,7 @@ async fn a_generated_source_on_the_embedded_sdk_feeds_the_shipped_postgres_write
     cargo_test(&crate_dir);
     let component = plugin_build(&crate_dir, &w.setup.dir.join("dist"), name);
 
-    write_config(
-        &w.setup,
+    w.setup.write_config_plugins(
         &format!("plugin = \"{name}\"\nconfig = {{ schema = \"lines\" }}"),
         &format!(
             "plugin = \"postgres-writer\"\ngrants = {{ postgres = [\"warehouse\"] }}\n\

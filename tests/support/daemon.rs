@@ -83,6 +83,35 @@ impl Setup {
     /// Like [`write_config`](Self::write_config), with `queue_extra` added to the
     /// queue table (e.g. `type = "quorum"`).
     pub fn write_config_with(&self, pipeline_extra: &str, queue_extra: &str) {
+        let plugin_tables = format!(
+            r#"[pipelines.source]
+plugin = "{source_plugin}"
+config = {source}
+
+[[pipelines.writers]]
+plugin = "postgres-writer"
+grants = {{ postgres = ["warehouse"] }}
+config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
+{extra_writers}"#,
+            schema = self.pg_schema,
+            source_plugin = self.source.0,
+            source = self.source.1,
+            table = self.source.2,
+            extra_writers = self.extra_writers,
+        );
+        self.write_config_text(pipeline_extra, queue_extra, &plugin_tables);
+    }
+
+    /// The setup's configuration with another source and writer: `source` and
+    /// `writer` are the TOML lines of `[pipelines.source]` and
+    /// `[[pipelines.writers]]`.
+    pub fn write_config_plugins(&self, source: &str, writer: &str) {
+        let plugin_tables =
+            format!("[pipelines.source]\n{source}\n\n[[pipelines.writers]]\n{writer}\n");
+        self.write_config_text("", "", &plugin_tables);
+    }
+
+    fn write_config_text(&self, pipeline_extra: &str, queue_extra: &str, plugin_tables: &str) {
         let text = format!(
             r#"
 [daemon]
@@ -108,15 +137,7 @@ queue = {{ name = "{queue}", bindings = [{{ exchange = "{exchange}", routing_key
 dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
 retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
 
-[pipelines.source]
-plugin = "{source_plugin}"
-config = {source}
-
-[[pipelines.writers]]
-plugin = "postgres-writer"
-grants = {{ postgres = ["warehouse"] }}
-config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
-{extra_writers}
+{plugin_tables}
 "#,
             plugins = self.plugin_dir.display(),
             cache = crate::workspace_root()
@@ -132,11 +153,6 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
             queue = self.queue,
             exchange = self.exchange,
             dead = self.dead_queue,
-            schema = self.pg_schema,
-            source_plugin = self.source.0,
-            source = self.source.1,
-            table = self.source.2,
-            extra_writers = self.extra_writers,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }

@@ -434,3 +434,20 @@ impl Figures {
         median(self.get(label))
     }
 }
+
+/// Builds (or checks) the test plugins, says where they are and how long that
+/// took, and makes the plugin runtime the benches measure in, with its own
+/// compiled-component cache.
+pub fn bench_runtime() -> anyhow::Result<std::sync::Arc<sluice::plugin_runtime::PluginRuntime>> {
+    let started = std::time::Instant::now();
+    let plugins_dir = sluice_tests::plugins_dir();
+    println!(
+        "plugins: {} (built or checked in {:.1} s)",
+        plugins_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    sluice::plugin_runtime::PluginRuntime::new(sluice::plugin_runtime::RuntimeConfig {
+        cache_dir: Some(sluice_tests::workspace_root().join("target/bench-component-cache")),
+        ..sluice::plugin_runtime::RuntimeConfig::default()
+    })
+}
