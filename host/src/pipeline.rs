@@ -662,6 +662,27 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
 /// past its `max_wait`.
 const COALESCE: Duration = Duration::from_millis(1);
 
+/// Adds what the consumer yielded to the batch: a delivery, or the error or end
+/// of the consumer, which end the session.
+fn take(
+    next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+    received: &mut Vec<Received>,
+    messages: &mut Vec<Message>,
+) -> Result<(), Stop> {
+    match next {
+        Some(Ok(delivery)) => {
+            let (r, m) = crate::queue_input::receive(delivery);
+            received.push(r);
+            messages.push(m);
+            Ok(())
+        }
+        Some(Err(e)) => Err(Stop::Session(e.into())),
+        None => Err(Stop::Session(anyhow::anyhow!(
+            "the broker ended the consumer"
+        ))),
+    }
+}
+
 /// Fills a batch that has its first message, until it holds `max_messages`,
 /// `deadline` passes or shutdown is asked for (then returns `true`).
 async fn fill(
@@ -674,7 +695,6 @@ async fn fill(
 ) -> Result<bool, Stop> {
     use futures::FutureExt as _;
     use tokio::time::{Instant, sleep_until};
-    let ended = || Stop::Session(anyhow::anyhow!("the broker ended the consumer"));
     let max = worker.config.batch.max_messages;
     let mut beat_due = Instant::now() + IDLE_BEAT;
     while messages.len() < max {
@@ -682,13 +702,7 @@ async fn fill(
         while messages.len() < max {
             match stream.next().now_or_never() {
                 None => break,
-                Some(Some(Ok(d))) => {
-                    let (r, m) = crate::queue_input::receive(d);
-                    received.push(r);
-                    messages.push(m);
-                }
-                Some(Some(Err(e))) => return Err(Stop::Session(e.into())),
-                Some(None) => return Err(ended()),
+                Some(next) => take(next, received, messages)?,
             }
         }
         let now = Instant::now();
@@ -703,15 +717,7 @@ async fn fill(
         tokio::select! {
             biased;
             _ = stopped(shutdown) => return Ok(true),
-            d = stream.next() => match d {
-                Some(Ok(d)) => {
-                    let (r, m) = crate::queue_input::receive(d);
-                    received.push(r);
-                    messages.push(m);
-                }
-                Some(Err(e)) => return Err(Stop::Session(e.into())),
-                None => return Err(ended()),
-            },
+            next = stream.next() => take(next, received, messages)?,
             _ = sleep_until(deadline.min(beat_due)) => continue,
         }
         if messages.len() < max {
@@ -754,16 +760,9 @@ async fn consume(
                 return Ok(());
             }
         };
-        let Some(first) = first else {
-            return Err(Stop::Session(anyhow::anyhow!(
-                "the broker ended the consumer"
-            )));
-        };
-        let (r, m) = crate::queue_input::receive(first.map_err(anyhow::Error::from)?);
         let max = worker.config.batch.max_messages;
         let (mut received, mut messages) = (Vec::with_capacity(max), Vec::with_capacity(max));
-        received.push(r);
-        messages.push(m);
+        take(first, &mut received, &mut messages)?;
         let stopping = fill(
             worker,
             &mut stream,
