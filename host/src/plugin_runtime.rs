@@ -307,6 +307,19 @@ impl Drop for PluginRuntime {
     }
 }
 
+/// `SLUICE_WASM_PROFILER=perfmap` makes wasmtime write `/tmp/perf-<pid>.map`,
+/// which lets `perf report` name the plugins' compiled functions (see the
+/// operations guide); unset or empty, no profiler.
+fn profiler_from_env() -> anyhow::Result<wasmtime::ProfilingStrategy> {
+    match std::env::var("SLUICE_WASM_PROFILER").as_deref() {
+        Err(_) | Ok("") | Ok("none") => Ok(wasmtime::ProfilingStrategy::None),
+        Ok("perfmap") => Ok(wasmtime::ProfilingStrategy::PerfMap),
+        Ok(other) => anyhow::bail!(
+            "SLUICE_WASM_PROFILER={other:?}: the profilers this build has are `perfmap` and `none`"
+        ),
+    }
+}
+
 impl PluginRuntime {
     /// Creates the engine, the linkers and the epoch ticker.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
@@ -315,6 +328,7 @@ impl PluginRuntime {
         // The default for this build; said explicitly because it keeps plain calls
         // cheap (no component-model async machinery on the call path).
         wasm_config.concurrency_support(false);
+        wasm_config.profiler(profiler_from_env()?);
         let engine = Engine::new(&wasm_config)?;
 
         let mut source_linker = Linker::new(&engine);

@@ -149,6 +149,68 @@ async fn metrics_count_what_was_published_and_readyz_follows_the_broker_connecti
     w.finish().await;
 }
 
+/// The root config.toml in `dir`, its plugin folder holding the shipped source
+/// and Postgres writer. (The test plugins' folder also holds a file that is not
+/// a plugin, which `check` rightly reports.)
+fn root_config_with_shipped_plugins(dir: &std::path::Path) -> std::path::PathBuf {
+    let shipped = dir.join("plugins");
+    std::fs::create_dir_all(&shipped).unwrap();
+    for name in ["json-source", "postgres-writer"] {
+        std::fs::copy(
+            sluice_tests::plugin(name),
+            shipped.join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let root = sluice_tests::workspace_root().join("config.toml");
+    let good = std::fs::read_to_string(root).unwrap().replace(
+        "plugin_dir = \"plugins-dist\"",
+        &format!("plugin_dir = \"{}\"", shipped.display()),
+    );
+    let path = dir.join("good.toml");
+    std::fs::write(&path, good).unwrap();
+    path
+}
+
+#[test]
+fn the_wasm_profiler_writes_a_perf_map_naming_plugin_functions() {
+    let dir = std::env::temp_dir().join(sluice_tests::unique_name("profiler"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = root_config_with_shipped_plugins(&dir);
+    let check = |profiler: &str| {
+        let child = Command::new(SLUICE)
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("SLUICE_WASM_PROFILER", profiler)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+        let out = child.wait_with_output().unwrap();
+        let text = std::fs::read_to_string(&map).unwrap_or_default();
+        let _ = std::fs::remove_file(&map);
+        (out, text)
+    };
+
+    let (out, map) = check("perfmap");
+    assert!(out.status.success(), "{out:?}");
+    // perf's map format: start address, size, name; the source's own code.
+    let line = map
+        .lines()
+        .find(|l| l.contains("wasm[") && l.contains("json_source"))
+        .unwrap_or_else(|| panic!("no json-source function in the perf map:\n{map}"));
+    assert_eq!(line.splitn(3, ' ').count(), 3, "{line}");
+
+    let (out, map) = check("vtune");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SLUICE_WASM_PROFILER=\"vtune\""), "{stderr}");
+    assert!(map.is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn sluice_check_reports_every_problem_with_its_key_path() {
     let dir = std::env::temp_dir().join(sluice_tests::unique_name("check"));
@@ -204,24 +266,8 @@ config = {{ connection = "warehouse" }}
     }
 
     // The root config.toml, with a plugin folder holding the shipped plugins, is
-    // good. (The test plugins' folder also holds a file that is not a plugin,
-    // which `check` rightly reports.)
-    let shipped = dir.join("plugins");
-    std::fs::create_dir_all(&shipped).unwrap();
-    for name in ["json-source", "postgres-writer"] {
-        std::fs::copy(
-            sluice_tests::plugin(name),
-            shipped.join(format!("{name}.wasm")),
-        )
-        .unwrap();
-    }
-    let root = sluice_tests::workspace_root().join("config.toml");
-    let good = std::fs::read_to_string(root).unwrap().replace(
-        "plugin_dir = \"plugins-dist\"",
-        &format!("plugin_dir = \"{}\"", shipped.display()),
-    );
-    let good_path = dir.join("good.toml");
-    std::fs::write(&good_path, good).unwrap();
+    // good.
+    let good_path = root_config_with_shipped_plugins(&dir);
     let out = Command::new(SLUICE)
         .args(["check", "--config"])
         .arg(&good_path)
