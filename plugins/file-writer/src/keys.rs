@@ -68,17 +68,20 @@ pub fn push_value(key: &mut Vec<u8>, value: Value<'_>) {
 ///
 /// The keys are kept in a list, in the order they came (the whole 128-bit hash
 /// and the file id, 20 bytes each), indexed by an open-addressing table with
-/// linear probing whose slots are 8 bytes: 32 bits of the hash as a tag (0
-/// marks an empty slot) and the key's place in the list. A new key, the common
-/// case (every new row), touches one slot of the table, which is small enough to
-/// stay in the caches far more often than whole entries would, and is appended
-/// to the list, whose writes are sequential; the list is read only where a tag
-/// matches. Looking up and inserting each row's key into a table of millions was
-/// the writer's costliest step (a cache miss or two per row). At most 13/16 of
-/// the slots are used; with the list's spare capacity (it grows by doubling), a
-/// key takes 30 to 60 bytes.
+/// linear probing whose slots are 8 bytes: the hash's low 32 bits as a tag
+/// (its home slot is the tag's low bits) and the key's place in the list plus
+/// one (0 marks an empty slot). A new key, the common case (every new row),
+/// touches one slot of the table, which is small enough to stay in the caches
+/// far more often than whole entries would, and is appended to the list, whose
+/// writes are sequential; the list is read only where a tag matches. Looking up
+/// and inserting each row's key into a table of millions was the writer's
+/// costliest step (a cache miss or two per row). Growing the table reads only
+/// the old slots, in order, and each lands at or just after its old place or
+/// that plus the old size, so those writes are nearly sequential too. At most
+/// 13/16 of the slots are used; with the list's spare capacity (it grows by
+/// doubling), a key takes 30 to 60 bytes.
 pub struct KeySet {
-    /// Tag (high 32 bits) and place in `keys` (low 32 bits); 0: empty.
+    /// Tag (high 32 bits) and place in `keys` plus one (low 32 bits); 0: empty.
     slots: Vec<u64>,
     keys: Vec<Entry>,
 }
@@ -102,11 +105,25 @@ impl Entry {
         }
     }
 
-    /// Its tag (never 0) and its home slot in a table of `mask + 1` slots.
+    /// Its tag and its home slot in a table of `mask + 1` slots.
     #[inline]
     fn tag_and_home(&self, mask: usize) -> (u32, usize) {
-        (self.hash[3] | 1, self.hash[0] as usize & mask)
+        (self.hash[0], self.hash[0] as usize & mask)
     }
+}
+
+/// A slot's tag, its home (in a table of `mask + 1` slots) and its key's place
+/// in the list.
+#[inline]
+fn slot_parts(slot: u64, mask: usize) -> (u32, usize, usize) {
+    let tag = (slot >> 32) as u32;
+    (tag, tag as usize & mask, (slot as u32 - 1) as usize)
+}
+
+/// The slot of the key at `place` in the list.
+#[inline]
+fn slot(tag: u32, place: usize) -> u64 {
+    u64::from(tag) << 32 | (place as u64 + 1)
 }
 
 /// Whether a table of `slots` slots may hold `len` keys.
@@ -146,7 +163,8 @@ impl KeySet {
             if slot == 0 {
                 return (i, false);
             }
-            if (slot >> 32) as u32 == tag && self.keys[slot as u32 as usize].hash == entry.hash {
+            let (slot_tag, _, place) = slot_parts(slot, mask);
+            if slot_tag == tag && self.keys[place].hash == entry.hash {
                 return (i, true);
             }
             i = (i + 1) & mask;
@@ -162,12 +180,41 @@ impl KeySet {
             return false;
         }
         let (tag, _) = entry.tag_and_home(0);
-        self.slots[i] = u64::from(tag) << 32 | self.keys.len() as u64;
+        self.slots[i] = slot(tag, self.keys.len());
         self.keys.push(entry);
         if !fits(self.keys.len(), self.slots.len()) {
-            self.rebuild(self.slots.len() * 2);
+            self.grow(self.slots.len() * 2);
         }
         true
+    }
+
+    /// Adds each of `hashes` for `file` unless it is there already (or earlier
+    /// in `hashes`); `added[i]` tells whether `hashes[i]` was added.
+    ///
+    /// A batch's keys go in together because of the cache: in a table of
+    /// millions of keys nearly every new key's slot is a cache miss, and taken
+    /// one at a time each miss is waited for alone. Here a first sweep loads
+    /// every key's home slot; those loads do not depend on each other, so the
+    /// CPU overlaps their misses, and the inserts after it find the slots
+    /// cached. The table is grown for the whole batch first, so that both see
+    /// the same slots.
+    pub fn insert_all(&mut self, hashes: &[u128], file: u32, added: &mut Vec<bool>) {
+        let mut size = self.slots.len();
+        while !fits(self.keys.len() + hashes.len(), size) {
+            size *= 2;
+        }
+        if size != self.slots.len() {
+            self.grow(size);
+        }
+        let mask = self.mask();
+        let mut sweep = 0;
+        for &hash in hashes {
+            sweep ^= self.slots[Entry::new(hash, file).tag_and_home(mask).1];
+        }
+        // Used, so that the compiler keeps the loads.
+        std::hint::black_box(sweep);
+        added.clear();
+        added.extend(hashes.iter().map(|&hash| self.insert_new(hash, file)));
     }
 
     /// Adds `hash` for `file`, or moves it to `file` if it is there (a key in
@@ -175,7 +222,7 @@ impl KeySet {
     pub fn insert(&mut self, hash: u128, file: u32) {
         let entry = Entry::new(hash, file);
         match self.find(&entry) {
-            (i, true) => self.keys[self.slots[i] as u32 as usize].file = file,
+            (i, true) => self.keys[slot_parts(self.slots[i], 0).2].file = file,
             (_, false) => {
                 self.insert_new(hash, file);
             }
@@ -194,10 +241,10 @@ impl KeySet {
         if !found {
             return;
         }
-        let place = self.slots[hole] as u32 as usize;
+        let mask = self.mask();
+        let (_, _, place) = slot_parts(self.slots[hole], mask);
         // Backward shift: move up each later slot of the run whose home is not
         // between the hole and it, so that no probe stops early at the hole.
-        let mask = self.mask();
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
@@ -205,7 +252,7 @@ impl KeySet {
             if slot == 0 {
                 break;
             }
-            let (_, home) = self.keys[slot as u32 as usize].tag_and_home(mask);
+            let (_, home, _) = slot_parts(slot, mask);
             let stays = if hole <= j {
                 hole < home && home <= j
             } else {
@@ -223,7 +270,7 @@ impl KeySet {
             let moved = self.keys[last];
             let (i, found) = self.find(&moved);
             debug_assert!(found);
-            self.slots[i] = self.slots[i] & !0xffff_ffff | place as u64;
+            self.slots[i] = slot(slot_parts(self.slots[i], mask).0, place);
             self.keys[place] = moved;
         }
         self.keys.pop();
@@ -240,21 +287,35 @@ impl KeySet {
         while !fits(self.keys.len(), size) {
             size *= 2;
         }
-        self.rebuild(size);
-    }
-
-    /// Indexes the list again in a table of `size` slots (a power of two).
-    #[cold]
-    fn rebuild(&mut self, size: usize) {
         self.slots = vec![0; size];
         let mask = size - 1;
-        for (place, entry) in self.keys.iter().enumerate() {
-            let (tag, mut i) = entry.tag_and_home(mask);
-            while self.slots[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = u64::from(tag) << 32 | place as u64;
+        for place in 0..self.keys.len() {
+            let (tag, home) = self.keys[place].tag_and_home(mask);
+            self.put_slot(slot(tag, place), home);
         }
+    }
+
+    /// Moves the slots into a table of `size` slots (a power of two, larger):
+    /// the old slots are read in order, and each goes to its home in the new
+    /// table (its old home, or that plus the old size) or just after.
+    #[cold]
+    fn grow(&mut self, size: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        let mask = size - 1;
+        for s in old.into_iter().filter(|&s| s != 0) {
+            self.put_slot(s, slot_parts(s, mask).1);
+        }
+    }
+
+    /// Puts `slot` in the first empty slot from `home` on.
+    #[inline]
+    fn put_slot(&mut self, slot: u64, home: usize) {
+        let mask = self.mask();
+        let mut i = home;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = slot;
     }
 }
 
@@ -373,7 +434,7 @@ mod tests {
             assert!(set.insert_new(hash(i), (i % 3) as u32));
             assert!(!set.insert_new(hash(i), 9));
         }
-        // All 128 bits are compared: 1 << 96 has 0's tag (its low bit is set).
+        // All 128 bits are compared: 1 << 96 has 0's tag and home.
         assert!(set.insert_new(0, 7) && set.contains(0) && !set.contains(1 << 96));
         set.remove(0);
         assert_eq!(set.len(), n as usize);

@@ -52,10 +52,10 @@
 //! instances within it, and the plugin's memory limit accordingly. Opening
 //! reads the window's files, which takes longer the more they hold.
 //!
-//! The keys of a batch go into the set as the batch is encoded (that is how a
-//! key repeated within the batch is found), and come out again if the batch is
-//! not written (a malformed batch, a failed append): the host's retry of it then
-//! finds none of its rows written.
+//! The keys of a batch go into the set together once the whole batch is read
+//! (a key repeated within the batch is found there: the first row wins), and
+//! come out again if the batch is not written (a failed append; a malformed
+//! batch adds none): the host's retry of it then finds none of its rows written.
 //!
 //! # Clocks
 //!
@@ -133,8 +133,13 @@ pub struct FileWriter {
     /// The batch's records, reused between writes.
     buf: Vec<u8>,
     key_buf: Vec<u8>,
-    /// The keys the batch being written added to `keys`.
+    /// The keys the batch being written added to `keys` (while encoding: the
+    /// keys of its rows).
     new_keys: Vec<u128>,
+    /// Where each row of the batch ends in `buf`, while encoding.
+    row_ends: Vec<usize>,
+    /// Whether each row's key was new, while encoding.
+    added: Vec<bool>,
 }
 
 impl Writer for FileWriter {
@@ -187,6 +192,8 @@ impl Writer for FileWriter {
             buf: Vec::new(),
             key_buf: Vec::new(),
             new_keys: Vec::new(),
+            row_ends: Vec::new(),
+            added: Vec::new(),
         };
         let now = SystemTime::now();
         writer
@@ -221,8 +228,8 @@ impl Writer for FileWriter {
         let id = self.current.as_ref().map_or(self.next_id, |c| c.id);
         let skipped = match self.encode(batch, id) {
             Ok(skipped) => skipped,
+            // A malformed batch added no keys.
             Err(e) => {
-                self.forget_new_keys();
                 return Err(PluginError::Fatal(format!(
                     "the row batch is malformed: {e}"
                 )));
@@ -307,12 +314,42 @@ impl FileWriter {
     /// in `keys` already (written before, or earlier in this batch) is left out.
     /// Returns how many rows were left out.
     fn encode(&mut self, batch: &RowBatch, id: u32) -> Result<u32, DecodeError> {
+        if let Err(e) = self.encode_rows(batch) {
+            // None of its keys went into the set.
+            self.new_keys.clear();
+            return Err(e);
+        }
+        // The whole batch is well formed: its keys go into the set together.
+        self.keys.insert_all(&self.new_keys, id, &mut self.added);
+        if !self.added.contains(&false) {
+            return Ok(0);
+        }
+        // Cut the rows whose key was there out of `buf`, and their keys out of
+        // `new_keys` (the keys this batch added).
+        let (mut kept, mut start, mut skipped) = (0, 0, 0);
+        for (row, &end) in self.row_ends.iter().enumerate() {
+            if self.added[row] {
+                self.buf.copy_within(start..end, kept);
+                self.new_keys[row - skipped] = self.new_keys[row];
+                kept += end - start;
+            } else {
+                skipped += 1;
+            }
+            start = end;
+        }
+        self.buf.truncate(kept);
+        self.new_keys.truncate(self.row_ends.len() - skipped);
+        Ok(skipped as u32)
+    }
+
+    /// Encodes each row into `buf`, noting where it ends in `row_ends` and its
+    /// key's hash in `new_keys`.
+    fn encode_rows(&mut self, batch: &RowBatch) -> Result<(), DecodeError> {
         self.buf.clear();
         self.new_keys.clear();
-        let mut skipped = 0;
+        self.row_ends.clear();
         let mut reader = ValueReader::new(&self.types, batch);
         while reader.next_row()? {
-            let start = self.buf.len();
             self.key_buf.clear();
             for column in 0..self.types.len() {
                 let value = reader.next_value()?;
@@ -322,15 +359,10 @@ impl FileWriter {
                 self.encoder.value(column, value, &mut self.buf);
             }
             self.encoder.end_row(&mut self.buf);
-            let hash = self.hasher.hash(&self.key_buf);
-            if self.keys.insert_new(hash, id) {
-                self.new_keys.push(hash);
-            } else {
-                self.buf.truncate(start);
-                skipped += 1;
-            }
+            self.new_keys.push(self.hasher.hash(&self.key_buf));
+            self.row_ends.push(self.buf.len());
         }
-        Ok(skipped)
+        Ok(())
     }
 
     /// Takes the keys of a batch that was not written out of `keys` again.
