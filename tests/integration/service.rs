@@ -206,7 +206,10 @@ fn the_wasm_profiler_writes_a_perf_map_naming_plugin_functions() {
     let (out, map) = check("vtune");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("SLUICE_WASM_PROFILER=\"vtune\""), "{stderr}");
+    assert!(
+        stderr.contains("SLUICE_WASM_PROFILER=\"vtune\""),
+        "{stderr}"
+    );
     assert!(map.is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -196,7 +196,9 @@ fn a_batch_mixing_written_and_new_keys_keeps_the_new_rows_in_order() {
         .collect();
     assert_eq!(
         ids,
-        ["c-0", "c-2", "c-4", "c-6", "c-8", "c-1", "c-3", "c-5", "c-7", "c-9", "c-10"]
+        [
+            "c-0", "c-2", "c-4", "c-6", "c-8", "c-1", "c-3", "c-5", "c-7", "c-9", "c-10"
+        ]
     );
     assert_eq!(
         dir.lines()[5..7],
