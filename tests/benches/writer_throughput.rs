@@ -531,8 +531,10 @@ impl Bench {
 
 fn report(figures: &Figures, n: usize, batch: usize, stores: &Stores) {
     println!("\n## Results: {n} rows, batches of {batch} (median of rounds, [min - max])\n");
-    println!("| store | Sluice writer (wasm) rows/s | plain client rows/s | writer / plain |");
-    println!("|---|---|---|---|");
+    println!(
+        "| store | Sluice writer (wasm) rows/s | plain client rows/s | writer / plain | same round [min - max] |"
+    );
+    println!("|---|---|---|---|---|");
     let cell = |label: &str| {
         let v = figures.get(label);
         format!(
@@ -551,16 +553,28 @@ fn report(figures: &Figures, n: usize, batch: usize, stores: &Stores) {
             continue;
         }
         let ratio = median(figures.get(plugin)) / median(figures.get(plain));
+        // Each round measures the writer and the plain client one after the
+        // other: their ratio within a round is less exposed to the disk's and
+        // the machine's slow spells than the ratio of medians.
+        let paired: Vec<f64> = figures
+            .get(plugin)
+            .iter()
+            .zip(figures.get(plain))
+            .map(|(w, p)| w / p * 100.0)
+            .collect();
         println!(
-            "| {store} | {} | {} | {:.0} % |",
+            "| {store} | {} | {} | {:.0} % | {:.0} % [{:.0} - {:.0}] |",
             cell(plugin),
             cell(plain),
-            ratio * 100.0
+            ratio * 100.0,
+            median(&paired),
+            min(&paired),
+            max(&paired)
         );
     }
     if stores.redis {
         println!(
-            "| Redis, stream + dedupe | {} | - | - |",
+            "| Redis, stream + dedupe | {} | - | - | - |",
             cell(REDIS_STREAM)
         );
     }
