@@ -20,7 +20,8 @@
 //!
 //! Every measurement runs `SLUICE_BENCH_ROUNDS` times (default 3), interleaved;
 //! the report gives the median and range, and the plugin's share of the plain
-//! client's rate. Before timing, it checks what each component imports: the
+//! client's rate: the ratio of the medians, and the median of each round's own
+//! ratio (steadier on a noisy disk). Before timing, it checks what each component imports: the
 //! file writer (no network feature) must import neither wasi:http nor
 //! wasi:sockets, so the host loads it without a network grant.
 //!
