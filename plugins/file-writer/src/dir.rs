@@ -43,6 +43,7 @@ mod native {
     use std::fs::{self, OpenOptions};
     use std::io::{self, Read, Seek, SeekFrom, Write};
     use std::path::PathBuf;
+    use std::time::SystemTime;
 
     use super::{Meta, found};
 
@@ -63,6 +64,11 @@ mod native {
                 ));
             }
             Ok(Dir(PathBuf::from(path)))
+        }
+
+        /// When an entry was last created, renamed or removed.
+        pub fn mtime(&self) -> io::Result<SystemTime> {
+            fs::metadata(&self.0)?.modified()
         }
 
         /// The names of its entries.
@@ -161,8 +167,9 @@ mod native {
 #[cfg(target_arch = "wasm32")]
 mod wasi {
     use std::io;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+    use wasip2::clocks::wall_clock::Datetime;
     use wasip2::filesystem::preopens::get_directories;
     use wasip2::filesystem::types::{
         Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags,
@@ -198,6 +205,16 @@ mod wasi {
             _ => K::Other,
         };
         io::Error::new(kind, format!("{} ({})", e.message(), e.name()))
+    }
+
+    fn modified(t: Option<Datetime>) -> io::Result<SystemTime> {
+        let Some(t) = t else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the host gives no modification time",
+            ));
+        };
+        Ok(UNIX_EPOCH + Duration::new(t.seconds, t.nanoseconds))
     }
 
     impl Dir {
@@ -244,6 +261,12 @@ mod wasi {
             }
         }
 
+        /// When an entry was last created, renamed or removed.
+        pub fn mtime(&self) -> io::Result<SystemTime> {
+            let stat = self.0.stat().map_err(error)?;
+            modified(stat.data_modification_timestamp)
+        }
+
         /// The names of its entries.
         pub fn names(&self) -> io::Result<Vec<String>> {
             let stream = self.0.read_directory().map_err(error)?;
@@ -261,15 +284,9 @@ mod wasi {
                 Err(ErrorCode::NoEntry) => return Ok(None),
                 Err(e) => return Err(error(e)),
             };
-            let Some(t) = stat.data_modification_timestamp else {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the host gives no modification time",
-                ));
-            };
             Ok(Some(Meta {
                 len: stat.size,
-                mtime: UNIX_EPOCH + Duration::new(t.seconds, t.nanoseconds),
+                mtime: modified(stat.data_modification_timestamp)?,
             }))
         }
 

@@ -210,6 +210,28 @@ fn a_batch_mixing_written_and_new_keys_keeps_the_new_rows_in_order() {
 }
 
 #[test]
+fn a_file_created_after_a_quiet_spell_is_seen_when_the_directory_changes() {
+    let dir = TempDir::new();
+    let config = dir.config("");
+    let mut b = FileWriter::open(&config, &schema()).unwrap();
+    b.write(&row_batch(&rows(0..1))).unwrap();
+    // Long enough after b's file was created that b stops listing the
+    // directory at each write.
+    std::thread::sleep(super::RELIST_GRACE * 3);
+    b.write(&row_batch(&rows(1..2))).unwrap();
+    b.write(&row_batch(&rows(2..3))).unwrap();
+    let mut a = FileWriter::open(&config, &schema()).unwrap();
+    a.write(&row_batch(&rows(10..12))).unwrap();
+    // a's new file changed the directory: b lists it and skips a's rows.
+    b.write(&row_batch(&rows(10..13))).unwrap();
+    // An append to a file b knows does not change the directory: b still sees it.
+    a.write(&row_batch(&rows(20..21))).unwrap();
+    b.write(&row_batch(&rows(20..21))).unwrap();
+    drop((a, b));
+    assert_eq!(dir.lines().len(), 3 + 2 + 1 + 1, "{:?}", dir.lines());
+}
+
+#[test]
 fn instances_sharing_the_directory_see_each_others_rows() {
     let dir = TempDir::new();
     let config = dir.config("");
