@@ -34,6 +34,9 @@
 //! The files go under `target/` (the disk the fsyncs measure);
 //! `SLUICE_BENCH_FILES_DIR` puts them under another directory (a tmpfs such as
 //! `/dev/shm` takes the disk out and leaves the CPU work and the host calls).
+//! `SLUICE_BENCH_FILES_KEPT=N` puts N finished files, older than the dedupe
+//! window, in the file writer's directory first, as a directory where finished
+//! files are kept (default 0).
 
 mod common;
 
@@ -154,6 +157,8 @@ struct Bench {
     db: String,
     tmp: PathBuf,
     n: usize,
+    /// Finished files older than the window put in the file writer's directory.
+    files_kept: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -249,6 +254,7 @@ async fn run() -> anyhow::Result<()> {
         db: db.clone(),
         tmp: tmp.clone(),
         n,
+        files_kept: env_usize("SLUICE_BENCH_FILES_KEPT", 0),
     };
 
     let groups: Vec<Group> = [
@@ -501,11 +507,16 @@ impl Bench {
             Group::FilesPlugin => {
                 let dir = self.tmp.join(format!("wasm{round}"));
                 std::fs::create_dir_all(&dir)?;
+                keep_finished_files(&dir, self.files_kept)?;
                 let config = r#"{"format":"ndjson","prefix":"cdr"}"#.to_string();
                 let grants = Grants::none().with_directory(&dir);
                 let w = self.writer(&self.files, config, grants).await?;
                 let elapsed = self.write_all(w).await?;
-                ensure!(count_lines(&dir)? == n, "lines in {}", dir.display());
+                ensure!(
+                    count_lines(&dir)? == n + self.files_kept,
+                    "lines in {}",
+                    dir.display()
+                );
                 (FILES_PLUGIN, elapsed)
             }
             Group::FilesPlain => {
@@ -877,6 +888,21 @@ fn plain_files(dir: &Path, rows: &[Cdr], batch: usize) -> anyhow::Result<Duratio
         out.get_ref().sync_data()?;
     }
     Ok(t.elapsed())
+}
+
+/// `n` finished files of one line each, named as file-writer names them and
+/// last changed two hours ago (outside the default 15-minute window).
+fn keep_finished_files(dir: &Path, n: usize) -> anyhow::Result<()> {
+    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for i in 0..n {
+        let path = dir.join(format!(
+            "cdr-20261127T080000.{i:06}Z-00000000000000aa.ndjson"
+        ));
+        let file = std::fs::File::create(&path)?;
+        (&file).write_all(b"{\"call_id\":\"kept\"}\n")?;
+        file.set_modified(old)?;
+    }
+    Ok(())
 }
 
 fn count_lines(dir: &Path) -> anyhow::Result<usize> {
