@@ -515,8 +515,13 @@ impl FileWriter {
     /// at each time, since other instances append to theirs.
     fn refresh(&mut self, now: SystemTime) -> io::Result<()> {
         let dir_mtime = self.dir.mtime()?;
+        // (A modification time ahead of our clock, as a file server's may be,
+        // counts as recent.)
         let relist = self.listed.is_none_or(|(mtime, at)| {
-            mtime != dir_mtime || at.duration_since(dir_mtime).is_ok_and(|d| d < RELIST_GRACE)
+            mtime != dir_mtime
+                || !at
+                    .duration_since(dir_mtime)
+                    .is_ok_and(|d| d >= RELIST_GRACE)
         });
         if relist {
             let prefix = &self.config.prefix;
