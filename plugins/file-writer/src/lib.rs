@@ -517,13 +517,12 @@ impl FileWriter {
         let dir_mtime = self.dir.mtime()?;
         // (A modification time ahead of our clock, as a file server's may be,
         // counts as recent.)
-        let relist = self.listed.is_none_or(|(mtime, at)| {
-            mtime != dir_mtime
-                || !at
-                    .duration_since(dir_mtime)
-                    .is_ok_and(|d| d >= RELIST_GRACE)
+        let changed = self.listed.is_none_or(|(mtime, _)| mtime != dir_mtime);
+        let recent = self.listed.is_some_and(|(_, at)| {
+            !at.duration_since(dir_mtime)
+                .is_ok_and(|d| d >= RELIST_GRACE)
         });
-        if relist {
+        if changed || recent {
             let prefix = &self.config.prefix;
             self.listing = self
                 .dir
@@ -532,8 +531,12 @@ impl FileWriter {
                 .filter_map(|name| files::parse(prefix, &name).map(|parsed| (name, parsed)))
                 .collect();
             self.listed = Some((dir_mtime, now));
-            let listed: HashSet<&str> = self.listing.iter().map(|(n, _)| n.as_str()).collect();
-            self.outside.retain(|name| listed.contains(name.as_str()));
+            // Forget the names gone (only when something was removed or renamed
+            // could one be: not at each listing within the grace).
+            if changed {
+                let listed: HashSet<&str> = self.listing.iter().map(|(n, _)| n.as_str()).collect();
+                self.outside.retain(|name| listed.contains(name.as_str()));
+            }
         }
         let listing = std::mem::take(&mut self.listing);
         let followed = self.follow(&listing, now);
