@@ -41,6 +41,23 @@ fn schema() -> Schema {
     }
 }
 
+/// A probe writer instance with `config` under `grants`, not opened yet.
+fn writer(
+    rt: &Arc<PluginRuntime>,
+    probe: &Arc<LoadedPlugin>,
+    config: serde_json::Value,
+    grants: Grants,
+) -> WriterInstance {
+    WriterInstance::new(
+        rt.clone(),
+        probe.clone(),
+        "grants",
+        config.to_string(),
+        schema(),
+        grants,
+    )
+}
+
 /// Opens the probe with `config` under `grants`: `Ok`, or the error text.
 async fn open(
     rt: &Arc<PluginRuntime>,
@@ -48,14 +65,7 @@ async fn open(
     config: serde_json::Value,
     grants: Grants,
 ) -> Result<(), String> {
-    let mut writer = WriterInstance::new(
-        rt.clone(),
-        probe.clone(),
-        "grants",
-        config.to_string(),
-        schema(),
-        grants,
-    );
+    let mut writer = writer(rt, probe, config, grants);
     writer.open().await.map_err(|e| {
         assert!(matches!(e, CallError::Failed { .. }), "{e}");
         e.to_string()
@@ -349,12 +359,10 @@ async fn a_writer_with_a_directory_is_stopped_at_the_time_limit() {
     let rt = runtime();
     let probe = probe(&rt).await;
     let dir = scratch();
-    let mut writer = WriterInstance::new(
-        rt.clone(),
-        probe.clone(),
-        "grants",
-        json!({ "file": "/data/a.txt", "spin": true }).to_string(),
-        schema(),
+    let mut writer = writer(
+        &rt,
+        &probe,
+        json!({ "file": "/data/a.txt", "spin": true }),
         Grants::none().with_directory(&dir),
     );
     let started = std::time::Instant::now();
