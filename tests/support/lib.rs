@@ -23,6 +23,7 @@ pub const TEST_PLUGIN_CRATES: &[&str] = &[
     "plugins/json-source",
     "plugins/postgres-writer",
     "tests/plugins/chaos-source",
+    "tests/plugins/chaos-writer",
     "tests/plugins/not-a-plugin",
     "tests/plugins/marked-source",
     "tests/plugins/grant-probe",

@@ -1,6 +1,9 @@
 //! A misbehaving source for the host's tests. The body of each message says what
 //! to do: `panic`, `loop`, `alloc`, `probe` (report what the sandbox lets it see),
-//! or anything else to emit one row keyed by the body.
+//! `sleep:MS` (sleep that long with `std::thread::sleep`, then emit a row),
+//! `flood:N` (log N warning lines, then emit a row), `reject:BYTES` (reject the
+//! message with a reason of that many bytes), or anything else to emit one row
+//! keyed by the body.
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,8 +56,20 @@ impl Source for Chaos {
                     .text(&format!("env={env} file={file} clock={clock}"))
                     .end_row();
             }
-            id => {
-                rows.text(id).null().end_row();
+            other => {
+                if let Some(ms) = other.strip_prefix("sleep:") {
+                    let ms: u64 = ms.parse().map_err(|_| format!("bad sleep: {ms}"))?;
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                } else if let Some(n) = other.strip_prefix("flood:") {
+                    let n: u64 = n.parse().map_err(|_| format!("bad flood: {n}"))?;
+                    for i in 0..n {
+                        sluice_plugin_sdk::log::warn(&format!("chaos: flood line {i}"));
+                    }
+                } else if let Some(bytes) = other.strip_prefix("reject:") {
+                    let bytes: usize = bytes.parse().map_err(|_| format!("bad reject: {bytes}"))?;
+                    return Err("r".repeat(bytes));
+                }
+                rows.text(other).null().end_row();
             }
         }
         Ok(())
