@@ -4,8 +4,15 @@
 //!
 //! - `GET /healthz`: `200 ok` while the process serves HTTP (liveness).
 //! - `GET /readyz`: `200 ready` when the plugins are loaded, the daemon is not
-//!   draining, and every consumer has its RabbitMQ session open; otherwise `503`
-//!   with one line per reason (`pipeline cdr consumer 1: RabbitMQ session lost: …`).
+//!   draining, and every consumer has its RabbitMQ session open and is not
+//!   stalled; otherwise `503` with one line per reason (`pipeline cdr consumer 1:
+//!   RabbitMQ session lost: …`, `pipeline cdr consumer 0: stalled for 12.0s at
+//!   write: …`).
+//!
+//! A stalled consumer (a batch it cannot finish: a store down, a batch retried)
+//! makes the daemon unready but not dead: it keeps beating while it waits, so
+//! `/healthz` and the systemd watchdog stay happy. Restarting the daemon cannot
+//! bring a store back; it would only re-read the batch.
 //! - `GET /metrics`: every metric, OpenMetrics text ([`Metrics::render`]).
 //!
 //! Other paths get `404`, other methods `405`.
@@ -68,6 +75,8 @@ struct Consumer {
     last_beat: Instant,
     /// Why the session went down last.
     last_error: Option<String>,
+    /// Since when, where and why the consumer is stalled, if it is.
+    stalled: Option<(Instant, String)>,
 }
 
 impl Consumer {
@@ -76,6 +85,7 @@ impl Consumer {
             connected: false,
             last_beat: Instant::now(),
             last_error: None,
+            stalled: None,
         }
     }
 }
@@ -127,6 +137,20 @@ impl Health {
         self.with_consumer(pipeline, consumer, |c| c.last_beat = Instant::now());
     }
 
+    /// Consumer `consumer` of `pipeline` holds a batch it cannot finish, because
+    /// of `why` (`None`: it finished one again). Counts as a beat: a stalled
+    /// consumer is waiting to retry, not wedged. The first call of a stall sets
+    /// its start; later ones update the reason.
+    pub fn stalled(&self, pipeline: &str, consumer: usize, why: Option<&str>) {
+        self.with_consumer(pipeline, consumer, |c| {
+            c.last_beat = Instant::now();
+            c.stalled = why.map(|why| {
+                let since = c.stalled.as_ref().map_or_else(Instant::now, |s| s.0);
+                (since, why.to_owned())
+            });
+        });
+    }
+
     /// Forgets a pipeline's consumers (the pipeline was removed by a reload, or
     /// has stopped).
     pub fn remove_pipeline(&self, pipeline: &str) {
@@ -166,12 +190,20 @@ impl Health {
         if state.draining {
             reasons.push("draining: the daemon is shutting down".to_owned());
         }
+        let now = Instant::now();
         for (pipeline, consumers) in &state.pipelines {
-            for (index, c) in consumers.iter().filter(|(_, c)| !c.connected) {
-                reasons.push(match &c.last_error {
-                    Some(why) => format!("pipeline {pipeline} consumer {index}: {why}"),
-                    None => format!("pipeline {pipeline} consumer {index}: not consuming yet"),
-                });
+            for (index, c) in consumers {
+                if let Some((since, why)) = &c.stalled {
+                    let quiet = now.saturating_duration_since(*since).as_secs_f64();
+                    reasons.push(format!(
+                        "pipeline {pipeline} consumer {index}: stalled for {quiet:.1}s at {why}"
+                    ));
+                } else if !c.connected {
+                    reasons.push(match &c.last_error {
+                        Some(why) => format!("pipeline {pipeline} consumer {index}: {why}"),
+                        None => format!("pipeline {pipeline} consumer {index}: not consuming yet"),
+                    });
+                }
             }
         }
         for (pipeline, why) in &state.paused {
@@ -529,5 +561,29 @@ mod tests {
         assert!(!health.alive_within(Duration::from_millis(20)));
         health.set_draining(true);
         assert!(health.alive_within(Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn a_stalled_consumer_is_unready_but_alive_until_it_recovers() {
+        let health = Health::new();
+        health.set_plugins_loaded(true);
+        health.consumer_up("cdr", 0);
+        assert_eq!(health.readiness(), Ok(()));
+        health.stalled("cdr", 0, Some("write: writing failed: store down"));
+        std::thread::sleep(Duration::from_millis(20));
+        health.stalled("cdr", 0, Some("write: writing failed: still down"));
+        let reasons = health.readiness().unwrap_err();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("pipeline cdr consumer 0: stalled for 0.0")
+                && reasons[0].ends_with("s at write: writing failed: still down"),
+            "the stall keeps its start and shows the latest reason: {reasons:?}"
+        );
+        assert!(
+            health.alive_within(Duration::from_secs(60)),
+            "a stall beats: the watchdog must not restart the daemon for it"
+        );
+        health.stalled("cdr", 0, None);
+        assert_eq!(health.readiness(), Ok(()));
     }
 }

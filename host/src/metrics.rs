@@ -158,6 +158,8 @@ pub struct Metrics {
     plugin_failures: Family<FailureLabels, Counter>,
     retries: Family<StageLabels, Counter>,
     connected: Family<ConsumerLabels, Gauge>,
+    stalled: Family<ConsumerLabels, Gauge>,
+    stalls: Family<StageLabels, Counter>,
     reconnects: Family<PipelineLabels, Counter>,
     plugin_loads: Family<LoadLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
@@ -181,6 +183,8 @@ impl Metrics {
             plugin_failures: Family::default(),
             retries: Family::default(),
             connected: Family::default(),
+            stalled: Family::default(),
+            stalls: Family::default(),
             reconnects: Family::default(),
             plugin_loads: Family::default(),
             reloads: Family::default(),
@@ -246,6 +250,16 @@ impl Metrics {
             m.connected.clone(),
         );
         registry.register(
+            "consumer_stalled",
+            "1 while the consumer holds a batch it cannot finish (a store down, a plugin failing, a batch retried), else 0.",
+            m.stalled.clone(),
+        );
+        registry.register(
+            "stalls",
+            "Stalls that began, by stage (decode, write): a batch that failed and waits to be tried again.",
+            m.stalls.clone(),
+        );
+        registry.register(
             "amqp_reconnects",
             "RabbitMQ sessions reopened after being lost.",
             m.reconnects.clone(),
@@ -287,6 +301,7 @@ impl Metrics {
             };
             let _ = self.dead_lettered.get_or_create(&stage);
             let _ = self.retries.get_or_create(&stage);
+            let _ = self.stalls.get_or_create(&stage);
         }
         PipelineMetrics {
             received: self.received.get_or_create_owned(&labels),
@@ -422,6 +437,21 @@ impl PipelineMetrics {
                 consumer,
             })
             .set(i64::from(up));
+    }
+
+    /// Sets whether consumer `consumer` is stalled; `stage` is where a stall
+    /// began (counted once per stall), `None` when it ends.
+    pub fn stalled(&self, consumer: usize, stage: Option<&str>) {
+        self.metrics
+            .stalled
+            .get_or_create(&ConsumerLabels {
+                pipeline: self.name.to_string(),
+                consumer,
+            })
+            .set(i64::from(stage.is_some()));
+        if let Some(stage) = stage {
+            self.metrics.stalls.get_or_create(&self.stage(stage)).inc();
+        }
     }
 
     /// Counts one RabbitMQ session reopened after being lost.

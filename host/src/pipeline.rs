@@ -11,10 +11,21 @@
 //!
 //! - a writer's retriable error, or any error that is not about the data (a store
 //!   refusing to open, an invalid configuration), is retried with backoff while
-//!   the messages stay unacked; the pipeline stalls but loses nothing;
+//!   the messages stay unacked; the pipeline stalls but loses nothing, and the
+//!   stall shows (a log line when it begins and when it ends, the
+//!   `sluice_consumer_stalled` gauge, `/readyz`);
 //! - a plugin that crashes on a batch (trap, timeout, memory) has the batch split
 //!   in halves until the message or row that crashes it is found; that one is
 //!   dead-lettered with the crash as its reason and the rest goes on;
+//! - a writer that fails a batch with its own non-retriable error twice in a row
+//!   gets the same treatment: whatever the error, if it is about some rows, the
+//!   halves that hold none of them commit and the rows are found. Rows are
+//!   dead-lettered that way only with evidence that the store takes other rows
+//!   (a piece of the same batch committed, or, for a batch of one row, the
+//!   writer committed since it last dead-lettered a row without such evidence).
+//!   Without it the failure may be the store's (a dropped table, a revoked
+//!   grant): the batch waits, stalled, and takes in the messages that arrived
+//!   meanwhile, whose rows then tell the store's failure from a poison row;
 //! - a lost broker connection drops the session; the broker requeues what was
 //!   not acked, and the consumer reconnects with backoff. Rows written but not
 //!   acked are written again on redelivery, and the writers' idempotence on the
@@ -25,7 +36,7 @@ mod batch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -34,8 +45,8 @@ use crate::admin::Health;
 use crate::config::PipelineConfig;
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{
-    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
-    SourceInstance, WriterInstance,
+    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
+    RowBatch, SourceInstance, WriterInstance,
 };
 use crate::queue_input::{DeadLetter, Received, Session, SharedConnection};
 
@@ -97,6 +108,51 @@ enum Stop {
     /// The AMQP session failed; reconnect.
     #[error(transparent)]
     Session(#[from] anyhow::Error),
+    /// A writer failed on every piece of the batch it was given, which cannot
+    /// tell a poison row from a store that takes no row: wait, and try again
+    /// with more messages.
+    #[error("{0}")]
+    Inconclusive(CallError),
+}
+
+/// How many rows may fail on their own, with nothing of the batch committed,
+/// before isolating stops: by then the failure is the store's, not the rows'
+/// (a batch of 1000 costs at most about 30 writes to tell).
+const HOPELESS_LEAVES: usize = 8;
+
+/// What taking a failing batch apart found.
+#[derive(Default)]
+struct Isolation {
+    /// Pieces that committed.
+    committed: usize,
+    /// Rows the writer rejected in committed pieces, with their reasons.
+    rejected: Vec<(u32, String)>,
+    /// Rows that failed the write on their own, with the error.
+    alone: Vec<(u32, String)>,
+}
+
+impl Isolation {
+    /// Whether splitting further is pointless: many rows failed alone and
+    /// nothing committed.
+    fn hopeless(&self) -> bool {
+        self.committed == 0 && self.alone.len() >= HOPELESS_LEAVES
+    }
+}
+
+/// Whether a writer's failure may be caused by the rows it was given: a crash,
+/// a contract breach or the plugin's own non-retriable error while writing.
+/// Failures to open, retriable errors, invalid configurations and the host's
+/// capability errors are about the store or the setup, never the rows.
+fn may_be_the_rows(error: &CallError) -> bool {
+    error.func() == "write"
+        && (error.is_crash()
+            || matches!(
+                error,
+                CallError::Failed {
+                    error: PluginError::Fatal(_),
+                    ..
+                }
+            ))
 }
 
 /// Exponential backoff between `initial` and `max`.
@@ -177,7 +233,19 @@ struct Worker {
     writers: Vec<WriterInstance>,
     /// The column types of the source's schema, to find row boundaries.
     types: Vec<sluice_plugin_sdk::ColumnType>,
+    /// Per writer: whether it committed since it last dead-lettered a row
+    /// without a committed piece of the same batch to vouch for the store.
+    proven: Vec<bool>,
     backoff: Backoff,
+    /// The stall under way, if any.
+    stall: Option<Stall>,
+}
+
+/// A consumer's batch that keeps failing.
+struct Stall {
+    since: Instant,
+    stage: &'static str,
+    attempts: u32,
 }
 
 /// The outcome of one message after decoding: its rows or why it was refused.
@@ -216,7 +284,9 @@ impl Worker {
             writers: Vec::new(),
             schema: None,
             types: Vec::new(),
+            proven: Vec::new(),
             backoff,
+            stall: None,
         }
     }
 
@@ -230,7 +300,7 @@ impl Worker {
             };
             match result {
                 Ok(()) => {
-                    self.backoff.reset();
+                    self.recovered();
                     return Ok(());
                 }
                 Err(e) => {
@@ -359,11 +429,15 @@ impl Worker {
                 )
             })
             .collect();
+        // Opened writers vouch for their store until they dead-letter a row
+        // on its own (see `write`).
+        self.proven = vec![true; self.writers.len()];
         Ok(())
     }
 
     /// Waits out a failure that is not about the data: the messages stay unacked
-    /// and the same batch is tried again.
+    /// and the same batch is tried again. The first wait of a stall says so
+    /// (log, metric, `/readyz`); [`Worker::recovered`] ends it.
     async fn stall(
         &mut self,
         stage: &'static str,
@@ -376,7 +450,22 @@ impl Worker {
         }
         let retry_in = self.backoff.peek();
         self.report.metrics.retry(stage);
-        self.report.health.beat(&self.config.name, self.index);
+        let why = format!("{stage}: {what} failed: {error}");
+        self.report
+            .health
+            .stalled(&self.config.name, self.index, Some(&why));
+        match &mut self.stall {
+            Some(stall) => stall.attempts += 1,
+            None => {
+                self.stall = Some(Stall {
+                    since: Instant::now(),
+                    stage,
+                    attempts: 1,
+                });
+                self.report.metrics.stalled(self.index, Some(stage));
+                tracing::warn!(pipeline = %self.config.name, consumer = self.index, stage, error = %error, "pipeline stalled: a batch cannot be finished; its messages wait in the queue");
+            }
+        }
         if error.is_retriable() {
             tracing::warn!(pipeline = %self.config.name, consumer = self.index, error = %error, ?retry_in, "{what} failed; retrying, messages stay in the queue");
         } else {
@@ -386,6 +475,25 @@ impl Worker {
         self.backoff
             .wait(shutdown, || health.beat(name, index))
             .await
+    }
+
+    /// A batch got through (or the plugins opened): the stall, if any, is over.
+    fn recovered(&mut self) {
+        self.backoff.reset();
+        if let Some(stall) = self.stall.take() {
+            self.report.metrics.stalled(self.index, None);
+            self.report
+                .health
+                .stalled(&self.config.name, self.index, None);
+            tracing::info!(
+                pipeline = %self.config.name,
+                consumer = self.index,
+                stage = stall.stage,
+                attempts = stall.attempts,
+                stalled_s = stall.since.elapsed().as_secs_f64(),
+                "pipeline recovered from its stall"
+            );
+        }
     }
 
     /// Decodes a batch, isolating messages that crash the source.
@@ -454,8 +562,29 @@ impl Worker {
         }
     }
 
-    /// Writes `rows` with writer `w` until it commits, isolating rows that crash
-    /// it. Returns the rejected rows (indices into `rows`) with their reasons.
+    /// One call of writer `w`, measured.
+    async fn call_write(
+        &mut self,
+        w: usize,
+        rows: &RowBatch,
+    ) -> Result<Vec<(u32, String)>, CallError> {
+        let called = Instant::now();
+        let result = self.writers[w].write(rows).await;
+        let plugin = self.writers[w].plugin().info.label();
+        self.report
+            .metrics
+            .plugin_call(&plugin, "write", called.elapsed());
+        if let Err(e) = &result {
+            self.report
+                .metrics
+                .plugin_failure(&plugin, e.func(), e.kind());
+        }
+        result.map(|rejections| rejections.into_iter().map(|r| (r.row, r.reason)).collect())
+    }
+
+    /// Writes `rows` with writer `w` until it commits. Returns the rejected rows
+    /// (indices into `rows`) with their reasons: those the writer refused, and
+    /// those found to fail the write on their own (see the module's docs).
     async fn write(
         &mut self,
         w: usize,
@@ -463,42 +592,94 @@ impl Worker {
         spans: &RowSpans,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Vec<(u32, String)>, Stop> {
+        let mut failed_before = false;
         loop {
-            let called = Instant::now();
-            let result = self.writers[w].write(rows).await;
-            let plugin = self.writers[w].plugin().info.label();
-            self.report
-                .metrics
-                .plugin_call(&plugin, "write", called.elapsed());
-            if let Err(e) = &result {
-                self.report
-                    .metrics
-                    .plugin_failure(&plugin, e.func(), e.kind());
+            let error = match self.call_write(w, rows).await {
+                Ok(rejected) => {
+                    self.proven[w] = true;
+                    return Ok(rejected);
+                }
+                Err(e) => e,
+            };
+            // A plugin's own error may pass (it did not say `retriable`, but a
+            // store can be wrong about that): one more try before taking the
+            // batch apart. A crash is taken apart at once.
+            let take_apart = may_be_the_rows(&error) && (error.is_crash() || failed_before);
+            failed_before = may_be_the_rows(&error);
+            if !take_apart {
+                self.stall("write", "writing", &error, shutdown).await?;
+                continue;
             }
-            match result {
-                Ok(rejections) => {
-                    return Ok(rejections.into_iter().map(|r| (r.row, r.reason)).collect());
+            let mut found = Isolation::default();
+            if rows.count > 1 {
+                if let Err(e) = self.isolate(w, rows, spans, 0, &mut found).await {
+                    // The store went away meanwhile: what committed stays (writes
+                    // are idempotent), the whole batch is tried again.
+                    failed_before = false;
+                    self.stall("write", "writing", &e, shutdown).await?;
+                    continue;
                 }
-                Err(e) if e.is_crash() && e.func() == "write" => {
-                    if rows.count <= 1 {
-                        tracing::warn!(pipeline = %self.config.name, error = %e, "a row crashes a writer plugin; dead-lettering its message");
-                        return Ok((0..rows.count).map(|r| (r, e.to_string())).collect());
-                    }
-                    let mid = rows.count / 2;
-                    let (left, right) = (
-                        spans.slice(rows, 0, mid),
-                        spans.slice(rows, mid, rows.count),
-                    );
-                    let left_spans = spans.sub(0, mid);
-                    let right_spans = spans.sub(mid, rows.count);
-                    let mut out = Box::pin(self.write(w, &left, &left_spans, shutdown)).await?;
-                    let right_out = Box::pin(self.write(w, &right, &right_spans, shutdown)).await?;
-                    out.extend(right_out.into_iter().map(|(r, reason)| (r + mid, reason)));
-                    return Ok(out);
+            } else {
+                found.alone.push((0, error.to_string()));
+            }
+            let vouched = found.committed > 0 || (found.alone.len() == 1 && self.proven[w]);
+            if !found.alone.is_empty() && !vouched {
+                return Err(Stop::Inconclusive(error));
+            }
+            self.proven[w] = found.committed > 0;
+            for (row, reason) in &found.alone {
+                tracing::warn!(pipeline = %self.config.name, consumer = self.index, row, error = %reason, "a row fails the writer on its own; dead-lettering its message");
+            }
+            let mut rejected = found.rejected;
+            rejected.append(&mut found.alone);
+            rejected.sort_by_key(|(row, _)| *row);
+            return Ok(rejected);
+        }
+    }
+
+    /// Takes apart `rows`, a piece of a batch that writer `w` failed on (rows
+    /// `offset..` of the batch): writes both halves, then splits again those
+    /// that failed in a way that may be the rows', down to single rows. Both
+    /// halves are tried before either is split, so that a half of good rows
+    /// commits (and vouches for the store) before single rows are counted
+    /// against it. Records what committed and which rows failed alone in
+    /// `found`; stops early when that is [hopeless](Isolation::hopeless).
+    /// `Err`: a failure that is not the rows' (the store went away meanwhile).
+    async fn isolate(
+        &mut self,
+        w: usize,
+        rows: &RowBatch,
+        spans: &RowSpans,
+        offset: u32,
+        found: &mut Isolation,
+    ) -> Result<(), CallError> {
+        let mid = rows.count / 2;
+        let mut failed = Vec::new();
+        for (from, to) in [(0, mid), (mid, rows.count)] {
+            let piece = spans.slice(rows, from, to);
+            match self.call_write(w, &piece).await {
+                Ok(rejected) => {
+                    found.committed += 1;
+                    let at = offset + from;
+                    found
+                        .rejected
+                        .extend(rejected.into_iter().map(|(r, why)| (r + at, why)));
                 }
-                Err(e) => self.stall("write", "writing", &e, shutdown).await?,
+                Err(e) if may_be_the_rows(&e) && piece.count == 1 => {
+                    found.alone.push((offset + from, e.to_string()));
+                }
+                Err(e) if may_be_the_rows(&e) => failed.push((from, to, piece)),
+                Err(e) => return Err(e),
             }
         }
+        for (from, to, piece) in failed {
+            if found.hopeless() {
+                return Ok(());
+            }
+            let piece_spans = spans.sub(from, to);
+            Box::pin(self.isolate(w, &piece, &piece_spans, offset + from, found)).await?;
+        }
+        Ok(())
     }
 
     /// Handles one batch end to end. Returns once its messages are acked (or
@@ -506,14 +687,14 @@ impl Worker {
     async fn process(
         &mut self,
         session: &Session,
-        received: Vec<Received>,
-        messages: Vec<Message>,
+        received: &[Received],
+        messages: &[Message],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
         let started = Instant::now();
         self.report.metrics.received(messages.len() as u64);
         let (decoded, mut refusals, spans) = loop {
-            let (decoded, refusals) = self.decode(&messages, shutdown).await?;
+            let (decoded, refusals) = self.decode(messages, shutdown).await?;
             match RowSpans::new(&self.types, &decoded.rows) {
                 Ok(spans) => break (decoded, refusals, spans),
                 Err(e) => {
@@ -561,7 +742,7 @@ impl Worker {
                 }
             }
         }
-        self.backoff.reset();
+        self.recovered();
 
         let letters: Vec<DeadLetter> = refusals
             .iter()
@@ -631,6 +812,9 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
             }
             match consume(&mut worker, &mut shutdown, &mut reconnect).await {
                 Ok(()) | Err(Stop::Shutdown) => break,
+                Err(Stop::Inconclusive(_)) => {
+                    unreachable!("consume() waits out an inconclusive batch itself")
+                }
                 Err(Stop::Session(e)) => {
                     let why = format!("RabbitMQ session lost: {e:#}");
                     worker
@@ -693,7 +877,6 @@ async fn fill(
     deadline: tokio::time::Instant,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, Stop> {
-    use futures::FutureExt as _;
     use tokio::time::{Instant, sleep_until};
     let max = worker.config.batch.max_messages;
     let mut beat_due = Instant::now() + IDLE_BEAT;
@@ -776,22 +959,104 @@ async fn consume(
             // Stop the flow first, then finish what is in hand.
             session.cancel().await.ok();
         }
-        worker.refresh_plugins().await;
-        match worker.process(&session, received, messages, shutdown).await {
-            // Only a session that got a batch through resets the reconnect backoff:
-            // one that opens and fails on every batch backs off like a failed
-            // connection.
-            Ok(()) => reconnect.reset(),
-            Err(Stop::Shutdown) => {
-                session.close().await;
-                return Err(Stop::Shutdown);
+        loop {
+            worker.refresh_plugins().await;
+            match worker
+                .process(&session, &received, &messages, shutdown)
+                .await
+            {
+                // Only a session that got a batch through resets the reconnect
+                // backoff: one that opens and fails on every batch backs off like
+                // a failed connection.
+                Ok(()) => {
+                    reconnect.reset();
+                    break;
+                }
+                Err(Stop::Inconclusive(error)) => {
+                    let what = "writing (no row of the batch could be written alone)";
+                    if let Err(stop) = worker.stall("write", what, &error, shutdown).await {
+                        session.close().await;
+                        return Err(stop);
+                    }
+                    // Take in what arrived meanwhile: rows that land show the
+                    // store is fine, and the failing rows are then dead-lettered.
+                    if !stopping {
+                        while messages.len() < max {
+                            match stream.next().now_or_never() {
+                                None => break,
+                                Some(next) => take(next, &mut received, &mut messages)?,
+                            }
+                        }
+                    }
+                }
+                Err(Stop::Shutdown) => {
+                    session.close().await;
+                    return Err(Stop::Shutdown);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         if stopping || *shutdown.borrow() {
             session.cancel().await.ok();
             session.close().await;
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(func: &'static str, error: PluginError) -> CallError {
+        CallError::Failed {
+            plugin: "w@1".into(),
+            func,
+            error,
+        }
+    }
+
+    #[test]
+    fn only_failures_while_writing_that_are_not_the_stores_may_be_the_rows() {
+        assert!(may_be_the_rows(&failed(
+            "write",
+            PluginError::Fatal("x".into())
+        )));
+        assert!(may_be_the_rows(&CallError::Trap {
+            plugin: "w@1".into(),
+            func: "write",
+            reason: "panicked".into(),
+        }));
+        assert!(!may_be_the_rows(&failed(
+            "write",
+            PluginError::Retriable("store down".into())
+        )));
+        assert!(!may_be_the_rows(&failed(
+            "write",
+            PluginError::InvalidConfig("tabel".into())
+        )));
+        assert!(!may_be_the_rows(&failed(
+            "open",
+            PluginError::Fatal("x".into())
+        )));
+        assert!(!may_be_the_rows(&CallError::Capability {
+            plugin: "w@1".into(),
+            reason: "no directory".into(),
+        }));
+    }
+
+    #[test]
+    fn isolating_is_hopeless_only_when_many_rows_failed_alone_and_nothing_committed() {
+        let mut found = Isolation {
+            alone: (0..HOPELESS_LEAVES as u32 - 1)
+                .map(|r| (r, "e".into()))
+                .collect(),
+            ..Isolation::default()
+        };
+        assert!(!found.hopeless());
+        found.alone.push((99, "e".into()));
+        assert!(found.hopeless());
+        found.committed = 1;
+        assert!(!found.hopeless(), "a committed piece vouches for the store");
     }
 }

@@ -11,6 +11,7 @@ mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
 mod service;
+mod stalls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -151,6 +151,10 @@ fn kind_of_sqlstate(code: &str) -> ErrorKind {
         c if c.starts_with("08") || c.starts_with("53") => ErrorKind::Retriable,
         // Data exceptions and integrity constraint violations: the data is refused.
         c if c.starts_with("22") || c.starts_with("23") => ErrorKind::Data,
+        // Program limit exceeded: a value too large for an index (`index row
+        // size … exceeds btree version 4 maximum`, a key of a few KB) or a row
+        // too large. The rest of class 54 is about statements, not data.
+        "54000" => ErrorKind::Data,
         _ => ErrorKind::Other,
     }
 }
@@ -444,6 +448,8 @@ mod tests {
         assert_eq!(kind_of_sqlstate("40001"), ErrorKind::Retriable);
         assert_eq!(kind_of_sqlstate("23505"), ErrorKind::Data); // unique violation
         assert_eq!(kind_of_sqlstate("22003"), ErrorKind::Data); // numeric out of range
+        assert_eq!(kind_of_sqlstate("54000"), ErrorKind::Data); // index row too large
+        assert_eq!(kind_of_sqlstate("54001"), ErrorKind::Other); // statement too complex
         assert_eq!(kind_of_sqlstate("42P01"), ErrorKind::Other); // undefined table
         assert_eq!(kind_of_sqlstate("42501"), ErrorKind::Other); // permission denied
     }
