@@ -436,6 +436,77 @@ fn compile(
     // artifact, which a concurrent build could otherwise overwrite in between.
     let _lock = lock_exclusive(&cache.join("plugin-target.lock"), "another plugin build")?;
 
+    let run = || {
+        run_cargo_build(
+            cargo,
+            crate_dir,
+            manifest,
+            &target_dir,
+            package,
+            target,
+            debug,
+        )
+    };
+    let messages = run()?;
+    let (mut artifact, fresh) = find_artifact(&messages, package)?;
+    // A cdylib's output file has no hash in its name: two crates with the same
+    // package name (a fork and its original, a template and the real plugin)
+    // share `deps/<name>.wasm` in the shared target dir, and cargo takes a crate
+    // whose sources are older than that file for fresh, though the file is the
+    // other crate's. So the file's owner is recorded beside it, and a "fresh"
+    // file that another crate wrote is removed and built again.
+    let owner = owner_file(&artifact);
+    let ours = manifest.to_string_lossy();
+    if fresh && std::fs::read_to_string(&owner).ok().as_deref() != Some(&*ours) {
+        tracing::info!(package = %package.name, artifact = %artifact.display(), "the cached artifact was built from another crate of the same name; building again");
+        for stale in [artifact.clone(), deps_copy(&artifact)] {
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", stale.display())),
+            }
+        }
+        let again = run()?;
+        let (rebuilt, still_fresh) = find_artifact(&again, package)?;
+        if still_fresh {
+            bail!(
+                "cargo kept {} though it was built from another crate; remove {} and build again",
+                rebuilt.display(),
+                target_dir.display()
+            );
+        }
+        artifact = rebuilt;
+    }
+    std::fs::write(&owner, ours.as_bytes())
+        .with_context(|| format!("writing {}", owner.display()))?;
+    std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))
+}
+
+/// Where the manifest path of the crate that built `artifact` is kept.
+fn owner_file(artifact: &Path) -> PathBuf {
+    let mut name = artifact.file_name().unwrap_or_default().to_os_string();
+    name.push(".sluice-owner");
+    artifact.with_file_name(name)
+}
+
+/// The copy of an uplifted artifact (`<profile>/<name>.wasm`) that cargo keeps
+/// in `<profile>/deps/`, whose timestamp decides freshness.
+fn deps_copy(artifact: &Path) -> PathBuf {
+    let name = artifact.file_name().unwrap_or_default();
+    artifact.with_file_name("deps").join(name)
+}
+
+/// Runs `cargo build` of the crate's library for `target`, and returns cargo's
+/// JSON messages.
+fn run_cargo_build(
+    cargo: &CargoCommand,
+    crate_dir: &Path,
+    manifest: &Path,
+    target_dir: &Path,
+    package: &Package,
+    target: WasmTarget,
+    debug: bool,
+) -> Result<Vec<CargoMessage>> {
     let mut cmd = cargo.command(crate_dir);
     cmd.arg("build");
     if !debug {
@@ -444,7 +515,7 @@ fn compile(
     cmd.args(["--lib", "--target", target.triple(), "--manifest-path"])
         .arg(manifest)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         .arg("--message-format=json-render-diagnostics")
         .args(&cargo.build_args);
     // Guests: small and fast; a panic is a trap anyway.
@@ -485,8 +556,7 @@ fn compile(
             package.name
         );
     }
-    let artifact = find_artifact(&messages, package)?;
-    std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))
+    Ok(messages)
 }
 
 /// One JSON line of cargo's `--message-format=json` output (the fields we use).
@@ -501,6 +571,9 @@ struct CargoMessage {
     target: Option<ArtifactTarget>,
     #[serde(default)]
     filenames: Vec<PathBuf>,
+    /// Whether cargo took the artifact as up to date, without compiling.
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +593,8 @@ fn parse_messages(output: &str) -> Vec<CargoMessage> {
 }
 
 /// The `.wasm` file of the package's cdylib among cargo's `compiler-artifact` messages.
-fn find_artifact(messages: &[CargoMessage], package: &Package) -> Result<PathBuf> {
+/// The crate's `.wasm` artifact, and whether cargo took it as up to date.
+fn find_artifact(messages: &[CargoMessage], package: &Package) -> Result<(PathBuf, bool)> {
     let ours = |m: &CargoMessage| {
         m.package_id.as_deref() == Some(package.id.as_str())
             || m.manifest_path.as_deref() == Some(package.manifest_path.as_path())
@@ -539,7 +613,7 @@ fn find_artifact(messages: &[CargoMessage], package: &Package) -> Result<PathBuf
             .iter()
             .find(|f| f.extension().is_some_and(|e| e == "wasm"))
         {
-            found = Some(f.clone());
+            found = Some((f.clone(), m.fresh));
         }
     }
     found.ok_or_else(|| {
@@ -650,7 +724,23 @@ not json at all
         let f = find_artifact(&msgs, &package()).unwrap();
         assert_eq!(
             f,
-            PathBuf::from("/t/wasm32-wasip1/release/guest_check.wasm")
+            (
+                PathBuf::from("/t/wasm32-wasip1/release/guest_check.wasm"),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn an_artifact_keeps_its_owner_beside_it_and_its_deps_copy_below() {
+        let artifact = Path::new("/t/wasm32-wasip1/release/guest_check.wasm");
+        assert_eq!(
+            owner_file(artifact),
+            PathBuf::from("/t/wasm32-wasip1/release/guest_check.wasm.sluice-owner")
+        );
+        assert_eq!(
+            deps_copy(artifact),
+            PathBuf::from("/t/wasm32-wasip1/release/deps/guest_check.wasm")
         );
     }
 
@@ -671,7 +761,7 @@ not json at all
         let out = r#"{"reason":"compiler-artifact","package_id":"guest-check 0.1.0 (path+file:///tmp/guest-check)","manifest_path":"/tmp/guest-check/Cargo.toml","target":{"kind":["cdylib"],"crate_types":["cdylib"],"name":"guest_check"},"filenames":["/t/guest_check.wasm"]}"#;
         assert_eq!(
             find_artifact(&parse_messages(out), &package()).unwrap(),
-            PathBuf::from("/t/guest_check.wasm")
+            (PathBuf::from("/t/guest_check.wasm"), false)
         );
     }
 

@@ -268,3 +268,25 @@ async fn a_generated_source_on_the_embedded_sdk_feeds_the_shipped_postgres_write
     assert_eq!(header("x-sluice-plugin"), format!("{name}@0.1.0"));
     w.finish().await;
 }
+
+#[test]
+fn a_build_outputs_the_crate_named_even_after_another_crate_of_the_same_name() {
+    let dir = std::env::temp_dir().join(sluice_tests::unique_name("same-name"));
+    // A crate that calls itself `postgres-writer`, built first...
+    let impostor = plugin_new("writer", "postgres-writer", &dir.join("crates"), &[]);
+    let theirs = plugin_build(&impostor, &dir.join("theirs"), "postgres-writer");
+    // ...then the real one, from this repository.
+    let real = workspace_root().join("plugins/postgres-writer");
+    let ours = plugin_build(&real, &dir.join("ours"), "postgres-writer");
+    let (theirs, ours) = (std::fs::read(theirs).unwrap(), std::fs::read(ours).unwrap());
+    assert_ne!(
+        ours, theirs,
+        "the output is not the other crate's component"
+    );
+    assert_eq!(
+        ours,
+        std::fs::read(plugin("postgres-writer")).unwrap(),
+        "the output is the real crate's component, as the test support built it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
