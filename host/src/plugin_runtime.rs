@@ -357,7 +357,8 @@ impl PluginRuntime {
         let cache = config
             .cache_dir
             .clone()
-            .map(|dir| ComponentCache::new(dir, &engine));
+            .map(|dir| ComponentCache::open(dir, &engine))
+            .transpose()?;
         Ok(Arc::new(Self {
             engine,
             source_linker,

@@ -101,7 +101,88 @@ async fn compiled_components_are_cached_across_restarts() {
         .unwrap();
     assert_eq!(again.cache, CacheOutcome::Hit);
     assert_eq!(again.info, first.info);
-    let artifacts = std::fs::read_dir(&cache).unwrap().count();
-    assert_eq!(artifacts, 1, "one artifact per content and engine");
+    assert_eq!(
+        artifacts(&cache).len(),
+        1,
+        "one artifact per content and engine"
+    );
     std::fs::remove_dir_all(cache).unwrap();
+}
+
+/// The compiled artifacts in a cache folder.
+fn artifacts(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tampered_compiled_component_is_compiled_again_not_run() {
+    let cache = std::env::temp_dir().join(unique_name("sluice_cache_tamper"));
+    let first = runtime_with_cache(Some(cache.clone()))
+        .load(&plugin("json-source"))
+        .await
+        .unwrap();
+    assert_eq!(first.cache, CacheOutcome::Compiled);
+    // Someone writes over the native code of the cached artifact.
+    let artifact = artifacts(&cache).pop().unwrap();
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    for b in &mut bytes[1_000..1_100] {
+        *b = 0xcc; // int3
+    }
+    std::fs::write(&artifact, &bytes).unwrap();
+    let again = runtime_with_cache(Some(cache.clone()))
+        .load(&plugin("json-source"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.cache,
+        CacheOutcome::Compiled,
+        "the changed artifact is not taken from the cache"
+    );
+    assert_ne!(
+        std::fs::read(&artifact).unwrap(),
+        bytes,
+        "and was replaced by a good one"
+    );
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
+#[test]
+fn a_cache_folder_others_may_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = sluice_tests::daemon::Setup::new("open-cache");
+    let cache = setup.dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = std::fs::read_to_string(setup.config_path()).unwrap();
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("cache_dir = ") {
+                format!("cache_dir = \"{}\"", cache.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(setup.config_path(), config).unwrap();
+    let mut daemon = sluice_tests::daemon::Daemon::start(
+        env!("CARGO_BIN_EXE_sluice-under-test"),
+        &setup,
+        "daemon",
+    );
+    let status = daemon
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("the daemon refuses to start");
+    assert!(!status.success(), "{status}");
+    let log = daemon.log();
+    assert!(
+        log.contains("daemon.cache_dir") && log.contains("mode 0777"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&setup.dir);
 }
