@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 mod apt;
 mod componentize;
@@ -453,12 +454,22 @@ fn compile(
     // package name (a fork and its original, a template and the real plugin)
     // share `deps/<name>.wasm` in the shared target dir, and cargo takes a crate
     // whose sources are older than that file for fresh, though the file is the
-    // other crate's. So the file's owner is recorded beside it, and a "fresh"
-    // file that another crate wrote is removed and built again.
+    // other crate's. So which crate wrote the file, and its digest, are recorded
+    // beside it; a "fresh" file that does not match that record (another crate,
+    // or a builder that keeps no record) is removed and built again.
     let owner = owner_file(&artifact);
-    let ours = manifest.to_string_lossy();
-    if fresh && std::fs::read_to_string(&owner).ok().as_deref() != Some(&*ours) {
-        tracing::info!(package = %package.name, artifact = %artifact.display(), "the cached artifact was built from another crate of the same name; building again");
+    let read = |artifact: &Path| {
+        std::fs::read(artifact).with_context(|| format!("reading {}", artifact.display()))
+    };
+    let record = |bytes: &[u8]| {
+        format!(
+            "{}\n{}\n",
+            manifest.display(),
+            hex::encode(Sha256::digest(bytes))
+        )
+    };
+    if fresh && std::fs::read_to_string(&owner).ok() != Some(record(&read(&artifact)?)) {
+        tracing::info!(package = %package.name, artifact = %artifact.display(), "the cached artifact may have been built from another crate of the same name; building again");
         for stale in [artifact.clone(), deps_copy(&artifact)] {
             match std::fs::remove_file(&stale) {
                 Ok(()) => {}
@@ -477,12 +488,14 @@ fn compile(
         }
         artifact = rebuilt;
     }
-    std::fs::write(&owner, ours.as_bytes())
+    let bytes = read(&artifact)?;
+    std::fs::write(&owner, record(&bytes))
         .with_context(|| format!("writing {}", owner.display()))?;
-    std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))
+    Ok(bytes)
 }
 
-/// Where the manifest path of the crate that built `artifact` is kept.
+/// Where the manifest path of the crate that built `artifact`, and the
+/// artifact's SHA-256, are kept.
 fn owner_file(artifact: &Path) -> PathBuf {
     let mut name = artifact.file_name().unwrap_or_default().to_os_string();
     name.push(".sluice-owner");

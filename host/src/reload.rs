@@ -6,6 +6,14 @@
 //! content did not change is a no-op; a new or changed file is loaded (compiled
 //! and checked off the pipelines' tasks) and, if it is refused, the version that
 //! was loaded from that file before stays in use.
+//!
+//! A plugin's name is its identity: pipelines name the plugins they run, and a
+//! writer receives the grants of the pipeline that names it. So a file cannot
+//! take a plugin's place by declaring its name: while two files declare the
+//! same name, neither is taken in its place. The version in use before the
+//! second file appeared keeps running; at start, or if that version's file was
+//! changed meanwhile, none runs and the pipelines that need it are paused. It
+//! ends when one of the files is removed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +40,8 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 pub struct PluginRegistry {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileEntry>,
+    /// The plugins in use, by name, as of the last scan.
+    in_use: PluginSet,
 }
 
 struct FileEntry {
@@ -41,6 +51,9 @@ struct FileEntry {
     plugin: Option<Arc<LoadedPlugin>>,
     /// Why the content last seen was refused, if it was.
     refused: Option<String>,
+    /// Why its plugin is not in use though it loaded: another file declares
+    /// the same name.
+    conflict: Option<String>,
 }
 
 /// What a scan changed.
@@ -74,6 +87,12 @@ pub struct FileStatus {
     pub refused: Option<String>,
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 fn is_candidate(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "wasm")
         && !path
@@ -87,6 +106,7 @@ impl PluginRegistry {
         Self {
             dir,
             files: BTreeMap::new(),
+            in_use: PluginSet::new(),
         }
     }
 
@@ -147,6 +167,7 @@ impl PluginRegistry {
                             seen: hash,
                             plugin: Some(plugin),
                             refused: None,
+                            conflict: None,
                         },
                     );
                 }
@@ -167,6 +188,7 @@ impl PluginRegistry {
                             seen: hash,
                             plugin: previous,
                             refused: Some(e.to_string()),
+                            conflict: None,
                         },
                     );
                 }
@@ -184,21 +206,68 @@ impl PluginRegistry {
                 summary.unloaded.push(plugin.info.label());
             }
         }
+        self.settle_names(&mut summary);
         Ok(summary)
     }
 
-    /// The plugins in use, by name. Two files declaring the same name: the one
-    /// whose path sorts last wins, with a warning.
-    pub fn plugins(&self) -> PluginSet {
-        let mut set = PluginSet::new();
-        for (path, entry) in &self.files {
-            if let Some(plugin) = &entry.plugin
-                && let Some(other) = set.insert(plugin.info.name.clone(), plugin.clone())
-            {
-                tracing::warn!(plugin = %plugin.info.name, file = %path.display(), other = %other.path.display(), "two files declare the same plugin name; using the later file");
+    /// Decides which plugin is in use for each name (see the module's docs on
+    /// names claimed by several files).
+    fn settle_names(&mut self, summary: &mut ScanSummary) {
+        let mut claims: BTreeMap<String, Vec<(PathBuf, Arc<LoadedPlugin>)>> = BTreeMap::new();
+        for (path, entry) in &mut self.files {
+            entry.conflict = None;
+            if let Some(plugin) = &entry.plugin {
+                claims
+                    .entry(plugin.info.name.clone())
+                    .or_default()
+                    .push((path.clone(), plugin.clone()));
             }
         }
-        set
+        let mut in_use = PluginSet::new();
+        for (name, claimants) in claims {
+            if let [(_, plugin)] = claimants.as_slice() {
+                in_use.insert(name, plugin.clone());
+                continue;
+            }
+            let kept = self.in_use.get(&name).and_then(|before| {
+                claimants
+                    .iter()
+                    .find(|(_, p)| Arc::ptr_eq(p, before))
+                    .map(|(_, p)| p.clone())
+            });
+            let files: Vec<String> = claimants.iter().map(|(p, _)| file_name(p)).collect();
+            let reason = format!(
+                "{} files declare the plugin name `{name}` ({}): a name is a plugin's identity, so none of them takes its place until all but one are removed",
+                claimants.len(),
+                files.join(", ")
+            );
+            match &kept {
+                Some(plugin) => {
+                    tracing::error!(plugin = %plugin.info.label(), kept = %file_name(&plugin.path), files = ?files, "{reason}; the version in use keeps running")
+                }
+                None => {
+                    tracing::error!(plugin = %name, files = ?files, "{reason}; the pipelines that need it are paused")
+                }
+            }
+            summary.refused.push(reason.clone());
+            for (path, plugin) in &claimants {
+                if kept.as_ref().is_some_and(|k| Arc::ptr_eq(k, plugin)) {
+                    continue;
+                }
+                if let Some(entry) = self.files.get_mut(path) {
+                    entry.conflict = Some(reason.clone());
+                }
+            }
+            if let Some(plugin) = kept {
+                in_use.insert(name, plugin);
+            }
+        }
+        self.in_use = in_use;
+    }
+
+    /// The plugins in use, by name.
+    pub fn plugins(&self) -> PluginSet {
+        self.in_use.clone()
     }
 
     /// Every file with what is in use from it and its last refusal.
@@ -208,7 +277,7 @@ impl PluginRegistry {
             .map(|(path, e)| FileStatus {
                 path: path.clone(),
                 plugin: e.plugin.clone(),
-                refused: e.refused.clone(),
+                refused: e.refused.clone().or_else(|| e.conflict.clone()),
             })
             .collect()
     }

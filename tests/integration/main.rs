@@ -12,6 +12,7 @@ mod plugin_loading;
 mod plugin_new;
 mod service;
 mod stalls;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
