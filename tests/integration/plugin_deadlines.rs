@@ -368,11 +368,12 @@ async fn a_writer_that_floods_its_log_is_cut_to_its_rate_and_the_rest_counted() 
         .filter(|l| l.contains("chaos: flood line"))
         .count();
     // Each call that floods is one instance (it is dropped at the deadline):
-    // its burst, plus its rate over the 2 s deadline. The batch of three is
-    // split until the flooder is alone: up to three calls flood.
-    let per_call = 500 + 100 * 2;
+    // its burst, plus its rate over the 2 s deadline (and a second for a late
+    // timer on a busy machine). The batch of three is split until the flooder
+    // is alone: up to three calls flood.
+    let per_call = 500 + 100 * 3;
     assert!(
-        flood_lines > 0 && flood_lines <= 3 * per_call + 100,
+        flood_lines > 0 && flood_lines <= 3 * per_call,
         "{flood_lines} flood lines"
     );
     let summaries: Vec<&str> = log
