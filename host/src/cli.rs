@@ -227,6 +227,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             cache_dir: Some(config.daemon.cache_dir.clone()),
             memory_limit: config.daemon.plugin_memory_limit,
             call_time_limit: config.daemon.plugin_call_timeout,
+            call_deadline: config.daemon.plugin_call_deadline,
+            store_call_timeout: config.daemon.store_call_timeout,
+            metrics: None,
         })?;
         let problems = crate::check::check(&config, &runtime).await;
         if problems.is_empty() {

@@ -68,6 +68,20 @@ pub struct DaemonConfig {
     /// default 10s); time spent waiting on the host (a COPY into Postgres) does not
     /// count. A change applies at the next restart.
     pub plugin_call_timeout: Duration,
+    /// Wall-clock time one plugin call may take (`plugin_call_deadline`,
+    /// default 60s, 10ms to 1h): time the plugin sleeps or waits on its own
+    /// WASI I/O (HTTP requests, sockets, files) counts, time in granted store
+    /// calls does not. A call past it is stopped and fails like a trap, so a
+    /// message that makes a plugin sleep is dead-lettered. A change applies at
+    /// the next restart.
+    pub plugin_call_deadline: Duration,
+    /// Time one call of a granted store (a statement or COPY of the `postgres`
+    /// capability, or connecting) may take (`store_call_timeout`, default 5m,
+    /// 10ms to 1h). Past it the plugin gets a `retriable` error saying it timed
+    /// out: a hung store is a store outage, retried with backoff. Keep it above
+    /// the longest statement a healthy store runs (a big COPY under load), or
+    /// that batch is retried forever. A change applies at the next restart.
+    pub store_call_timeout: Duration,
 }
 
 /// One pipeline (`[[pipelines]]`): a queue, a source plugin that decodes its

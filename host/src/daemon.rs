@@ -277,6 +277,8 @@ impl Daemon {
         if config.daemon.admin_addr != self.config.daemon.admin_addr
             || config.daemon.plugin_memory_limit != self.config.daemon.plugin_memory_limit
             || config.daemon.plugin_call_timeout != self.config.daemon.plugin_call_timeout
+            || config.daemon.plugin_call_deadline != self.config.daemon.plugin_call_deadline
+            || config.daemon.store_call_timeout != self.config.daemon.store_call_timeout
             || config.daemon.cache_dir != self.config.daemon.cache_dir
         {
             tracing::warn!(
@@ -375,12 +377,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let metrics = Metrics::new();
     let runtime = PluginRuntime::new(RuntimeConfig {
         cache_dir: Some(config.daemon.cache_dir.clone()),
         memory_limit: config.daemon.plugin_memory_limit,
         call_time_limit: config.daemon.plugin_call_timeout,
+        call_deadline: config.daemon.plugin_call_deadline,
+        store_call_timeout: config.daemon.store_call_timeout,
+        metrics: Some(metrics.clone()),
     })?;
-    let metrics = Metrics::new();
     let health = Health::new();
     let (exit, exiting) = watch::channel(false);
     if let Some(addr) = config.daemon.admin_addr {

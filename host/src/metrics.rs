@@ -119,6 +119,12 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    pipeline: String,
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LoadLabels {
     plugin: String,
     outcome: &'static str,
@@ -163,6 +169,7 @@ pub struct Metrics {
     reconnects: Family<PipelineLabels, Counter>,
     plugin_loads: Family<LoadLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    plugin_log_dropped: Family<PluginLabels, Counter>,
 }
 
 impl Metrics {
@@ -188,6 +195,7 @@ impl Metrics {
             reconnects: Family::default(),
             plugin_loads: Family::default(),
             reloads: Family::default(),
+            plugin_log_dropped: Family::default(),
         };
         let registry = &mut m.registry;
         // Counter names are registered without `_total`: the encoder adds it.
@@ -236,7 +244,7 @@ impl Metrics {
         );
         registry.register(
             "plugin_failures",
-            "Plugin calls that failed, by kind (trap, timeout, memory, failed, contract).",
+            "Plugin calls that failed, by kind (trap, timeout, deadline, memory, failed, contract).",
             m.plugin_failures.clone(),
         );
         registry.register(
@@ -273,6 +281,11 @@ impl Metrics {
             "reloads",
             "Configuration and plugin reloads, by outcome (applied, refused).",
             m.reloads.clone(),
+        );
+        registry.register(
+            "plugin_log_records_dropped",
+            "Log records of plugins dropped by the per-instance rate limit, by plugin.",
+            m.plugin_log_dropped.clone(),
         );
         Arc::new(m)
     }
@@ -331,6 +344,17 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// Counts `records` log records of `plugin` (serving `pipeline`) dropped by
+    /// the log rate limit.
+    pub fn plugin_log_dropped(&self, pipeline: &str, plugin: &str, records: u64) {
+        self.plugin_log_dropped
+            .get_or_create(&PluginLabels {
+                pipeline: pipeline.to_owned(),
+                plugin: plugin.to_owned(),
+            })
+            .inc_by(records);
     }
 }
 
@@ -410,7 +434,7 @@ impl PipelineMetrics {
     }
 
     /// Counts one failed call of `plugin`'s function `func`; `kind` is `trap`,
-    /// `timeout`, `memory`, `failed` or `contract`.
+    /// `timeout`, `deadline`, `memory`, `failed` or `contract`.
     pub fn plugin_failure(&self, plugin: &str, func: &str, kind: &str) {
         self.metrics
             .plugin_failures

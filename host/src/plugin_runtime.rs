@@ -5,7 +5,8 @@
 //! limits. [`PluginRuntime::load`] turns a `.wasm` file into a [`LoadedPlugin`]
 //! (checked against its world, its WIT version and the imports the host grants);
 //! [`SourceInstance`] and [`WriterInstance`] own one wasmtime `Store` each and run
-//! calls under a memory limit and a time limit. A trap, a timeout or a memory bomb
+//! calls under a memory limit, a time limit on the plugin's own code and a
+//! wall-clock deadline. A trap, a timeout, a passed deadline or a memory bomb
 //! fails that one call with a [`CallError`]; the instance is dropped and the next
 //! call gets a fresh one.
 
@@ -62,6 +63,16 @@ pub struct RuntimeConfig {
     pub memory_limit: usize,
     /// Time one call may spend in plugin code (time in host calls excluded).
     pub call_time_limit: Duration,
+    /// Wall-clock time one call may take, whatever the plugin does with it
+    /// (runs, sleeps, waits on its own HTTP or TCP I/O); time in granted store
+    /// calls excluded (they have `store_call_timeout`).
+    pub call_deadline: Duration,
+    /// Time one call of a granted store (the `postgres` capability) may take
+    /// before the plugin gets a retriable error saying it timed out.
+    pub store_call_timeout: Duration,
+    /// Where plugin instances count what they report on their own (log records
+    /// dropped by the rate limit); `None` outside the daemon.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for RuntimeConfig {
@@ -70,6 +81,9 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             memory_limit: 256 << 20,
             call_time_limit: Duration::from_secs(10),
+            call_deadline: Duration::from_secs(60),
+            store_call_timeout: Duration::from_secs(300),
+            metrics: None,
         }
     }
 }
@@ -553,13 +567,7 @@ impl PluginRuntime {
         grants: Arc<Grants>,
         granted: Granted,
     ) -> Store<PluginState> {
-        let state = PluginState::new(
-            label,
-            grants,
-            granted,
-            self.config.memory_limit,
-            self.config.call_time_limit,
-        );
+        let state = PluginState::new(label, grants, granted, &self.config);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| {

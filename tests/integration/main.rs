@@ -7,6 +7,7 @@ mod daemon;
 mod fan_out;
 mod grants;
 mod hot_reload;
+mod plugin_deadlines;
 mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
@@ -30,6 +31,7 @@ fn runtime_with_cache(cache_dir: Option<std::path::PathBuf>) -> Arc<PluginRuntim
         cache_dir,
         memory_limit: 64 << 20,
         call_time_limit: Duration::from_millis(500),
+        ..RuntimeConfig::default()
     })
     .expect("runtime")
 }

@@ -40,6 +40,9 @@ pub struct Setup {
     /// More `[[pipelines.writers]]` tables, after the postgres-writer (empty by
     /// default).
     pub extra_writers: String,
+    /// More `[daemon]` keys, one a line (e.g. `plugin_call_deadline = "2s"`;
+    /// empty by default). Call a `write_config*` method after setting it.
+    pub daemon_extra: String,
 }
 
 impl Setup {
@@ -64,6 +67,7 @@ impl Setup {
                 "cdr".into(),
             ),
             extra_writers: String::new(),
+            daemon_extra: String::new(),
         };
         setup.write_config("");
         setup
@@ -120,6 +124,7 @@ cache_dir = "{cache}"
 admin_addr = "127.0.0.1:{admin_port}"
 shutdown_timeout = "20s"
 plugin_call_timeout = "10s"
+{daemon_extra}
 
 [connections.rabbit]
 type = "amqp"
@@ -153,6 +158,7 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
             queue = self.queue,
             exchange = self.exchange,
             dead = self.dead_queue,
+            daemon_extra = self.daemon_extra,
         );
         std::fs::write(self.config_path(), text).unwrap();
     }

@@ -4,11 +4,20 @@
 //! The plugin never sees an address or a password: it asks for a grant name, and
 //! the host connects with the grant's settings. Whether an error is worth retrying
 //! is decided here, in one place ([`classify`]), so that every writer agrees.
+//!
+//! Every call is bounded by `store_call_timeout` ([`PluginState::store_call_timeout`]):
+//! a store that does not answer (a lock held forever, a half-open connection) is
+//! a store outage, answered with a `retriable` error that says it timed out,
+//! never a call that hangs. The connection is then closed and its statement
+//! cancelled on the server. Time in these calls is the host's: it counts
+//! neither against the plugin's CPU time (`CallClock`) nor against its
+//! wall-clock deadline (`CallDeadline`).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::SinkExt;
@@ -19,12 +28,14 @@ use wasmtime::component::Resource;
 use crate::plugin_runtime::bindings::v0_1_0::writer::sluice::plugin::postgres::{
     ErrorKind, Host, HostConnection, PgError, PgValue,
 };
-use crate::plugin_runtime::state::PluginState;
+use crate::plugin_runtime::state::{PluginLabel, PluginState};
 
 /// How many connections one plugin instance may hold open at once.
 const MAX_CONNECTIONS_PER_INSTANCE: usize = 4;
 /// How many prepared statements a connection keeps.
 const STATEMENT_CACHE: usize = 64;
+/// How long cancelling the statement of a timed-out call may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Postgres connection a plugin may open, as configuration grants it.
 #[derive(Clone)]
@@ -89,6 +100,35 @@ impl Drop for PgConnection {
 }
 
 impl PgConnection {
+    /// Gives the connection up after one of its calls timed out: cancels the
+    /// statement on the server (a lock it holds is released, a `pg_sleep` ends)
+    /// and closes the connection, so that its later calls fail as retriable
+    /// (the transaction, if any, is gone) rather than queue behind it. Returns
+    /// the plugin's error.
+    fn abandon(&mut self, label: &PluginLabel, call: &str, limit: Duration) -> PgError {
+        let cancel = self.client.cancel_token();
+        tokio::spawn(async move {
+            // Best effort: the server may be the thing that hangs.
+            let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+        });
+        self.task.abort();
+        tracing::warn!(
+            plugin = &*label.plugin,
+            pipeline = &*label.pipeline,
+            connection = self.grant,
+            call,
+            limit = ?limit,
+            "postgres call timed out (store_call_timeout); connection closed, statement cancelled"
+        );
+        host_error(
+            ErrorKind::Retriable,
+            format!(
+                "postgres `{call}` on connection `{}` timed out after {limit:?} (store_call_timeout); the connection was closed and the statement cancelled: retry later",
+                self.grant
+            ),
+        )
+    }
+
     /// Waits until the server has finished the last extended-protocol request.
     ///
     /// tokio-postgres returns from `execute` and from a COPY's `finish` on
@@ -270,6 +310,50 @@ impl PluginState {
     fn connection(&mut self, r: &Resource<PgConnection>) -> wasmtime::Result<&mut PgConnection> {
         Ok(self.table.get_mut(r)?)
     }
+
+    /// Runs `call` (named `name` in errors) on connection `this` as one store
+    /// call: bounded by `store_call_timeout`, its time the host's (taken out of
+    /// the plugin's CPU time and of its wall-clock deadline). A call that times
+    /// out abandons the connection ([`PgConnection::abandon`]).
+    async fn store_call<T>(
+        &mut self,
+        this: &Resource<PgConnection>,
+        name: &'static str,
+        call: impl AsyncFnOnce(&mut PgConnection) -> Result<T, PgError>,
+    ) -> wasmtime::Result<Result<T, PgError>> {
+        let started = Instant::now();
+        let limit = self.store_call_timeout;
+        let deadline = self.deadline.clone();
+        let in_store = deadline.store_call();
+        let label = self.label.clone();
+        let conn = self.connection(this)?;
+        let result = match tokio::time::timeout(limit, call(&mut *conn)).await {
+            Ok(result) => result,
+            Err(_) => Err(conn.abandon(&label, name, limit)),
+        };
+        drop(in_store);
+        self.clock.add_host_time(started);
+        Ok(result)
+    }
+}
+
+/// `future`, a store call outside any connection (connecting), bounded by
+/// `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    future: impl Future<Output = Result<T, PgError>>,
+) -> Result<T, PgError> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(host_error(
+                ErrorKind::Retriable,
+                format!(
+                    "postgres {what} timed out after {limit:?} (store_call_timeout): retry later"
+                ),
+            ))
+        })
 }
 
 impl Host for PluginState {}
@@ -308,11 +392,20 @@ impl HostConnection for PluginState {
                 ),
             )));
         }
-        let result = grant.config.connect(NoTls).await;
+        let result = {
+            let _in_store = self.deadline.store_call();
+            let connect = async { grant.config.connect(NoTls).await.map_err(|e| classify(&e)) };
+            bounded(
+                self.store_call_timeout,
+                &format!("connection `{name}`: connecting"),
+                connect,
+            )
+            .await
+        };
         self.clock.add_host_time(started);
         let (client, connection) = match result {
             Ok(pair) => pair,
-            Err(e) => return Ok(Err(classify(&e))),
+            Err(e) => return Ok(Err(e)),
         };
         let plugin = self.label.plugin.clone();
         let grant_name = name.clone();
@@ -336,15 +429,13 @@ impl HostConnection for PluginState {
         this: Resource<PgConnection>,
         sql: String,
     ) -> wasmtime::Result<Result<(), PgError>> {
-        let started = Instant::now();
-        let conn = self.connection(&this)?;
-        let result = conn
-            .client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| classify(&e));
-        self.clock.add_host_time(started);
-        Ok(result)
+        self.store_call(&this, "batch-execute", async |conn| {
+            conn.client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| classify(&e))
+        })
+        .await
     }
 
     async fn execute(
@@ -353,9 +444,7 @@ impl HostConnection for PluginState {
         statement: String,
         params: Vec<PgValue>,
     ) -> wasmtime::Result<Result<u64, PgError>> {
-        let started = Instant::now();
-        let conn = self.connection(&this)?;
-        let result = async {
+        self.store_call(&this, "execute", async |conn| {
             let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
             let params: Vec<Param> = params.iter().map(Param).collect();
             let refs = param_refs(&params);
@@ -366,10 +455,8 @@ impl HostConnection for PluginState {
                 .map_err(|e| classify(&e))?;
             conn.settle().await.map_err(|e| classify(&e))?;
             Ok(n)
-        }
-        .await;
-        self.clock.add_host_time(started);
-        Ok(result)
+        })
+        .await
     }
 
     async fn query(
@@ -378,9 +465,7 @@ impl HostConnection for PluginState {
         statement: String,
         params: Vec<PgValue>,
     ) -> wasmtime::Result<Result<Vec<Vec<PgValue>>, PgError>> {
-        let started = Instant::now();
-        let conn = self.connection(&this)?;
-        let result = async {
+        self.store_call(&this, "query", async |conn| {
             let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
             let params: Vec<Param> = params.iter().map(Param).collect();
             let refs = param_refs(&params);
@@ -390,10 +475,8 @@ impl HostConnection for PluginState {
                 .await
                 .map_err(|e| classify(&e))?;
             rows.iter().map(row_values).collect::<Result<Vec<_>, _>>()
-        }
-        .await;
-        self.clock.add_host_time(started);
-        Ok(result)
+        })
+        .await
     }
 
     async fn copy_in(
@@ -402,9 +485,7 @@ impl HostConnection for PluginState {
         statement: String,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<u64, PgError>> {
-        let started = Instant::now();
-        let conn = self.connection(&this)?;
-        let result = async {
+        self.store_call(&this, "copy-in", async |conn| {
             let stmt = conn.statement(&statement).await.map_err(|e| classify(&e))?;
             let sink = conn
                 .client
@@ -418,10 +499,8 @@ impl HostConnection for PluginState {
             let n = sink.finish().await.map_err(|e| classify(&e))?;
             conn.settle().await.map_err(|e| classify(&e))?;
             Ok(n)
-        }
-        .await;
-        self.clock.add_host_time(started);
-        Ok(result)
+        })
+        .await
     }
 
     async fn drop(&mut self, this: Resource<PgConnection>) -> wasmtime::Result<()> {

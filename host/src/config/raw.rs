@@ -43,6 +43,8 @@ pub(super) struct RawDaemon {
     pub shutdown_timeout: Option<Lenient<String>>,
     pub plugin_memory_mib: Option<Lenient<i64>>,
     pub plugin_call_timeout: Option<Lenient<String>>,
+    pub plugin_call_deadline: Option<Lenient<String>>,
+    pub store_call_timeout: Option<Lenient<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

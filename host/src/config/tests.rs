@@ -269,6 +269,8 @@ fn applies_defaults() {
             shutdown_timeout: Duration::from_secs(30),
             plugin_memory_limit: 256 << 20,
             plugin_call_timeout: Duration::from_secs(10),
+            plugin_call_deadline: Duration::from_secs(60),
+            store_call_timeout: Duration::from_secs(300),
         }
     );
     let p = &config.pipelines[0];
@@ -715,5 +717,36 @@ fn grants_of_the_wrong_type_or_kind_are_reported() {
         unknown.contains("unknown key `files`")
             && unknown.contains("postgres, http, tcp, directory"),
         "{unknown}"
+    );
+}
+
+#[test]
+fn call_deadline_and_store_call_timeout_are_read_and_range_checked() {
+    let config = parse(
+        &(MINIMAL.to_string()
+            + "\n[daemon]\nplugin_call_deadline = \"90s\"\nstore_call_timeout = \"2m\"\n"),
+    )
+    .unwrap();
+    assert_eq!(config.daemon.plugin_call_deadline, Duration::from_secs(90));
+    assert_eq!(config.daemon.store_call_timeout, Duration::from_secs(120));
+
+    let problems = problems(
+        &(MINIMAL.to_string()
+            + "\n[daemon]\nplugin_call_deadline = \"2h\"\nstore_call_timeout = 300\n"),
+    );
+    assert_eq!(
+        paths(&problems),
+        ["daemon.plugin_call_deadline", "daemon.store_call_timeout"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("out of range; expected from 10ms to 1h"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].message.contains("found the integer 300"),
+        "{problems:#?}"
     );
 }

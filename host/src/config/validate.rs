@@ -310,6 +310,18 @@ impl Validator<'_> {
             // The runtime checks time limits every 10ms; less cannot be enforced.
             (Duration::from_millis(10), Duration::from_secs(600)),
         );
+        let plugin_call_deadline = self.duration(
+            "daemon.plugin_call_deadline",
+            raw.plugin_call_deadline,
+            Duration::from_secs(60),
+            (Duration::from_millis(10), Duration::from_secs(3600)),
+        );
+        let store_call_timeout = self.duration(
+            "daemon.store_call_timeout",
+            raw.store_call_timeout,
+            Duration::from_secs(300),
+            (Duration::from_millis(10), Duration::from_secs(3600)),
+        );
         DaemonConfig {
             plugin_dir: plugin_dir.unwrap_or_default(),
             cache_dir: cache_dir.unwrap_or_default(),
@@ -317,6 +329,8 @@ impl Validator<'_> {
             shutdown_timeout: shutdown_timeout.unwrap_or_default(),
             plugin_memory_limit: (memory_mib.unwrap_or(256) as usize) << 20,
             plugin_call_timeout: plugin_call_timeout.unwrap_or_default(),
+            plugin_call_deadline: plugin_call_deadline.unwrap_or_default(),
+            store_call_timeout: store_call_timeout.unwrap_or_default(),
         }
     }
 

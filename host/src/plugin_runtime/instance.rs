@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::Store;
 
 use super::bindings::v0_1_0::{source, writer};
-use super::state::{PluginLabel, PluginState};
+use super::state::{CallDeadline, PluginLabel, PluginState};
 use super::{
     DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginInfo, PluginKind,
     PluginPre, PluginRuntime, RowBatch, RowRejection, Schema,
@@ -35,6 +35,20 @@ pub enum CallError {
         /// The export called.
         func: &'static str,
         /// The limit.
+        limit: Duration,
+    },
+    /// The call ran past its wall-clock deadline (`plugin_call_deadline`: time
+    /// the plugin slept or waited on its own I/O counts, time in granted store
+    /// calls does not) and was stopped.
+    #[error(
+        "plugin {plugin} ran past its wall-clock deadline of {limit:?} in `{func}` (plugin_call_deadline; time asleep or waiting on its own I/O counts) and was stopped"
+    )]
+    Deadline {
+        /// `name@version`.
+        plugin: String,
+        /// The export called.
+        func: &'static str,
+        /// The deadline.
         limit: Duration,
     },
     /// The plugin tried to grow its memory past the limit and was stopped.
@@ -87,6 +101,7 @@ impl CallError {
         match self {
             CallError::Trap { func, .. }
             | CallError::Timeout { func, .. }
+            | CallError::Deadline { func, .. }
             | CallError::OutOfMemory { func, .. }
             | CallError::Failed { func, .. }
             | CallError::Contract { func, .. } => func,
@@ -94,12 +109,13 @@ impl CallError {
         }
     }
 
-    /// The kind of failure, as metrics label it: `trap`, `timeout`, `memory`,
-    /// `failed`, `contract` or `capability`.
+    /// The kind of failure, as metrics label it: `trap`, `timeout`, `deadline`,
+    /// `memory`, `failed`, `contract` or `capability`.
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Trap { .. } => "trap",
             CallError::Timeout { .. } => "timeout",
+            CallError::Deadline { .. } => "deadline",
             CallError::OutOfMemory { .. } => "memory",
             CallError::Failed { .. } => "failed",
             CallError::Contract { .. } => "contract",
@@ -107,8 +123,8 @@ impl CallError {
         }
     }
 
-    /// Whether the plugin crashed or misbehaved (trap, timeout, memory limit,
-    /// contract) rather than answering with an error of its own.
+    /// Whether the plugin crashed or misbehaved (trap, timeout, deadline, memory
+    /// limit, contract) rather than answering with an error of its own.
     pub fn is_crash(&self) -> bool {
         !matches!(
             self,
@@ -147,41 +163,77 @@ fn describe(error: &PluginError) -> String {
     }
 }
 
-/// Prepares a store for a call: a fresh time budget and no leftovers of the last.
-fn begin_call(store: &mut Store<PluginState>) {
+/// Prepares a store for a call: a fresh time budget and deadline, and no
+/// leftovers of the last. Returns what runs the call ([`Call::run`]).
+fn begin_call(store: &mut Store<PluginState>) -> Call {
     let data = store.data_mut();
     data.clock.start();
+    data.deadline.start();
     data.output.clear();
     data.last_panic = None;
     data.limiter.hit = None;
+    let call = Call {
+        deadline: data.deadline.clone(),
+        files_inline: data.files_inline,
+    };
     store.set_epoch_deadline(1);
+    call
 }
 
-/// Runs `call`, a call into an instance whose WASI context has `files_inline`,
-/// to its end.
-///
-/// Such an instance (a writer with a directory grant) does its filesystem work
-/// on the thread that polls the call, so the call runs inside
-/// `tokio::task::block_in_place`: tokio hands the worker's other tasks to
-/// another thread first, and a slow or hung `fsync` then holds this thread
-/// only, never a worker (the admin server, the health checks and the other
-/// consumers go on). `Handle::block_on` drives the async call there; the
-/// plugin's `wasi:http`, sockets and Postgres calls still await tokio's I/O,
-/// which the workers drive. The whole call, the plugin's own code included,
-/// runs off the workers, and the call cannot be cancelled half-way (nothing in
-/// the pipeline drops a write in flight; at shutdown the runtime waits for it).
-/// Time limits work as for any call: epoch checks run in the plugin's code
-/// whatever the thread, and time in host calls is told apart as ever
-/// (`state::CallClock`).
-///
-/// Elsewhere, or when this thread cannot block in place (a current-thread
-/// runtime, where `block_in_place` panics; a context with `files_inline` is
-/// only built on a multi-thread one), the call is awaited as it is.
-async fn run_call<F: Future>(files_inline: bool, call: F) -> F::Output {
-    if files_inline && super::can_block_in_place() {
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
-    } else {
-        call.await
+/// What a call has left over once it returned: the count of log records it
+/// dropped, reported now (`capabilities::log`).
+fn end_call(store: &mut Store<PluginState>) {
+    store.data_mut().log.call_ended();
+}
+
+/// One call into an instance, from [`begin_call`].
+struct Call {
+    deadline: Arc<CallDeadline>,
+    files_inline: bool,
+}
+
+impl Call {
+    /// Runs `call` to its end, or until its wall-clock deadline passes
+    /// (`state::CallDeadline`): then the call's future is dropped, which unwinds
+    /// the plugin out of whatever it was doing (asleep in `wasi:io/poll`,
+    /// waiting on a socket, running) and fails the call; [`call_error`] says
+    /// why. The instance is dropped after it like after any trap.
+    ///
+    /// An instance whose WASI context has `files_inline` (a writer with a
+    /// directory grant) does its filesystem work on the thread that polls the
+    /// call, so the call runs inside `tokio::task::block_in_place`: tokio hands
+    /// the worker's other tasks to another thread first, and a slow or hung
+    /// `fsync` then holds this thread only, never a worker (the admin server,
+    /// the health checks and the other consumers go on). `Handle::block_on`
+    /// drives the call and its deadline there; the plugin's `wasi:http`,
+    /// sockets, Postgres calls and the deadline's timer still run on tokio's
+    /// drivers, which the workers drive. The whole call, the plugin's own code
+    /// included, runs off the workers; the deadline stops it as anywhere else,
+    /// except during a filesystem call that blocks in the kernel (a hung NFS
+    /// `fsync`): no future is polled until that returns, and a thread cannot be
+    /// interrupted. The CPU-time limit works as for any call: epoch checks run
+    /// in the plugin's code whatever the thread, and time in host calls is told
+    /// apart as ever (`state::CallClock`).
+    ///
+    /// Elsewhere, or when this thread cannot block in place (a current-thread
+    /// runtime, where `block_in_place` panics; a context with `files_inline` is
+    /// only built on a multi-thread one), the call is awaited as it is.
+    async fn run<T>(&self, call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+        let bounded = async {
+            tokio::select! {
+                biased;
+                result = call => result,
+                () = self.deadline.passed() => Err(wasmtime::Error::msg(format!(
+                    "wall-clock deadline of {:?} passed",
+                    self.deadline.limit()
+                ))),
+            }
+        };
+        if self.files_inline && super::can_block_in_place() {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(bounded))
+        } else {
+            bounded.await
+        }
     }
 }
 
@@ -194,6 +246,13 @@ fn call_error(
 ) -> CallError {
     let data = store.data();
     let plugin = plugin.to_string();
+    if data.deadline.has_passed() {
+        return CallError::Deadline {
+            plugin,
+            func,
+            limit: data.deadline.limit(),
+        };
+    }
     if data.clock.exceeded {
         return CallError::Timeout {
             plugin,
@@ -256,17 +315,22 @@ pub(super) async fn about(
         pipeline: "".into(),
     });
     let mut store = runtime.new_store(label, Arc::new(Grants::none()), Granted::nothing());
-    begin_call(&mut store);
-    let result = match pre {
-        PluginPre::Source(pre) => match pre.instantiate_async(&mut store).await {
-            Ok(b) => b.sluice_plugin_source().call_about(&mut store).await,
-            Err(e) => Err(e),
-        },
-        PluginPre::Writer(pre) => match pre.instantiate_async(&mut store).await {
-            Ok(b) => b.sluice_plugin_writer().call_about(&mut store).await,
-            Err(e) => Err(e),
-        },
-    };
+    let call = begin_call(&mut store);
+    let result = call
+        .run(async {
+            match pre {
+                PluginPre::Source(pre) => match pre.instantiate_async(&mut store).await {
+                    Ok(b) => b.sluice_plugin_source().call_about(&mut store).await,
+                    Err(e) => Err(e),
+                },
+                PluginPre::Writer(pre) => match pre.instantiate_async(&mut store).await {
+                    Ok(b) => b.sluice_plugin_writer().call_about(&mut store).await,
+                    Err(e) => Err(e),
+                },
+            }
+        })
+        .await;
+    end_call(&mut store);
     let info = result.map_err(|e| call_error("(loading)", "about", &store, e))?;
     Ok(PluginInfo {
         name: info.name,
@@ -380,16 +444,22 @@ impl SourceInstance {
                 Arc::new(Grants::none()),
                 Granted::nothing(),
             );
-            begin_call(&mut store);
-            let bindings = match self.pre.instantiate_async(&mut store).await {
+            let call = begin_call(&mut store);
+            let instantiated = call.run(self.pre.instantiate_async(&mut store)).await;
+            end_call(&mut store);
+            let bindings = match instantiated {
                 Ok(b) => b,
                 Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
             };
-            begin_call(&mut store);
-            let result = bindings
-                .sluice_plugin_source()
-                .call_configure(&mut store, &self.config)
+            let call = begin_call(&mut store);
+            let result = call
+                .run(
+                    bindings
+                        .sluice_plugin_source()
+                        .call_configure(&mut store, &self.config),
+                )
                 .await;
+            end_call(&mut store);
             let schema = answer(&name, "configure", &store, result)?;
             validate_schema(&schema).map_err(|reason| CallError::Contract {
                 plugin: name.clone(),
@@ -412,11 +482,15 @@ impl SourceInstance {
     pub async fn decode(&mut self, messages: &[Message]) -> Result<DecodedBatch, CallError> {
         let name = self.plugin.info.label();
         let (store, bindings, _) = self.live().await?;
-        begin_call(store);
-        let result = bindings
-            .sluice_plugin_source()
-            .call_decode(&mut *store, messages)
+        let call = begin_call(store);
+        let result = call
+            .run(
+                bindings
+                    .sluice_plugin_source()
+                    .call_decode(&mut *store, messages),
+            )
             .await;
+        end_call(store);
         let decoded = match result {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -531,18 +605,22 @@ impl WriterInstance {
         let mut store = self
             .runtime
             .new_store(self.label.clone(), self.grants.clone(), granted);
-        begin_call(&mut store);
-        let bindings = match self.pre.instantiate_async(&mut store).await {
+        let call = begin_call(&mut store);
+        let instantiated = call.run(self.pre.instantiate_async(&mut store)).await;
+        end_call(&mut store);
+        let bindings = match instantiated {
             Ok(b) => b,
             Err(e) => return Err(call_error(&name, "instantiate", &store, e)),
         };
-        begin_call(&mut store);
-        let files_inline = store.data().files_inline;
-        let call =
-            bindings
-                .sluice_plugin_writer()
-                .call_open(&mut store, &self.config, &self.schema);
-        let result = run_call(files_inline, call).await;
+        let call = begin_call(&mut store);
+        let result = call
+            .run(
+                bindings
+                    .sluice_plugin_writer()
+                    .call_open(&mut store, &self.config, &self.schema),
+            )
+            .await;
+        end_call(&mut store);
         answer(&name, "open", &store, result)?;
         self.live = Some((store, bindings));
         Ok(())
@@ -554,12 +632,15 @@ impl WriterInstance {
         self.open().await?;
         let name = self.plugin.info.label();
         let (store, bindings) = self.live.as_mut().expect("opened above");
-        begin_call(store);
-        let files_inline = store.data().files_inline;
-        let call = bindings
-            .sluice_plugin_writer()
-            .call_write(&mut *store, batch);
-        let result = run_call(files_inline, call).await;
+        let call = begin_call(store);
+        let result = call
+            .run(
+                bindings
+                    .sluice_plugin_writer()
+                    .call_write(&mut *store, batch),
+            )
+            .await;
+        end_call(store);
         let error = match result {
             Ok(Ok(rejections)) => {
                 if let Some(bad) = rejections.iter().find(|r| r.row >= batch.count) {

@@ -4,7 +4,9 @@
 //! - `"http": "http://127.0.0.1:PORT/x"`: a GET through `wasi:http`; needs a 200;
 //! - `"tcp": "127.0.0.1:PORT"`: a TCP connect through `wasi:sockets`;
 //! - `"file": "/data/a.txt"`: writes the file with `std::fs` and reads it back;
-//! - `"postgres": "name"`: opens the granted Postgres connection `name`;
+//! - `"postgres": "name"`: opens the granted Postgres connection `name`, and
+//!   with `"sql": "..."` runs that on it (`batch_execute`; a `pg_sleep` makes
+//!   a store call that hangs);
 //! - `"clock": "real"` or `"frozen"`: what `SystemTime::now()` must look like;
 //! - `"spin": true`: then loops forever (the host's time limit must stop it).
 //!
@@ -41,10 +43,17 @@ impl Writer for Probe {
         {
             failed.push(format!("file: {e}"));
         }
-        if let Some(name) = text("postgres")
-            && let Err(e) = sluice_plugin_sdk::postgres::Connection::open(name)
-        {
-            failed.push(format!("postgres: {:?}: {}", e.kind, e.message));
+        if let Some(name) = text("postgres") {
+            match sluice_plugin_sdk::postgres::Connection::open(name) {
+                Err(e) => failed.push(format!("postgres: {:?}: {}", e.kind, e.message)),
+                Ok(connection) => {
+                    if let Some(sql) = text("sql")
+                        && let Err(e) = connection.batch_execute(sql)
+                    {
+                        failed.push(format!("sql: {:?}: {}", e.kind, e.message));
+                    }
+                }
+            }
         }
         if let Some(expected) = text("clock") {
             let secs = std::time::SystemTime::now()
