@@ -1085,6 +1085,19 @@ async fn count(o: &Options, w: &World, ledger: &Ledger, stalls: &[Stall]) -> any
         w.faults.len(),
         by_fault.join(", ")
     );
+    let logs = read_logs(&w.cdr.dir);
+    println!(
+        "  daemon logs: {} start(s), {:.1} MiB, {} lines ({} ERROR); `plugin loaded` {} times \
+         ({} at starts, {} swaps deployed), `plugin refused` {} times",
+        w.starts + 1,
+        logs.bytes as f64 / (1024.0 * 1024.0),
+        logs.lines,
+        logs.errors,
+        logs.loaded,
+        3 * (w.starts + 1),
+        w.faults.iter().filter(|f| f.fault == Fault::Swap).count(),
+        logs.refused
+    );
     println!("{line}");
 
     println!("published: {published}");
@@ -1137,6 +1150,46 @@ async fn count(o: &Options, w: &World, ledger: &Ledger, stalls: &[Stall]) -> any
         }
     );
     Ok(ok)
+}
+
+#[derive(Default)]
+struct LogCounts {
+    bytes: u64,
+    lines: u64,
+    errors: u64,
+    loaded: u64,
+    refused: u64,
+}
+
+/// What the daemons' logs (`daemon-<n>.log`) say, read line by line: a flood can
+/// make them large.
+fn read_logs(dir: &Path) -> LogCounts {
+    use std::io::BufRead as _;
+    let mut counts = LogCounts::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return counts;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("daemon-") && name.ends_with(".log")) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(file)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            counts.bytes += line.len() as u64 + 1;
+            counts.lines += 1;
+            let line = String::from_utf8_lossy(&line);
+            counts.errors += u64::from(line.contains(" ERROR "));
+            counts.loaded += u64::from(line.contains("plugin loaded"));
+            counts.refused += u64::from(line.contains("plugin refused"));
+        }
+    }
+    counts
 }
 
 fn names<T: Copy>(items: &[T], name: fn(T) -> &'static str) -> String {
