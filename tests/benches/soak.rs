@@ -73,6 +73,8 @@ const HEADER_TABLE_BYTES: usize = 130_900;
 const REASON_BYTES: usize = 300_000;
 /// The `flood` poison's log lines.
 const FLOOD_LINES: usize = 100_000;
+/// How long one round of publishing may wait for its confirms.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(60);
 /// The `key` poison's key length: random hex, over the 2,704-byte btree limit.
 const KEY_CHARS: usize = 4_096;
 
@@ -769,10 +771,16 @@ async fn soak(o: &Options, w: &mut World, swaps: &mut Swaps) -> anyhow::Result<b
         for pipe in [Pipe::Cdr, Pipe::Chaos] {
             let messages = std::mem::take(&mut batch[pipe.index()]);
             if !messages.is_empty() {
-                w.broker
-                    .publish_messages(&w.setup(pipe).exchange, messages)
-                    .await
-                    .with_context(|| format!("publishing to pipeline {}", pipe.name()))?;
+                // Bounded: a broker that blocks publishers (a memory or disk
+                // alarm) must not hang the soak.
+                tokio::time::timeout(
+                    PUBLISH_LIMIT,
+                    w.broker.publish_messages(&w.setup(pipe).exchange, messages),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("no confirms within {PUBLISH_LIMIT:?}"))
+                .and_then(|r| r)
+                .with_context(|| format!("publishing to pipeline {}", pipe.name()))?;
             }
         }
 
