@@ -710,13 +710,10 @@ async fn run(o: Options) -> anyhow::Result<bool> {
         w.daemon.signal("KILL");
         let _ = w.daemon.wait_exit(Duration::from_secs(5));
     }
-    let World {
-        cdr,
-        chaos,
-        db,
-        broker,
-        ..
-    } = w;
+    let World { cdr, chaos, db, .. } = w;
+    // On a fresh connection: the soak's own may be the reason it failed (the
+    // broker closes a connection that publishes a frame too large).
+    let broker = Broker::connect().await;
     broker.cleanup(&cdr).await;
     broker.cleanup(&chaos).await;
     db.drop_now().await?;
