@@ -61,7 +61,8 @@ const USAGE: &str = "usage: cargo bench -p sluice-tests --bench soak -- [options
   --fault-every D    one fault this often, the kinds in turn (default 20s)
   --stall D          no progress for longer than this while messages wait is a stall (default 10s)
   --drain D          how long to wait for the queues to drain at the end (default 120s)
-  --sleep-ms MS      how long the sleeping plugin sleeps (default 12000; the call limit is 10 s)";
+  --sleep-ms MS      how long the sleeping plugin sleeps (default 12000; the call limit is 10 s)
+  --keep-logs        keep the config and daemon logs even when the run passed";
 
 /// How many bytes the `headers` poison's header table takes on the wire (the
 /// issue's ~130 KB): its content header frame comes about 120 bytes under what
@@ -184,6 +185,7 @@ struct Options {
     stall: Duration,
     drain: Duration,
     sleep_ms: u64,
+    keep_logs: bool,
 }
 
 impl Options {
@@ -198,11 +200,16 @@ impl Options {
             stall: Duration::from_secs(10),
             drain: Duration::from_secs(120),
             sleep_ms: 12_000,
+            keep_logs: false,
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             // `cargo bench` passes `--bench` to every bench binary.
             if arg == "--bench" {
+                continue;
+            }
+            if arg == "--keep-logs" {
+                o.keep_logs = true;
                 continue;
             }
             if arg == "--help" || arg == "-h" {
@@ -719,7 +726,7 @@ async fn run(o: Options) -> anyhow::Result<bool> {
     db.drop_now().await?;
     let _ = std::fs::remove_dir_all(&chaos.dir);
     match &result {
-        Ok(true) => {
+        Ok(true) if !o.keep_logs => {
             let _ = std::fs::remove_dir_all(&cdr.dir);
         }
         _ => println!("(config and daemon logs kept in {})", cdr.dir.display()),
