@@ -19,8 +19,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use futures::StreamExt;
@@ -28,10 +27,11 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use sluice_tests::daemon::{Broker, Daemon, Setup};
-use sluice_tests::{TestSchema, amqp_url, cdr_json, workspace_root};
+use sluice_tests::{TestSchema, amqp_url, cdr_json};
 
 use common::{
-    cpu_by_process, cpu_delta, env_usize, machine_cpu, process_cpu, rate, rss_kib, thousands,
+    cpu_by_process, cpu_delta, daemon_binary, env_usize, machine_cpu, process_cpu, rate, rss_kib,
+    thousands,
 };
 
 /// The processes whose CPU time each drain reports.
@@ -47,45 +47,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-/// The daemon binary, and a warning when it is older than the host sources.
-fn daemon_binary() -> anyhow::Result<PathBuf> {
-    let bin = match std::env::var_os("SLUICE_BENCH_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target/release/sluice"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "{} is missing: build the daemon first with `cargo build --release -p sluice` \
-             (or point SLUICE_BENCH_BIN at a sluice binary)",
-            bin.display()
-        );
-    }
-    let built = std::fs::metadata(&bin)?.modified()?;
-    let newest_source = newest_mtime(&workspace_root().join("host/src"));
-    if newest_source.is_some_and(|s| s > built) {
-        println!(
-            "WARNING: {} is older than the newest file under host/src: rebuild with \
-             `cargo build --release -p sluice` to measure the current code",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-fn newest_mtime(dir: &std::path::Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().ok()?.modified().ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
 }
 
 struct PlainRun {
@@ -353,7 +314,7 @@ async fn watch_daemon(
         if started.elapsed() > limit {
             bail!("not drained after {limit:?}; log:\n{}", tail(&daemon.log()));
         }
-        if let Some(status) = daemon.wait_exit(Duration::ZERO) {
+        if let Some(status) = daemon.exited() {
             bail!(
                 "the daemon exited ({status}); log:\n{}",
                 tail(&daemon.log())

@@ -117,6 +117,30 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
 
     fn write_config_text(&self, pipeline_extra: &str, queue_extra: &str, plugin_tables: &str) {
         let text = format!(
+            "{}{}",
+            self.daemon_tables(),
+            self.pipeline_table(pipeline_extra, queue_extra, plugin_tables)
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Writes a config with more than one pipeline: this setup's daemon and
+    /// connection tables (its Postgres connection `warehouse` serves them all),
+    /// then one `[[pipelines]]` table per `(setup, pipeline_extra, plugin_tables)`,
+    /// each with that setup's names (queue, exchange, dead letters).
+    /// `plugin_tables` is the text of its `[pipelines.source]` and
+    /// `[[pipelines.writers]]` tables.
+    pub fn write_config_pipelines(&self, pipelines: &[(&Setup, &str, &str)]) {
+        let mut text = self.daemon_tables();
+        for (setup, pipeline_extra, plugin_tables) in pipelines {
+            text.push_str(&setup.pipeline_table(pipeline_extra, "", plugin_tables));
+        }
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// The `[daemon]` and `[connections.*]` tables.
+    fn daemon_tables(&self) -> String {
+        format!(
             r#"
 [daemon]
 plugin_dir = "{plugins}"
@@ -133,7 +157,28 @@ url = "{amqp}"
 [connections.warehouse]
 type = "postgres"
 url = "{pg}?application_name={app}"
+"#,
+            plugins = self.plugin_dir.display(),
+            cache = crate::workspace_root()
+                .join("target/test-component-cache")
+                .display(),
+            amqp = amqp_url(),
+            pg = postgres_url(),
+            app = self.pg_app,
+            admin_port = self.admin_port,
+            daemon_extra = self.daemon_extra,
+        )
+    }
 
+    /// This setup's `[[pipelines]]` table.
+    fn pipeline_table(
+        &self,
+        pipeline_extra: &str,
+        queue_extra: &str,
+        plugin_tables: &str,
+    ) -> String {
+        format!(
+            r#"
 [[pipelines]]
 name = "{name}"
 connection = "rabbit"
@@ -144,23 +189,13 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
 
 {plugin_tables}
 "#,
-            plugins = self.plugin_dir.display(),
-            cache = crate::workspace_root()
-                .join("target/test-component-cache")
-                .display(),
-            amqp = amqp_url(),
-            pg = postgres_url(),
-            app = self.pg_app,
             name = self.pipeline,
-            admin_port = self.admin_port,
             extra = pipeline_extra,
             queue_extra = queue_extra,
             queue = self.queue,
             exchange = self.exchange,
             dead = self.dead_queue,
-            daemon_extra = self.daemon_extra,
-        );
-        std::fs::write(self.config_path(), text).unwrap();
+        )
     }
 }
 
@@ -273,6 +308,11 @@ impl Daemon {
     pub fn kill9(mut self) {
         self.signal("KILL");
         self.child.wait().unwrap();
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Waits for the daemon to exit, at most `limit`.
@@ -412,6 +452,39 @@ impl Broker {
         for c in pending {
             assert!(c.await.unwrap().is_ack());
         }
+    }
+
+    /// Publishes messages with properties of their own (message ids, headers) to
+    /// `exchange` with routing key `cdr.voice`, persistent, and waits for every
+    /// confirm. An error names the message the broker refused or the channel
+    /// failure.
+    pub async fn publish_messages(
+        &self,
+        exchange: &str,
+        messages: impl IntoIterator<Item = (Vec<u8>, BasicProperties)>,
+    ) -> anyhow::Result<()> {
+        let mut pending = Vec::new();
+        for (body, props) in messages {
+            let id = props.message_id().as_ref().map(|s| s.to_string());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    "cdr.voice".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.with_delivery_mode(2),
+                )
+                .await?;
+            pending.push((id, confirm));
+        }
+        for (id, confirm) in pending {
+            anyhow::ensure!(
+                confirm.await?.is_ack(),
+                "the broker refused message {id:?} on exchange `{exchange}`"
+            );
+        }
+        Ok(())
     }
 
     /// Messages ready in a queue (not counting those delivered and unacked), or

@@ -451,3 +451,42 @@ pub fn bench_runtime() -> anyhow::Result<std::sync::Arc<sluice::plugin_runtime::
         ..sluice::plugin_runtime::RuntimeConfig::default()
     })
 }
+
+/// The daemon binary, and a warning when it is older than the host sources.
+pub fn daemon_binary() -> anyhow::Result<std::path::PathBuf> {
+    let bin = match std::env::var_os("SLUICE_BENCH_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => sluice_tests::workspace_root().join("target/release/sluice"),
+    };
+    if !bin.is_file() {
+        anyhow::bail!(
+            "{} is missing: build the daemon first with `cargo build --release -p sluice` \
+             (or point SLUICE_BENCH_BIN at a sluice binary)",
+            bin.display()
+        );
+    }
+    let built = std::fs::metadata(&bin)?.modified()?;
+    let newest_source = newest_mtime(&sluice_tests::workspace_root().join("host/src"));
+    if newest_source.is_some_and(|s| s > built) {
+        println!(
+            "WARNING: {} is older than the newest file under host/src: rebuild with \
+             `cargo build --release -p sluice` to measure the current code",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+pub fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().ok()?.modified().ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}

@@ -3,7 +3,9 @@
 //! `sleep:MS` (sleep that long with `std::thread::sleep`, then emit a row),
 //! `flood:N` (log N warning lines, then emit a row), `reject:BYTES` (reject the
 //! message with a reason of that many bytes), or anything else to emit one row
-//! keyed by the body.
+//! keyed by the body. After the number of `sleep:`, `flood:` and `reject:`, a
+//! space and any text may follow (`sleep:500 #17`): it makes each message's row
+//! key unique, so a soak can count exactly which of them landed.
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,15 +59,17 @@ impl Source for Chaos {
                     .end_row();
             }
             other => {
-                if let Some(ms) = other.strip_prefix("sleep:") {
+                // The number ends at the first space; what follows only tags the message.
+                let arg = |rest: &str| rest.split(' ').next().unwrap_or_default().to_string();
+                if let Some(ms) = other.strip_prefix("sleep:").map(arg) {
                     let ms: u64 = ms.parse().map_err(|_| format!("bad sleep: {ms}"))?;
                     std::thread::sleep(std::time::Duration::from_millis(ms));
-                } else if let Some(n) = other.strip_prefix("flood:") {
+                } else if let Some(n) = other.strip_prefix("flood:").map(arg) {
                     let n: u64 = n.parse().map_err(|_| format!("bad flood: {n}"))?;
                     for i in 0..n {
                         sluice_plugin_sdk::log::warn(&format!("chaos: flood line {i}"));
                     }
-                } else if let Some(bytes) = other.strip_prefix("reject:") {
+                } else if let Some(bytes) = other.strip_prefix("reject:").map(arg) {
                     let bytes: usize = bytes.parse().map_err(|_| format!("bad reject: {bytes}"))?;
                     return Err("r".repeat(bytes));
                 }
