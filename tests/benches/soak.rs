@@ -19,7 +19,7 @@
 //! - `chaos`: chaos-source -> postgres-writer (table `chaos`, keyed by the body).
 //!   Good messages (`ok-<n>`, a tenth of `--rate`) and the poisons `reason`
 //!   (`reject:300000`: a 300 KB rejection reason), `sleep` (`sleep:<--sleep-ms>`,
-//!   a plugin sleeping past `plugin_call_timeout` = 10 s) and `flood`
+//!   a plugin sleeping past `plugin_call_deadline`, set to half the sleep) and `flood`
 //!   (`flood:100000` warning lines from one call).
 //!
 //! Every body is unique, so each message is found again exactly: as a row (by
@@ -61,7 +61,7 @@ const USAGE: &str = "usage: cargo bench -p sluice-tests --bench soak -- [options
   --fault-every D    one fault this often, the kinds in turn (default 20s)
   --stall D          no progress for longer than this while messages wait is a stall (default 10s)
   --drain D          how long to wait for the queues to drain at the end (default 120s)
-  --sleep-ms MS      how long the sleeping plugin sleeps (default 12000; the call limit is 10 s)
+  --sleep-ms MS      how long the sleeping plugin sleeps (default 12000; the daemon's plugin_call_deadline is set to half of it)
   --keep-logs        keep the config and daemon logs even when the run passed";
 
 /// How many bytes the `headers` poison's header table takes on the wire (the
@@ -670,6 +670,9 @@ async fn run(o: Options) -> anyhow::Result<bool> {
     let mut cdr = Setup::new("soak-cdr");
     let chaos = Setup::new("soak-chaos");
     cdr.plugin_dir = cdr.dir.join("plugins");
+    // The sleeping plugin is a poison only if its sleep outlasts the call's
+    // wall-clock deadline (time asleep is not CPU time).
+    cdr.daemon_extra = format!("plugin_call_deadline = \"{}ms\"", o.sleep_ms / 2);
     std::fs::create_dir_all(&cdr.plugin_dir)?;
     let mut swaps = Swaps::new(&cdr.plugin_dir)?;
     let schema = cdr.pg_schema.clone();
