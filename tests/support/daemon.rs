@@ -408,6 +408,27 @@ impl Broker {
         }
     }
 
+    /// Publishes one persistent message with `headers` (and no other property)
+    /// to the setup's exchange with routing key `cdr.voice`, and waits for its
+    /// confirm.
+    pub async fn publish_with_headers(&self, setup: &Setup, body: &str, headers: FieldTable) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                setup.exchange.as_str().into(),
+                "cdr.voice".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .unwrap();
+        assert!(confirm.await.unwrap().is_ack());
+    }
+
     /// Messages ready in a queue (not counting those delivered and unacked), or
     /// `None` if the queue does not exist.
     pub async fn try_ready(&self, queue: &str) -> Option<u32> {
