@@ -135,6 +135,16 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    pipeline: String,
+    kind: String,
+}
+
+/// What gives way for a dead letter to fit the broker's frame (label `kind` of
+/// `dead_letters_cut`).
+const DEAD_LETTER_CUTS: [&str; 2] = ["reason", "headers"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn batch_size_histogram() -> Histogram {
@@ -170,6 +180,7 @@ pub struct Metrics {
     plugin_loads: Family<LoadLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
     plugin_log_dropped: Family<PluginLabels, Counter>,
+    dead_letters_cut: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -196,6 +207,7 @@ impl Metrics {
             plugin_loads: Family::default(),
             reloads: Family::default(),
             plugin_log_dropped: Family::default(),
+            dead_letters_cut: Family::default(),
         };
         let registry = &mut m.registry;
         // Counter names are registered without `_total`: the encoder adds it.
@@ -287,6 +299,11 @@ impl Metrics {
             "Log records of plugins dropped by the per-instance rate limit, by plugin.",
             m.plugin_log_dropped.clone(),
         );
+        registry.register(
+            "dead_letters_cut",
+            "Dead letters cut to fit the broker's frame_max, by what was cut: reason (x-sluice-reason cut) or headers (original headers dropped).",
+            m.dead_letters_cut.clone(),
+        );
         Arc::new(m)
     }
 
@@ -315,6 +332,12 @@ impl Metrics {
             let _ = self.dead_lettered.get_or_create(&stage);
             let _ = self.retries.get_or_create(&stage);
             let _ = self.stalls.get_or_create(&stage);
+        }
+        for kind in DEAD_LETTER_CUTS {
+            let _ = self.dead_letters_cut.get_or_create(&KindLabels {
+                pipeline: pipeline.to_owned(),
+                kind: kind.to_owned(),
+            });
         }
         PipelineMetrics {
             received: self.received.get_or_create_owned(&labels),
@@ -481,6 +504,18 @@ impl PipelineMetrics {
     /// Counts one RabbitMQ session reopened after being lost.
     pub fn reconnected(&self) {
         self.reconnects.inc();
+    }
+
+    /// Counts one dead letter cut to fit the broker's frame; `kind` is `reason`
+    /// (its reason was cut) or `headers` (original headers were dropped).
+    pub fn dead_letter_cut(&self, kind: &str) {
+        self.metrics
+            .dead_letters_cut
+            .get_or_create(&KindLabels {
+                pipeline: self.name.to_string(),
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     fn stage(&self, stage: &str) -> StageLabels {
@@ -657,6 +692,26 @@ mod tests {
                 r#"sluice_retries_total{pipeline="cdr",stage="write"} 0"#,
                 r#"sluice_amqp_reconnects_total{pipeline="cdr"} 0"#,
                 r#"sluice_batch_size_messages_count{pipeline="cdr"} 0"#,
+                r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="reason"} 0"#,
+                r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="headers"} 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn counts_dead_letters_cut_by_what_was_cut() {
+        let metrics = Metrics::new();
+        let cdr = metrics.pipeline("cdr");
+        cdr.dead_letter_cut("reason");
+        cdr.dead_letter_cut("reason");
+        cdr.dead_letter_cut("headers");
+
+        assert_lines(
+            &metrics.render(),
+            &[
+                "# TYPE sluice_dead_letters_cut counter",
+                r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="reason"} 2"#,
+                r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="headers"} 1"#,
             ],
         );
     }

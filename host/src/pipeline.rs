@@ -760,7 +760,7 @@ impl Worker {
             .collect();
         if !letters.is_empty() {
             session
-                .dead_letter(&self.config.dead_letter, &letters)
+                .dead_letter(&self.config.dead_letter, &letters, &self.report.metrics)
                 .await?;
             for letter in &letters {
                 self.report.metrics.dead_lettered(letter.stage, 1);
@@ -768,7 +768,7 @@ impl Worker {
                     pipeline = %self.config.name,
                     stage = letter.stage,
                     plugin = letter.plugin,
-                    reason = %letter.reason,
+                    reason = %letter.logged_reason(),
                     "message dead-lettered"
                 );
             }

@@ -1,5 +1,8 @@
 //! RabbitMQ with lapin: the topology a pipeline declares, its consuming and
-//! dead-letter channels, messages as plugins see them, acks and dead-lettering.
+//! dead-letter channels, messages as plugins see them, acks and dead-lettering
+//! (with dead letters fitted to the broker's frame, in [`dead_letter`]).
+
+mod dead_letter;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +17,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
+pub use self::dead_letter::{DeadLetter, FRAME_SAFETY_MARGIN, REASON_MAX_BYTES};
 use crate::config::{DeadLetterConfig, ExchangeType, PipelineConfig, QueueKind};
+use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{HeaderValue, Message};
 
 /// Headers Sluice adds to a dead-lettered message, saying why it is there.
@@ -33,6 +38,9 @@ pub mod headers {
     pub const ORIGINAL_ROUTING_KEY: &str = "x-sluice-original-routing-key";
     /// When it was dead-lettered (seconds since the Unix epoch).
     pub const FAILED_AT: &str = "x-sluice-failed-at";
+    /// Present only when original headers were dropped to fit the broker's
+    /// frame: `<count> headers, <bytes> bytes: <names, comma-separated>`.
+    pub const DROPPED_HEADERS: &str = "x-sluice-dropped-headers";
 }
 
 /// The AMQP connection a pipeline's consumers share: one socket, and one lapin I/O
@@ -212,14 +220,48 @@ impl Session {
     /// Publishes the messages to the dead-letter exchange with their reasons, and
     /// returns once the broker confirmed every one of them. Only then may they be
     /// acked: a message is never both unacked-lost and unpublished.
+    ///
+    /// Each dead letter's properties are fitted to the connection's negotiated
+    /// `frame_max` first (its reason cut, original headers dropped: see
+    /// [`dead_letter`]), because a header frame too large for it makes the broker
+    /// close the connection of every consumer of the pipeline.
     pub async fn dead_letter(
         &self,
         dl: &DeadLetterConfig,
         letters: &[DeadLetter<'_>],
+        metrics: &PipelineMetrics,
     ) -> anyhow::Result<()> {
+        let frame_max = self.connection.configuration().frame_max();
+        let failed_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut confirms = Vec::with_capacity(letters.len());
         for letter in letters {
-            let props = letter.properties();
+            let fitted = letter.fit(frame_max, failed_at)?;
+            if fitted.reason_cut_bytes > 0 {
+                metrics.dead_letter_cut("reason");
+            }
+            if !fitted.dropped.is_empty() {
+                metrics.dead_letter_cut("headers");
+            }
+            if fitted.reason_cut_bytes > 0 || !fitted.dropped.is_empty() {
+                let names: Vec<&str> = fitted.dropped.iter().map(|(n, _)| n.as_str()).collect();
+                tracing::warn!(
+                    pipeline = letter.pipeline,
+                    stage = letter.stage,
+                    plugin = letter.plugin,
+                    frame_max,
+                    frame_bytes = fitted.frame_bytes,
+                    reason_bytes = fitted.reason_bytes,
+                    reason_cut_bytes = fitted.reason_cut_bytes,
+                    dropped_headers = names.len(),
+                    dropped_header_bytes = fitted.dropped_bytes(),
+                    dropped_header_names = %dead_letter::cut(&names.join(", "), dead_letter::DROPPED_NAMES_MAX_BYTES),
+                    "dead letter cut to fit the broker's frame"
+                );
+            }
+            let props = fitted.properties;
             let confirm = self
                 .publish
                 .basic_publish(
@@ -257,57 +299,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-}
-
-/// A message on its way to the dead-letter exchange, and why.
-pub struct DeadLetter<'a> {
-    /// The message as received.
-    pub message: &'a Message,
-    /// Its original properties.
-    pub received: &'a Received,
-    /// The pipeline.
-    pub pipeline: &'a str,
-    /// `decode` or `write`.
-    pub stage: &'static str,
-    /// `name@version` of the plugin that refused it.
-    pub plugin: &'a str,
-    /// Why.
-    pub reason: String,
-}
-
-impl DeadLetter<'_> {
-    fn properties(&self) -> BasicProperties {
-        let mut headers = self
-            .received
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
-        headers.insert(headers::REASON.into(), text(&self.reason));
-        headers.insert(headers::PLUGIN.into(), text(self.plugin));
-        headers.insert(headers::STAGE.into(), text(self.stage));
-        headers.insert(headers::PIPELINE.into(), text(self.pipeline));
-        headers.insert(
-            headers::ORIGINAL_EXCHANGE.into(),
-            text(&self.message.exchange),
-        );
-        headers.insert(
-            headers::ORIGINAL_ROUTING_KEY.into(),
-            text(&self.message.routing_key),
-        );
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        headers.insert(headers::FAILED_AT.into(), AMQPValue::Timestamp(now));
-        // Persistent, whatever it was: a dead letter is kept until someone looks.
-        self.received
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2)
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod cdr_to_postgres;
 mod daemon;
+mod dead_letters;
 mod fan_out;
 mod grants;
 mod hot_reload;

@@ -487,6 +487,16 @@ impl Broker {
         Ok(())
     }
 
+    /// Publishes one persistent message with `headers` (and no other property)
+    /// to the setup's exchange with routing key `cdr.voice`, and waits for its
+    /// confirm.
+    pub async fn publish_with_headers(&self, setup: &Setup, body: &str, headers: FieldTable) {
+        let props = BasicProperties::default().with_headers(headers);
+        self.publish_messages(&setup.exchange, [(body.as_bytes().to_vec(), props)])
+            .await
+            .unwrap();
+    }
+
     /// Messages ready in a queue (not counting those delivered and unacked), or
     /// `None` if the queue does not exist.
     pub async fn try_ready(&self, queue: &str) -> Option<u32> {

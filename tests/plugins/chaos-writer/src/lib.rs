@@ -6,7 +6,8 @@
 //!   every time, as a store that cannot take one row's data would);
 //! - `panic`: panic;
 //! - `sleep:MS`: sleep that long with `std::thread::sleep`;
-//! - `flood:N`: log N warning lines (`flood:0` logs until the call is stopped).
+//! - `flood:N`: log N warning lines (`flood:0` logs until the call is stopped);
+//! - `refuse:BYTES`: refuse that row with a reason of that many bytes.
 //!
 //! Every other row is accepted.
 
@@ -26,7 +27,8 @@ impl Writer for Chaos {
     }
 
     fn write(&mut self, batch: &RowBatch) -> Result<Vec<RowRejection>, PluginError> {
-        for row in RowReader::new(&self.types, batch) {
+        let mut refused = Vec::new();
+        for (index, row) in RowReader::new(&self.types, batch).enumerate() {
             let row = row.map_err(|e| PluginError::Fatal(e.to_string()))?;
             let Some(Value::Text(key)) = row.iter().next() else {
                 continue;
@@ -47,9 +49,15 @@ impl Writer for Chaos {
                     sluice_plugin_sdk::log::warn(&format!("chaos: flood line {i}"));
                     i += 1;
                 }
+            } else if let Some(bytes) = key.strip_prefix("refuse:") {
+                let bytes: usize = bytes.parse().unwrap_or(0);
+                refused.push(RowRejection {
+                    row: index as u32,
+                    reason: "w".repeat(bytes),
+                });
             }
         }
-        Ok(Vec::new())
+        Ok(refused)
     }
 }
 
