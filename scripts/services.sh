@@ -42,6 +42,17 @@ fi
 if ! psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc "select 1 from pg_database where datname='test'" | grep -q 1; then
   psql "postgres://postgres@127.0.0.1:5432/postgres" -qc 'create database test'
 fi
+# The demo's writer role (config.toml): it may create its table in the public
+# schema of `postgres`, and nothing more (docs/operations.md, "Least privilege
+# in Postgres").
+psql "postgres://postgres@127.0.0.1:5432/postgres" -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sluice_writer') THEN
+    CREATE ROLE sluice_writer LOGIN;
+  END IF;
+END $$;
+GRANT USAGE, CREATE ON SCHEMA public TO sluice_writer;
+SQL
 
 # --- RabbitMQ -----------------------------------------------------------------
 if ! port_open 5672; then

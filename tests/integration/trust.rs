@@ -109,3 +109,79 @@ async fn an_impostor_dropped_beside_a_running_writer_does_not_take_its_place() {
     drop(daemon);
     w.finish().await;
 }
+
+const PRIVILEGE_WARNING: &str =
+    "a writer is granted a postgres role that can do more than write its tables";
+
+#[tokio::test]
+async fn a_writer_granted_a_superuser_connection_is_warned_about() {
+    let w = world("superuser").await;
+    let daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, (0..10).map(cdr_json)).await;
+    w.wait_rows(10, "the rows").await;
+    let log = daemon.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(PRIVILEGE_WARNING))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "once per grant, not per connection: {log}"
+    );
+    assert!(
+        warnings[0].contains("superuser") && warnings[0].contains("role=\"postgres\""),
+        "{}",
+        warnings[0]
+    );
+    drop(daemon);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_role_with_only_what_the_writer_needs_lands_rows_without_a_warning() {
+    let w = world("least-privilege").await;
+    // The operations guide's recipe: a login role that may create tables in
+    // the pipeline's schema, and nothing else.
+    let role = w.setup.pg_schema.replace("least_privilege", "writer");
+    w.db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE, CREATE ON SCHEMA {schema} TO {role};",
+            schema = w.db.name
+        ))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(w.setup.config_path()).unwrap();
+    let config = config.replace("postgres://postgres@", &format!("postgres://{role}@"));
+    assert!(config.contains(&format!("postgres://{role}@")));
+    std::fs::write(w.setup.config_path(), config).unwrap();
+
+    let daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, (0..10).map(cdr_json)).await;
+    w.wait_rows(10, "the rows").await;
+    let log = daemon.log();
+    assert!(!log.contains(PRIVILEGE_WARNING), "{log}");
+    drop(daemon);
+    let owner: String = w
+        .db
+        .client
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = 'cdr'",
+            &[&w.db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, role, "the writer made its table as the granted role");
+    let client_schema = w.db.name.clone();
+    let db = &w.db.client;
+    db.batch_execute(&format!(
+        "DROP SCHEMA {client_schema} CASCADE; CREATE SCHEMA {client_schema}"
+    ))
+    .await
+    .unwrap();
+    db.batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+    w.finish().await;
+}

@@ -13,6 +13,8 @@
 //! neither against the plugin's CPU time (`CallClock`) nor against its
 //! wall-clock deadline (`CallDeadline`).
 
+mod privileges;
+
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
@@ -414,6 +416,12 @@ impl HostConnection for PluginState {
                 tracing::debug!(plugin = &*plugin, connection = grant_name, error = %e, "postgres connection ended");
             }
         });
+        let checking = Instant::now();
+        {
+            let _in_store = self.deadline.store_call();
+            privileges::warn_if_privileged(&client, &name, &self.label).await;
+        }
+        self.clock.add_host_time(checking);
         self.pg_open += 1;
         let conn = PgConnection {
             grant: name,
