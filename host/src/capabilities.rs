@@ -13,7 +13,12 @@
 //! writer instance is opened ([`net`]). A writer whose component imports
 //! `wasi:http` or `wasi:sockets` without the matching grant is refused when its
 //! pipeline starts ([`check_writer_grants`]).
+//!
+//! `sluice check` opens writers under a dry run ([`Grants::dry_run`],
+//! [`dry_run`]): every grant is checked as at run time, and nothing granted is
+//! reached.
 
+pub mod dry_run;
 pub mod http;
 pub mod log;
 pub mod net;
@@ -28,6 +33,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi::WasiCtx;
 
+use self::dry_run::DryRun;
 pub use self::net::{HttpGrant, HttpScheme, TcpGrant};
 use self::wasi::OutputTail;
 use crate::plugin_runtime::LoadedPlugin;
@@ -44,6 +50,9 @@ pub struct Grants {
     pub tcp: Vec<TcpGrant>,
     /// The folder the plugin sees as `/data`, read and write (absolute).
     pub directory: Option<PathBuf>,
+    /// Set for `sluice check`: the grants are checked, nothing granted is
+    /// reached, and what was withheld is recorded here ([`dry_run`]).
+    pub(crate) dry_run: Option<Arc<DryRun>>,
 }
 
 impl Grants {
@@ -80,6 +89,15 @@ impl Grants {
         self
     }
 
+    /// The same grants under a dry run that records in `run` what it withheld:
+    /// what `sluice check` opens writers with ([`dry_run`]).
+    pub fn dry_run(&self, run: Arc<DryRun>) -> Self {
+        Self {
+            dry_run: Some(run),
+            ..self.clone()
+        }
+    }
+
     /// Whether the grants give the plugin `capability`.
     pub fn gives(&self, capability: Capability) -> bool {
         match capability {
@@ -98,13 +116,18 @@ impl Grants {
 
     /// Sets up what the grants give an instance of the plugin `label` names:
     /// resolves the granted hosts, creates the granted directory if missing, and
-    /// builds the WASI context. The error says what could not be set up.
+    /// builds the WASI context. The error says what could not be set up. Under
+    /// a dry run nothing is resolved or created.
     pub(crate) async fn grant(
         self: &Arc<Self>,
         label: &Arc<PluginLabel>,
     ) -> Result<Granted, String> {
         let output = OutputTail::default();
-        let net = net::NetAccess::prepare(label.clone(), self.clone()).await;
+        let net = if self.dry_run.is_some() {
+            net::NetAccess::unresolved(label.clone(), self.clone())
+        } else {
+            net::NetAccess::prepare(label.clone(), self.clone()).await
+        };
         let files_inline = wasi::files_inline(self);
         let wasi = wasi::ctx(&output, self, &net, files_inline)?;
         Ok(Granted {

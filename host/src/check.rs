@@ -5,16 +5,27 @@
 //! a problem of its own); then every plugin a pipeline names must be there, in
 //! the right world, each source must accept its configuration and declare a
 //! valid schema, and each writer's grants must give the capabilities its
-//! component imports (`http`, `tcp`). Writers are not opened: that needs their
-//! database.
+//! component imports (`http`, `tcp`).
+//!
+//! Each writer is then opened with its configuration and the source's schema
+//! under a dry run of its grants ([`capabilities::dry_run`]): the writer parses
+//! its configuration as it would at run time, and every capability checks the
+//! grant but reaches nothing (no connection, no request, no file). A writer that
+//! refuses its configuration is a problem at `writers[j].config`, with the
+//! writer's own words; one that traps is a problem too. An error the dry run
+//! caused (a connection withheld) is not: the store itself (reachable, table
+//! present, password right) is not checked, since that needs connecting.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::capabilities;
-use crate::config::{Config, Problem};
-use crate::plugin_runtime::{LoadedPlugin, PluginKind, PluginRuntime, SourceInstance};
+use crate::capabilities::dry_run::DryRun;
+use crate::config::{Config, Problem, WriterConfig};
+use crate::plugin_runtime::{
+    CallError, LoadedPlugin, PluginKind, PluginRuntime, Schema, SourceInstance, WriterInstance,
+};
 
 /// Every problem that keeps `config` from running with its plugins; empty when
 /// none.
@@ -36,6 +47,8 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
 
     for (i, pipeline) in config.pipelines.iter().enumerate() {
         let at = format!("pipelines[{i}]");
+        // What the source declares, for its writers to be opened with.
+        let mut schema: Option<Schema> = None;
         let wanted = std::iter::once((
             format!("{at}.source"),
             &pipeline.source.plugin,
@@ -87,6 +100,7 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
                 continue;
             }
             if let Some(writer) = writer {
+                let before = problems.len();
                 if let Err(why) = capabilities::check_writer_grants(plugin, &writer.grants, &table)
                 {
                     problems.push(Problem::new(format!("{table}.grants"), why));
@@ -101,6 +115,15 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
                         format!("{} exists and is not a directory", dir.display()),
                     ));
                 }
+                // A writer whose grants are wrong would not be opened at run
+                // time either; one mistake is reported once.
+                if problems.len() == before
+                    && let Some(schema) = &schema
+                    && let Some(problem) =
+                        open_writer(runtime, plugin, &pipeline.name, writer, schema, &table).await
+                {
+                    problems.push(problem);
+                }
             }
             if kind == PluginKind::Source {
                 let config_json = pipeline.source.config.to_string();
@@ -110,18 +133,88 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
                     &pipeline.name,
                     config_json,
                 );
-                if let Err(e) = instance.schema().await {
-                    let path = if e.is_config_error() {
-                        format!("{at}.source.config")
-                    } else {
-                        format!("{at}.source")
-                    };
-                    problems.push(Problem::new(path, e.to_string()));
+                match instance.schema().await {
+                    Ok(declared) => schema = Some(declared),
+                    Err(e) => {
+                        let path = if e.is_config_error() {
+                            format!("{at}.source.config")
+                        } else {
+                            format!("{at}.source")
+                        };
+                        problems.push(Problem::new(path, e.to_string()));
+                    }
                 }
             }
         }
     }
     problems
+}
+
+/// Opens the writer at `table` (`pipelines[i].writers[j]`) under a dry run of
+/// its grants; the problem, if its configuration or its code is at fault.
+async fn open_writer(
+    runtime: &Arc<PluginRuntime>,
+    plugin: &LoadedPlugin,
+    pipeline: &str,
+    writer: &WriterConfig,
+    schema: &Schema,
+    table: &str,
+) -> Option<Problem> {
+    let run = Arc::new(DryRun::new());
+    let mut instance = WriterInstance::new(
+        runtime.clone(),
+        Arc::new(plugin.clone()),
+        pipeline,
+        writer.config.to_string(),
+        schema.clone(),
+        writer.grants.dry_run(run.clone()),
+    );
+    let error = instance.open().await.err()?;
+    drop(instance);
+    judge_open(&error, &run, table)
+}
+
+/// Whether a writer's failed `open` under the dry run `run` is a problem.
+///
+/// A retriable error is the dry run's answer coming back (the configuration
+/// parsed; the store is not checked). A configuration error is the writer's
+/// verdict on its `config`, unless the dry run refused a granted TCP
+/// connection, which the SDK reports as a configuration error (access
+/// denied). Any other error after something was withheld may be the dry run's
+/// doing too. A crash (trap, time or memory limit) is always a problem.
+fn judge_open(error: &CallError, run: &DryRun, table: &str) -> Option<Problem> {
+    let withheld = run.withheld();
+    let withheld_text = || {
+        let names: Vec<String> = withheld.iter().map(ToString::to_string).collect();
+        names.join(", ")
+    };
+    if error.is_crash() {
+        let mut message = error.to_string();
+        if !withheld.is_empty() {
+            message.push_str(&format!(
+                " (after `sluice check` withheld its {}: a writer must answer a store it cannot reach with a retriable error)",
+                withheld_text()
+            ));
+        }
+        return Some(Problem::new(table, message));
+    }
+    if error.is_retriable() {
+        return None;
+    }
+    if let CallError::Capability { .. } = error {
+        // The host could not set up the grants (the plugin did not run).
+        return Some(Problem::new(format!("{table}.grants"), error.to_string()));
+    }
+    if error.is_config_error() {
+        if run.withheld_tcp() {
+            return None;
+        }
+        return Some(Problem::new(format!("{table}.config"), error.to_string()));
+    }
+    if !withheld.is_empty() {
+        return None;
+    }
+    Some(Problem::new(table, error.to_string()))
 }
 
 /// Loads every `*.wasm` in `dir`, by plugin name (several files may claim one

@@ -128,7 +128,10 @@ pub fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("sluice: error: {error:#}");
+            eprintln!(
+                "sluice: error: {}",
+                crate::telemetry::error_chain(error.as_ref())
+            );
             ExitCode::from(1)
         }
     }
@@ -232,21 +235,33 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             metrics: None,
         })?;
         let problems = crate::check::check(&config, &runtime).await;
-        if problems.is_empty() {
-            println!(
-                "{}: ok ({} pipelines)",
-                config.file.display(),
-                config.pipelines.len()
-            );
-            Ok(ExitCode::SUCCESS)
+        let code = if problems.is_empty() {
+            ExitCode::SUCCESS
         } else {
-            println!("{}: {} problems:", config.file.display(), problems.len());
-            for p in &problems {
-                println!("  - {}: {}", p.path, p.message);
-            }
-            Ok(ExitCode::from(1))
-        }
+            ExitCode::from(1)
+        };
+        println!("{}", check_report(&config, problems));
+        Ok(code)
     })
+}
+
+/// What `sluice check` prints: `<file>: ok (N pipelines)`, or the problems as
+/// a refused configuration lists them.
+fn check_report(config: &Config, problems: Vec<crate::config::Problem>) -> String {
+    if problems.is_empty() {
+        let n = config.pipelines.len();
+        format!(
+            "{}: ok ({n} pipeline{})",
+            config.file.display(),
+            if n == 1 { "" } else { "s" }
+        )
+    } else {
+        crate::config::ConfigError {
+            file: config.file.clone(),
+            problems,
+        }
+        .to_string()
+    }
 }
 
 fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
@@ -311,4 +326,45 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Problem;
+
+    fn config(pipelines: usize) -> Config {
+        let mut text = String::from(
+            "[connections.rabbit]\ntype = \"amqp\"\nurl = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        );
+        for i in 0..pipelines {
+            text.push_str(&format!(
+                "[[pipelines]]\nname = \"p{i}\"\nconnection = \"rabbit\"\nqueue = {{ name = \"q{i}\" }}\nsource = {{ plugin = \"json-source\" }}\nwriters = [{{ plugin = \"postgres-writer\" }}]\n"
+            ));
+        }
+        Config::from_str_with_env(&text, std::path::Path::new("/etc/sluice.toml"), |_| None)
+            .unwrap()
+    }
+
+    #[test]
+    fn check_counts_one_problem_and_one_pipeline_in_the_singular() {
+        let one = vec![Problem::new(
+            "pipelines[0].writers[0].config",
+            "unknown key `tabel`",
+        )];
+        assert_eq!(
+            check_report(&config(1), one),
+            "/etc/sluice.toml: 1 problem:\n  - pipelines[0].writers[0].config: unknown key `tabel`"
+        );
+        let two = vec![Problem::new("a", "x"), Problem::new("b", "y")];
+        assert!(check_report(&config(1), two).starts_with("/etc/sluice.toml: 2 problems:\n"));
+        assert_eq!(
+            check_report(&config(1), vec![]),
+            "/etc/sluice.toml: ok (1 pipeline)"
+        );
+        assert_eq!(
+            check_report(&config(2), vec![]),
+            "/etc/sluice.toml: ok (2 pipelines)"
+        );
+    }
 }

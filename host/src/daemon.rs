@@ -294,7 +294,7 @@ impl Daemon {
                 self.metrics.reload(ReloadOutcome::Refused);
                 tracing::error!(
                     trigger = why,
-                    error = format!("{e:#}"),
+                    error = crate::telemetry::error_chain(e.as_ref()),
                     "reload refused; the running configuration stays"
                 );
                 service::ready(&self.status());

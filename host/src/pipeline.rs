@@ -816,13 +816,14 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
                     unreachable!("consume() waits out an inconclusive batch itself")
                 }
                 Err(Stop::Session(e)) => {
-                    let why = format!("RabbitMQ session lost: {e:#}");
+                    let error = crate::telemetry::error_chain(e.as_ref());
+                    let why = format!("RabbitMQ session lost: {error}");
                     worker
                         .report
                         .health
                         .consumer_down(&name, worker.index, &why);
                     worker.report.metrics.connected(worker.index, false);
-                    tracing::warn!(pipeline = %name, consumer = worker.index, error = format!("{e:#}"), retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
+                    tracing::warn!(pipeline = %name, consumer = worker.index, error, retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
                     let health = &worker.report.health;
                     let beat = || health.beat(&name, worker.index);
                     if reconnect.wait(&mut shutdown, beat).await.is_err() {

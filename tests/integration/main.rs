@@ -3,6 +3,7 @@
 //! exchange, so tests run in parallel and never see each other's data.
 
 mod cdr_to_postgres;
+mod check;
 mod daemon;
 mod dead_letters;
 mod fan_out;

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::dry_run::{NOT_REACHED, Withheld};
 use super::net::{GrantHost, HttpScheme, NetAccess, lookup};
 
 /// How long connecting may take, unless the request's options say otherwise.
@@ -133,6 +134,15 @@ async fn check(access: &NetAccess, uri: &Uri) -> Result<Target, Error> {
         .any(|g| g.scheme == scheme && g.host == host && g.port == port && g.covers_path(path));
     if !covered {
         return Err(deny(access, &shown, "no http grant covers this URL"));
+    }
+    if let Some(run) = &access.grants.dry_run {
+        // Not sent, and no name looked up. The SDK reads a DNS error as a
+        // connection error (retriable); its text says why.
+        run.withhold(Withheld::Http(shown));
+        return Err(Error::DnsError {
+            rcode: Some(NOT_REACHED.to_string()),
+            info_code: None,
+        });
     }
     let now = lookup(&host).await.map_err(|e| Error::DnsError {
         rcode: Some(e.to_string()),

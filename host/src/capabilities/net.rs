@@ -382,6 +382,15 @@ impl NetAccess {
         })
     }
 
+    /// No host resolved: for a dry run, which reaches nothing.
+    pub(crate) fn unresolved(label: Arc<PluginLabel>, grants: Arc<Grants>) -> Arc<Self> {
+        Arc::new(Self {
+            label,
+            grants,
+            resolved: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// The addresses `host` resolved to when the instance was opened; resolved
     /// now if it did not resolve then.
     pub(crate) async fn granted_addresses(&self, host: &GrantHost) -> Arc<Vec<IpAddr>> {

@@ -27,6 +27,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 use wasmtime::component::Resource;
 
+use super::dry_run::{NOT_REACHED, Withheld};
 use crate::plugin_runtime::bindings::v0_1_0::writer::sluice::plugin::postgres::{
     ErrorKind, Host, HostConnection, PgError, PgValue,
 };
@@ -201,15 +202,8 @@ fn kind_of_sqlstate(code: &str) -> ErrorKind {
     }
 }
 
-fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    crate::telemetry::error_chain(error)
 }
 
 fn host_error(kind: ErrorKind, message: String) -> PgError {
@@ -392,6 +386,14 @@ impl HostConnection for PluginState {
                 format!(
                     "a plugin instance may hold at most {MAX_CONNECTIONS_PER_INSTANCE} postgres connections"
                 ),
+            )));
+        }
+        if let Some(run) = &self.grants.dry_run {
+            // `sluice check`: the grant was checked; the store is not reached.
+            run.withhold(Withheld::Postgres(name.clone()));
+            return Ok(Err(host_error(
+                ErrorKind::Retriable,
+                format!("{NOT_REACHED}: postgres connection `{name}` is not opened"),
             )));
         }
         let result = {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-use super::net::NetAccess;
+use super::dry_run::Withheld;
+use super::net::{GrantHost, NetAccess};
 
 /// The check `WasiCtxBuilder::socket_addr_check` takes.
 pub(crate) type SocketCheck = Box<
@@ -42,6 +43,22 @@ async fn permits(access: &NetAccess, addr: SocketAddr, usage: SocketAddrUse) -> 
         // A connect first checks the implicit bind the OS does: to the wildcard
         // address and an ephemeral port. That one is fine.
         SocketAddrUse::TcpBind if ip.is_unspecified() && addr.port() == 0 => return true,
+        SocketAddrUse::TcpConnect if access.grants.dry_run.is_some() => {
+            // Nothing is reached, and nothing looked up: an address on a
+            // granted port counts as granted when the grant names a host.
+            let granted = access.grants.tcp.iter().any(|g| {
+                g.port == addr.port()
+                    && match &g.host {
+                        GrantHost::Ip(granted) => granted.to_canonical() == ip,
+                        GrantHost::Name(_) => true,
+                    }
+            });
+            if let Some(run) = access.grants.dry_run.as_ref().filter(|_| granted) {
+                run.withhold(Withheld::Tcp(addr.to_string()));
+                return false;
+            }
+            "no tcp grant has this address and port"
+        }
         SocketAddrUse::TcpConnect => {
             for grant in access.grants.tcp.iter().filter(|g| g.port == addr.port()) {
                 if access.granted_addresses(&grant.host).await.contains(&ip) {

@@ -91,19 +91,26 @@ pub(crate) fn ctx(
     } else {
         builder
             .allow_tcp(true)
-            .allow_ip_name_lookup(true)
+            // A dry run looks no name up: the lookup fails, which the SDK
+            // reads as a connection error (retriable).
+            .allow_ip_name_lookup(grants.dry_run.is_none())
             .socket_addr_check(super::tcp::socket_check(net.clone()));
     }
     if let Some(dir) = &grants.directory {
-        super::prepare_directory(dir)?;
-        builder
-            .preopened_dir(dir, DATA_DIR, FsPerms::ReadWrite)
-            .map_err(|e| {
-                format!(
-                    "cannot open the granted directory {} for the plugin: {e:#}",
-                    dir.display()
-                )
-            })?;
+        let (dir, perms) = match &grants.dry_run {
+            // Seen, never changed nor created.
+            Some(run) => (run.directory_view(dir)?, FsPerms::ReadOnly),
+            None => {
+                super::prepare_directory(dir)?;
+                (dir.clone(), FsPerms::ReadWrite)
+            }
+        };
+        builder.preopened_dir(&dir, DATA_DIR, perms).map_err(|e| {
+            format!(
+                "cannot open the granted directory {} for the plugin: {e:#}",
+                dir.display()
+            )
+        })?;
     }
     Ok(builder.build())
 }

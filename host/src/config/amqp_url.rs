@@ -1,6 +1,12 @@
 //! AMQP URLs, read just enough to check them, to put a password from the
 //! environment into them, and to print them without it:
-//! `amqp[s]://[user[:password]@]host[:port][/vhost][?options]`.
+//! `amqp[s]://[user[:password]@]host[:port][/vhost][?options]`. Then read
+//! again the way lapin reads them when it connects ([`read_as_lapin`]), so a
+//! URL that would fail there fails at config load, with the option named.
+
+use std::str::FromStr;
+
+use amq_protocol_uri::{AMQPUri, SASLMechanism};
 
 /// The parts of an AMQP URL that matter here, as slices of it.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,6 +110,66 @@ impl AmqpUrl<'_> {
     }
 }
 
+/// Reads `url` with the parser lapin connects with (amq-protocol-uri's
+/// `AMQPUri`): every problem, each naming its option (`option heartbeat:
+/// invalid digit found in string ...`), where lapin's own message names none.
+/// Options lapin does not know are ignored, as lapin ignores them. No message
+/// repeats the URL (it may hold a password).
+pub(super) fn read_as_lapin(url: &str) -> Result<(), Vec<String>> {
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => return Err(vec![format!("invalid AMQP URL: {e}")]),
+    };
+    let mut problems = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        // lapin reads the first of repeated options.
+        if seen.iter().any(|k| *k == key) {
+            continue;
+        }
+        seen.push(key.to_string());
+        let why = match &*key {
+            "frame_max" => integer::<u32>(&value, u32::MAX.into()),
+            "channel_max" | "heartbeat" => integer::<u16>(&value, u16::MAX.into()),
+            "connection_timeout" => integer::<u64>(&value, u64::MAX),
+            "auth_mechanism" => value.parse::<SASLMechanism>().err().map(|_| {
+                format!(
+                    "{value:?} is not a SASL mechanism; expected PLAIN, AMQPLAIN, EXTERNAL, ANONYMOUS or RABBIT-CR-DEMO"
+                )
+            }),
+            _ => None,
+        };
+        if let Some(why) = why {
+            problems.push(format!("option {key}: {why}"));
+        }
+    }
+    if problems.is_empty()
+        && let Err(e) = AMQPUri::from_str(url)
+    {
+        // Its "Invalid URL: '<url>'" would show the password.
+        let why = if e.contains(url) {
+            "it cannot be read as an AMQP URL".to_string()
+        } else {
+            e
+        };
+        problems.push(format!("invalid AMQP URL: {why}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Why `value` is not an integer of type `T` (parsed as lapin parses it, up to
+/// `max`), if it is not.
+fn integer<T: FromStr<Err = std::num::ParseIntError>>(value: &str, max: u64) -> Option<String> {
+    value
+        .parse::<T>()
+        .err()
+        .map(|e| format!("{e} ({value:?}; expected an integer from 0 to {max})"))
+}
+
 /// `url` with its password replaced by `***`; a URL that does not parse is
 /// replaced whole, since where its password is cannot be told.
 pub(super) fn redact(url: &str) -> String {
@@ -182,6 +248,43 @@ mod tests {
         );
         let url = parse("amqp://mq/%2f").unwrap();
         assert!(url.with_password("x").unwrap_err().contains("no user"));
+    }
+
+    #[test]
+    fn options_are_read_as_lapin_reads_them_and_named() {
+        assert_eq!(
+            read_as_lapin("amqp://guest:s3cret@127.0.0.1:5672/%2f?heartbeat=10&frame_max=131072"),
+            Ok(())
+        );
+        // lapin's own message, for the same URL, names no option.
+        let lapin = AMQPUri::from_str("amqp://guest:s3cret@h/%2f?heartbeat=abc").unwrap_err();
+        assert_eq!(lapin, "invalid digit found in string");
+        let problems = read_as_lapin(
+            "amqp://guest:s3cret@h/%2f?heartbeat=abc&channel_max=70000&auth_mechanism=md5",
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("option heartbeat: invalid digit found in string"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("option channel_max: number too large"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].contains("option auth_mechanism: \"md5\""),
+            "{problems:?}"
+        );
+        for problem in &problems {
+            assert!(!problem.contains("s3cret"), "{problem}");
+        }
+        // Unknown options are ignored, as lapin ignores them; the first of a
+        // repeated option is the one read.
+        assert_eq!(
+            read_as_lapin("amqp://h/%2f?colour=red&heartbeat=5&heartbeat=x"),
+            Ok(())
+        );
     }
 
     #[test]

@@ -225,8 +225,13 @@ fn unknown_key_problem(segments: &[Segment]) -> Problem {
                 path = key_path(&path, key);
                 // The last key is the unknown one itself, not part of the shape.
                 if i + 1 < segments.len() {
-                    let part = if shape == "connections" { "*" } else { key };
-                    shape = key_path(&shape, part);
+                    // A connection's name is any key: `*` stands for it, as is
+                    // (`key_path` would quote it, and `known_keys` not find it).
+                    shape = if shape == "connections" {
+                        "connections.*".to_string()
+                    } else {
+                        key_path(&shape, key)
+                    };
                 }
             }
         }

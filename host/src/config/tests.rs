@@ -425,6 +425,47 @@ fn refuses_invalid_urls() {
 }
 
 #[test]
+fn url_options_are_read_as_the_clients_read_them_and_named() {
+    let text = MINIMAL
+        .replace(
+            "amqp://guest@127.0.0.1:5672/%2f",
+            "amqp://guest@127.0.0.1:5672/%2f?heartbeat=abc",
+        )
+        .replace(
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://postgres@127.0.0.1:5432/postgres?connect_timeout=soon",
+        );
+    let error = parse_with(&text, &[]).unwrap_err();
+    assert_eq!(
+        paths(&error.problems),
+        ["connections.rabbit.url", "connections.warehouse.url"],
+        "{error}"
+    );
+    let amqp = &error.problems[0].message;
+    assert!(
+        amqp.starts_with("option heartbeat: invalid digit found in string"),
+        "{amqp}"
+    );
+    let postgres = &error.problems[1].message;
+    assert!(postgres.contains("connect_timeout"), "{postgres}");
+}
+
+#[test]
+fn a_connection_key_typo_lists_the_keys_a_connection_takes() {
+    let text = MINIMAL.replace(
+        "type = \"postgres\"\n",
+        "type = \"postgres\"\npasword_env = \"SLUICE_DB_PASSWORD\"\n",
+    );
+    let problems = problems(&text);
+    let typo = at(&problems, "connections.warehouse.pasword_env");
+    assert_eq!(
+        typo.message,
+        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env",
+        "{problems:#?}"
+    );
+}
+
+#[test]
 fn connections_and_grants_must_have_the_right_type() {
     let text = MINIMAL
         .replace("connection = \"rabbit\"", "connection = \"warehouse\"")

@@ -417,16 +417,25 @@ impl Validator<'_> {
                 return None;
             }
         };
-        match password {
-            None => Some(url.to_string()),
+        let url = match password {
+            None => url.to_string(),
             Some(password) => match parsed.with_password(password) {
-                Ok(url) => Some(url),
+                Ok(url) => url,
                 Err(why) => {
                     self.report(path, format!("cannot apply password_env: {why}"));
-                    None
+                    return None;
                 }
             },
+        };
+        // As lapin will read it when it connects: a bad option is found now,
+        // named, rather than at every reconnect with a message naming none.
+        if let Err(problems) = amqp_url::read_as_lapin(&url) {
+            for problem in problems {
+                self.report(path, problem);
+            }
+            return None;
         }
+        Some(url)
     }
 
     fn postgres_grant(
@@ -440,12 +449,7 @@ impl Validator<'_> {
             Err(e) => {
                 // The cause (which option is wrong) is in the source chain; no
                 // part of it repeats the string, so no password shows.
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    why.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
+                let why = crate::telemetry::error_chain(&e);
                 self.report(
                     path,
                     format!(

@@ -281,7 +281,8 @@ fn call_error(
 
 fn trap_text(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        // A trap reads `wasm trap: …` on its own.
+        Some(trap) => trap.to_string(),
         None => format!("{error:#}"),
     }
 }
@@ -663,5 +664,18 @@ impl WriterInstance {
         };
         self.live = None;
         Err(error)
+    }
+}
+
+#[cfg(test)]
+mod trap_text_tests {
+    use super::*;
+
+    #[test]
+    fn a_trap_says_wasm_trap_once() {
+        let error = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        let text = trap_text(&error);
+        assert!(text.starts_with("wasm trap: "), "{text}");
+        assert_eq!(text.matches("wasm trap").count(), 1, "{text}");
     }
 }

@@ -55,6 +55,12 @@
 //! Fields the configuration does not name are ignored. A JSON `null`, or an absent
 //! field, or a `null` object on the way, is a null value.
 //!
+//! A key that appears twice in one object (`{"cost": 1, "cost": 2}`) is not an
+//! error: the last one wins, for the column's field and for every object on its
+//! path, as in most JSON parsers (RFC 8259 leaves duplicate names undefined).
+//! Such a message is stored, not rejected; a feed that may repeat keys with
+//! different values should be fixed at its producer.
+//!
 //! # Rejections
 //!
 //! A message that does not fit goes to the dead-letter exchange with one reason:
