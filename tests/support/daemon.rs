@@ -199,6 +199,21 @@ retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
     }
 }
 
+/// Waits for the confirms of `pending` publishes to `exchange`; an error names
+/// the message the broker refused.
+async fn settle(
+    pending: &mut Vec<(Option<String>, lapin::PublisherConfirm)>,
+    exchange: &str,
+) -> anyhow::Result<()> {
+    for (id, confirm) in pending.drain(..) {
+        anyhow::ensure!(
+            confirm.await?.is_ack(),
+            "the broker refused message {id:?} on exchange `{exchange}`"
+        );
+    }
+    Ok(())
+}
+
 /// A TCP port nothing listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -425,33 +440,13 @@ impl Broker {
     /// Publishes persistent messages to `exchange` with routing key `cdr.voice`
     /// and waits for every confirm.
     pub async fn publish_to(&self, exchange: &str, bodies: impl IntoIterator<Item = String>) {
-        let mut pending = Vec::new();
-        for (i, body) in bodies.into_iter().enumerate() {
+        let messages = bodies.into_iter().enumerate().map(|(i, body)| {
             let props = BasicProperties::default()
-                .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(format!("m-{i}").into());
-            let confirm = self
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    "cdr.voice".into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await
-                .unwrap();
-            pending.push(confirm);
-            if pending.len() >= 2000 {
-                for c in pending.drain(..) {
-                    assert!(c.await.unwrap().is_ack());
-                }
-            }
-        }
-        for c in pending {
-            assert!(c.await.unwrap().is_ack());
-        }
+            (body.into_bytes(), props)
+        });
+        self.publish_messages(exchange, messages).await.unwrap();
     }
 
     /// Publishes messages with properties of their own (message ids, headers) to
@@ -477,13 +472,12 @@ impl Broker {
                 )
                 .await?;
             pending.push((id, confirm));
+            // Bounded: a publish of millions holds a few thousand confirms.
+            if pending.len() >= 2000 {
+                settle(&mut pending, exchange).await?;
+            }
         }
-        for (id, confirm) in pending {
-            anyhow::ensure!(
-                confirm.await?.is_ack(),
-                "the broker refused message {id:?} on exchange `{exchange}`"
-            );
-        }
+        settle(&mut pending, exchange).await?;
         Ok(())
     }
 
