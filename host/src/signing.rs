@@ -448,7 +448,7 @@ mod tests {
         let file = plugin_file(&dir.0, b"\0asm plugin");
         let signed = sign(&file, &secret, Some("build 42 of json-source")).unwrap();
         assert_eq!(signed.signature, dir.0.join("p.wasm.minisig"));
-        let signer = check(&file, b"\0asm plugin", &[trusted.clone()]).unwrap();
+        let signer = check(&file, b"\0asm plugin", std::slice::from_ref(&trusted)).unwrap();
         assert_eq!(signer.key_file, "ci.pub");
         assert_eq!(signer.key_id, trusted.id);
         assert_eq!(signer.trusted_comment, "build 42 of json-source");
@@ -502,7 +502,7 @@ mod tests {
         let (other_secret, other) = key(&dir.0, "laptop");
         let file = plugin_file(&dir.0, b"x");
         sign(&file, &other_secret, None).unwrap();
-        let err = check(&file, b"x", &[trusted.clone()]).unwrap_err();
+        let err = check(&file, b"x", std::slice::from_ref(&trusted)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -518,7 +518,7 @@ mod tests {
         let (secret, trusted) = key(&dir.0, "ci");
         let file = plugin_file(&dir.0, b"the signed bytes");
         sign(&file, &secret, None).unwrap();
-        let err = check(&file, b"the changed bytes", &[trusted.clone()]).unwrap_err();
+        let err = check(&file, b"the changed bytes", std::slice::from_ref(&trusted)).unwrap_err();
         assert!(matches!(err, SignatureError::Mismatch { .. }), "{err:?}");
         assert!(
             err.to_string().starts_with(&format!(
