@@ -315,3 +315,65 @@ async fn minisign_verifies_sluice_signatures_and_sluice_check_and_plugins_show_m
     let _ = w.db.drop_now().await;
     w.broker.cleanup(&setup).await;
 }
+
+#[tokio::test]
+async fn re_signing_does_not_reload_and_a_dropped_key_refuses_without_stopping_what_runs() {
+    use sluice::reload::PluginRegistry;
+
+    let dir = std::env::temp_dir().join(sluice_tests::unique_name("resign"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = keygen(&dir, "old");
+    let new = keygen(&dir, "new");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let file = plugins.join("json-source.wasm");
+    std::fs::copy(plugin("json-source"), &file).unwrap();
+    sign(&file, &old);
+    let runtime = crate::runtime();
+    let mut registry = PluginRegistry::new(plugins.clone());
+    registry.set_trusted_keys(Some(vec![old.clone(), new.clone()]));
+    let summary = registry.scan(&runtime, None).await.unwrap();
+    assert_eq!(summary.loaded.len(), 1, "{summary:?}");
+    let in_use = registry.plugins()["json-source"].clone();
+    let signer = |registry: &PluginRegistry| registry.status()[0].signer.clone();
+    assert_eq!(signer(&registry).unwrap().key_id, old.id);
+
+    // Re-signed with the new key: the same plugin stays in use, with its new signer.
+    sign(&file, &new);
+    let summary = registry.scan(&runtime, None).await.unwrap();
+    assert!(
+        !summary.changed() && summary.refused.is_empty(),
+        "{summary:?}"
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &registry.plugins()["json-source"],
+        &in_use
+    ));
+    assert_eq!(signer(&registry).unwrap().key_id, new.id);
+
+    // Back to the old key's signature, then the old key dropped: refused, and
+    // the version in use keeps running (like any refused file).
+    sign(&file, &old);
+    registry.scan(&runtime, None).await.unwrap();
+    registry.set_trusted_keys(Some(vec![new.clone()]));
+    let summary = registry.scan(&runtime, None).await.unwrap();
+    assert!(
+        summary
+            .refused
+            .iter()
+            .any(|r| r.contains(&format!("signed by the untrusted key {}", old.id))),
+        "{summary:?}"
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &registry.plugins()["json-source"],
+        &in_use
+    ));
+
+    // A fresh registry (a restart) does not load it.
+    let mut restarted = PluginRegistry::new(plugins.clone());
+    restarted.set_trusted_keys(Some(vec![new.clone()]));
+    restarted.scan(&runtime, None).await.unwrap();
+    assert!(restarted.plugins().is_empty());
+    assert!(restarted.status()[0].refused.is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
