@@ -100,4 +100,9 @@ if ! clickhouse_answers; then
     exit 1
   fi
 fi
+
+# --- minisign -----------------------------------------------------------------
+# Not a service: the signing tests check that the minisign tool verifies what
+# `sluice plugin sign` writes, and signs what the daemon accepts.
+command -v minisign >/dev/null || apt_install minisign
 log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"

@@ -26,13 +26,15 @@ use crate::config::{Config, Problem, WriterConfig};
 use crate::plugin_runtime::{
     CallError, LoadedPlugin, PluginKind, PluginRuntime, Schema, SourceInstance, WriterInstance,
 };
+use crate::signing::{self, TrustedKey};
 
 /// Every problem that keeps `config` from running with its plugins; empty when
 /// none.
 pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem> {
     let mut problems = Vec::new();
     let dir = &config.daemon.plugin_dir;
-    let plugins = match load_folder(runtime, dir, &mut problems).await {
+    let keys = config.daemon.trusted_keys.as_deref();
+    let plugins = match load_folder(runtime, dir, keys, &mut problems).await {
         Ok(plugins) => plugins,
         Err(problem) => return vec![problem],
     };
@@ -223,6 +225,7 @@ fn judge_open(error: &CallError, run: &DryRun, table: &str) -> Option<Problem> {
 async fn load_folder(
     runtime: &Arc<PluginRuntime>,
     dir: &Path,
+    trusted_keys: Option<&[TrustedKey]>,
     problems: &mut Vec<Problem>,
 ) -> Result<BTreeMap<String, Vec<LoadedPlugin>>, Problem> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -242,14 +245,24 @@ async fn load_folder(
     files.sort();
     let mut plugins: BTreeMap<String, Vec<LoadedPlugin>> = BTreeMap::new();
     for file in files {
-        match runtime.load(&file).await {
+        // As the daemon does: the bytes whose signature is checked are loaded.
+        let loaded = match std::fs::read(&file) {
+            Err(e) => Err(format!("cannot read the file: {e}")),
+            Ok(bytes) => match trusted_keys.map(|keys| signing::check(&file, &bytes, keys)) {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => runtime
+                    .load_bytes(&file, bytes)
+                    .await
+                    .map_err(|e| e.to_string()),
+            },
+        };
+        match loaded {
             Ok(plugin) => plugins
                 .entry(plugin.info.name.clone())
                 .or_default()
                 .push(plugin),
-            Err(e) => {
+            Err(message) => {
                 // The path already names the file; the message need not repeat it.
-                let message = e.to_string();
                 let prefix = format!("{}: ", file.display());
                 let message = message.strip_prefix(&prefix).unwrap_or(&message);
                 problems.push(Problem::new(

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::plugin_build::{self, BuildOptions, WasmTarget};
 use crate::plugin_new::{self, NewOptions, SdkChoice};
 use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
+use crate::signing::{self, TrustedKey};
 
 /// Sluice: ingests RabbitMQ event streams into Postgres and customer-managed stores
 /// through WebAssembly source and writer plugins.
@@ -51,8 +52,9 @@ enum Command {
         config: PathBuf,
     },
     /// Lists what the daemon would load from its plugin folder: each file's
-    /// plugin name, version, world, WIT version, content hash and status (loaded,
-    /// or refused and why). Exits 2 if any file is refused.
+    /// plugin name, version, world, WIT version, content hash, status (loaded,
+    /// or refused and why) and, with the configuration's `trusted_keys`, who
+    /// signed it. Exits 2 if any file is refused.
     Plugins {
         /// The configuration whose `plugin_dir` to list.
         #[arg(
@@ -63,7 +65,7 @@ enum Command {
             conflicts_with = "dir"
         )]
         config: PathBuf,
-        /// A plugin folder to list instead.
+        /// A plugin folder to list instead (signatures are not checked).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -74,6 +76,39 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
+    /// Creates a minisign key pair for signing plugins: a secret key (mode
+    /// 0600, without a password: keep it in your CI's secret store) and the
+    /// public key that daemons list in `trusted_keys`. Existing files are
+    /// never overwritten. The `minisign` tool reads both.
+    Keygen {
+        /// The folder both files go to, as `sluice.key` and `sluice.pub`
+        /// [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The secret key file [default: DIR/sluice.key].
+        #[arg(long, short = 's', value_name = "FILE")]
+        secret_key: Option<PathBuf>,
+        /// The public key file [default: DIR/sluice.pub].
+        #[arg(long, short = 'p', value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Signs plugin files: writes `FILE.minisig` beside each (minisign's
+    /// format; `minisign -Vm FILE -p KEY.pub` verifies it). Deploy both
+    /// files, the signature first.
+    Sign {
+        /// The plugin files (`.wasm`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The secret key (from `sluice plugin keygen`, or `minisign -G`; a
+        /// password-protected key asks for its password).
+        #[arg(long, short = 'k', value_name = "SECRET_KEY")]
+        key: PathBuf,
+        /// The signature's trusted comment, signed with the file and shown by
+        /// `sluice plugins` [default: `timestamp:<now>\tfile:<name>\thashed`,
+        /// as minisign].
+        #[arg(long, short = 't', value_name = "TEXT")]
+        trusted_comment: Option<String>,
+    },
     /// Builds plugin crates (cdylib, using sluice-plugin-sdk) into WebAssembly
     /// components, `<out>/<package>.wasm`. Uses an installed rustup wasm target when
     /// there is one, and otherwise fetches a toolchain itself (once, cached).
@@ -148,16 +183,48 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => check(&config),
         Command::Plugins { config, dir } => {
-            let dir = match dir {
-                Some(dir) => dir,
+            let (dir, trusted_keys) = match dir {
+                Some(dir) => (dir, None),
                 None => {
-                    Config::load(&config)
+                    let daemon = Config::load(&config)
                         .map_err(|e| anyhow::anyhow!("{e}"))?
-                        .daemon
-                        .plugin_dir
+                        .daemon;
+                    (daemon.plugin_dir, daemon.trusted_keys)
                 }
             };
-            list_plugins(dir)
+            list_plugins(dir, trusted_keys)
+        }
+        Command::Plugin(PluginCommand::Keygen {
+            out,
+            secret_key,
+            public_key,
+        }) => {
+            let out = out.unwrap_or_else(|| PathBuf::from("."));
+            let secret_key = secret_key.unwrap_or_else(|| out.join("sluice.key"));
+            let public_key = public_key.unwrap_or_else(|| out.join("sluice.pub"));
+            let id = signing::keygen(&secret_key, &public_key)?;
+            println!(
+                "key {id}: secret key {} (keep it secret: it signs plugins), public key {} (list it in daemon.trusted_keys)",
+                secret_key.display(),
+                public_key.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Sign {
+            files,
+            key,
+            trusted_comment,
+        }) => {
+            for file in files {
+                let signed = signing::sign(&file, &key, trusted_comment.as_deref())?;
+                println!(
+                    "{}: signed by key {}, trusted comment {:?}",
+                    signed.signature.display(),
+                    signed.key_id,
+                    signed.trusted_comment
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Build {
             crates,
@@ -241,6 +308,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         };
         println!("{}", check_report(&config, problems));
+        print_signers(&config);
         Ok(code)
     })
 }
@@ -264,6 +332,48 @@ fn check_report(config: &Config, problems: Vec<crate::config::Problem>) -> Strin
     }
 }
 
+/// Who signed each plugin file `sluice check` accepted (the refused ones are
+/// among its problems), or that plugins are not verified.
+fn print_signers(config: &Config) {
+    let dir = &config.daemon.plugin_dir;
+    let Some(keys) = &config.daemon.trusted_keys else {
+        println!(
+            "plugins are not verified: no daemon.trusted_keys, so any file in {} runs",
+            dir.display()
+        );
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    println!("signatures (trusted keys: {}):", key_list(keys));
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Ok(signer) = std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| signing::check(&file, &bytes, keys).map_err(|e| e.to_string()))
+        {
+            println!("  plugin_dir/{name}: signed by {signer}");
+        }
+    }
+}
+
+fn key_list(keys: &[TrustedKey]) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} ({})", k.file_name(), k.id))
+        .collect();
+    keys.join(", ")
+}
+
 fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
     let cache_dir = plugin_build::default_cache_dir().join("components");
     PluginRuntime::new(RuntimeConfig {
@@ -282,11 +392,19 @@ fn needs(plugin: &crate::plugin_runtime::LoadedPlugin) -> String {
     }
 }
 
-fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
+fn list_plugins(dir: PathBuf, trusted_keys: Option<Vec<TrustedKey>>) -> anyhow::Result<ExitCode> {
     tokio_runtime()?.block_on(async {
         let runtime = runtime_for_cli()?;
         // The same scan the daemon does, so the listing says what it would load.
+        let trust = match &trusted_keys {
+            Some(keys) => format!(
+                "signatures: required, by a trusted key ({})",
+                key_list(keys)
+            ),
+            None => "signatures: not verified (no daemon.trusted_keys)".to_string(),
+        };
         let mut registry = crate::reload::PluginRegistry::new(dir);
+        registry.set_trusted_keys(trusted_keys);
         registry.scan(&runtime, None).await?;
         let mut refused = 0;
         println!(
@@ -301,7 +419,7 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             match (&file.plugin, &file.refused) {
                 (Some(p), None) => println!(
-                    "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {:<13} {name}",
+                    "{:<20} {:<9} {:<7} {:<6} {:<13} {:<8} {:<13} {name}{}",
                     p.info.name,
                     p.info.version,
                     p.kind.as_str(),
@@ -309,6 +427,10 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
                     &p.sha256[..12],
                     "loaded",
                     needs(p),
+                    file.signer
+                        .as_ref()
+                        .map(|s| format!(" (signed by {s})"))
+                        .unwrap_or_default(),
                 ),
                 (_, Some(reason)) => {
                     refused += 1;
@@ -320,6 +442,7 @@ fn list_plugins(dir: PathBuf) -> anyhow::Result<ExitCode> {
                 (None, None) => {}
             }
         }
+        println!("{trust}");
         Ok(if refused == 0 {
             ExitCode::SUCCESS
         } else {

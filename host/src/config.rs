@@ -82,6 +82,13 @@ pub struct DaemonConfig {
     /// the longest statement a healthy store runs (a big COPY under load), or
     /// that batch is retried forever. A change applies at the next restart.
     pub store_call_timeout: Duration,
+    /// The public keys plugins must be signed with (`trusted_keys`, a list of
+    /// minisign `.pub` files, relative paths resolved like `plugin_dir`; read
+    /// when the configuration is loaded). With keys, a plugin file without a
+    /// valid signature (`<file>.minisig`) by one of them is refused like a
+    /// corrupt file; `None` (the key absent) loads unsigned plugins and the
+    /// daemon warns at start that plugins are not verified.
+    pub trusted_keys: Option<Vec<crate::signing::TrustedKey>>,
 }
 
 /// One pipeline (`[[pipelines]]`): a queue, a source plugin that decodes its

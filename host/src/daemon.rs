@@ -288,6 +288,11 @@ impl Daemon {
         if config.daemon.plugin_dir != self.registry.dir() {
             self.registry = PluginRegistry::new(config.daemon.plugin_dir.clone());
         }
+        if config.daemon.trusted_keys != self.config.daemon.trusted_keys {
+            log_trust(&config);
+        }
+        self.registry
+            .set_trusted_keys(config.daemon.trusted_keys.clone());
         let scan = match self.registry.scan(&self.runtime, Some(&self.metrics)).await {
             Ok(scan) => scan,
             Err(e) => {
@@ -348,6 +353,28 @@ fn log_reload(trigger: &str, scan: &ScanSummary, applied: &ApplySummary) {
     );
 }
 
+/// Says whether plugin files must be signed, and by which keys: once at start,
+/// and when a reload changes `trusted_keys`.
+fn log_trust(config: &Config) {
+    match &config.daemon.trusted_keys {
+        None => tracing::warn!(
+            plugin_dir = %config.daemon.plugin_dir.display(),
+            "plugins are not verified: without daemon.trusted_keys, any .wasm file written to the plugin folder runs, signed or not"
+        ),
+        Some(keys) => {
+            let keys: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{} ({})", k.path.display(), k.id))
+                .collect();
+            tracing::info!(
+                plugin_dir = %config.daemon.plugin_dir.display(),
+                trusted_keys = ?keys,
+                "plugins are verified: a file without a valid signature by a trusted key is refused"
+            );
+        }
+    }
+}
+
 /// Sends READY=1 once every consumer is connected to its stores and the broker.
 fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -391,7 +418,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(addr) = config.daemon.admin_addr {
         admin::serve(addr, metrics.clone(), health.clone(), exiting.clone()).await?;
     }
+    log_trust(&config);
     let mut registry = PluginRegistry::new(config.daemon.plugin_dir.clone());
+    registry.set_trusted_keys(config.daemon.trusted_keys.clone());
     let scan = registry.scan(&runtime, Some(&metrics)).await?;
     health.set_plugins_loaded(true);
     let (_watcher, mut changes) = crate::reload::watch(&config.daemon.plugin_dir, path)?;

@@ -15,4 +15,5 @@ pub mod plugin_runtime;
 pub mod queue_input;
 pub mod reload;
 pub mod service;
+pub mod signing;
 pub mod telemetry;

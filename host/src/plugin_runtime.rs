@@ -396,13 +396,24 @@ impl PluginRuntime {
     /// Reads, checks and prepares the plugin in `path`. Compilation runs on a
     /// blocking thread, off the async workers.
     pub async fn load(self: &Arc<Self>, path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let started = Instant::now();
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| LoadError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
+        self.load_bytes(path, bytes).await
+    }
+
+    /// Like [`load`](Self::load), with the file's content read by the caller:
+    /// the bytes a caller checked (their signature, their hash) are the bytes
+    /// that are loaded, whatever happens to the file meanwhile.
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        path: &Path,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
         let this = self.clone();
         let owned = path.to_path_buf();
         let prepared = tokio::task::spawn_blocking(move || this.prepare(&owned, &bytes))

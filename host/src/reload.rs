@@ -14,6 +14,12 @@
 //! second file appeared keeps running; at start, or if that version's file was
 //! changed meanwhile, none runs and the pipelines that need it are paused. It
 //! ends when one of the files is removed.
+//!
+//! With trusted keys ([`PluginRegistry::set_trusted_keys`]), a file is loaded
+//! only if its signature (`name.wasm.minisig`) by a trusted key verifies
+//! against the bytes read for loading; otherwise it is refused like a corrupt
+//! file. A signature that changes alone (the file re-signed) is checked again;
+//! if the file's content is the one in use, the plugin is not reloaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{LoadOutcome, Metrics};
 use crate::plugin_runtime::{LoadedPlugin, PluginRuntime};
+use crate::signing::{self, Signer, TrustedKey};
 
 /// Plugins by the name they declare.
 pub type PluginSet = BTreeMap<String, Arc<LoadedPlugin>>;
@@ -42,13 +49,18 @@ pub struct PluginRegistry {
     files: BTreeMap<PathBuf, FileEntry>,
     /// The plugins in use, by name, as of the last scan.
     in_use: PluginSet,
+    /// The keys plugin files must be signed with; `None`: not verified.
+    trusted_keys: Option<Vec<TrustedKey>>,
 }
 
 struct FileEntry {
-    /// Hash of the content last seen in the file (loaded or refused).
+    /// Hash of the content last seen in the file (loaded or refused), and of
+    /// its signature when signatures are verified.
     seen: String,
     /// The plugin in use from this file: the last version that loaded.
     plugin: Option<Arc<LoadedPlugin>>,
+    /// Who signed the plugin in use (when signatures are verified).
+    signer: Option<Signer>,
     /// Why the content last seen was refused, if it was.
     refused: Option<String>,
     /// Why its plugin is not in use though it loaded: another file declares
@@ -83,6 +95,8 @@ pub struct FileStatus {
     pub path: PathBuf,
     /// The plugin in use from it.
     pub plugin: Option<Arc<LoadedPlugin>>,
+    /// Who signed the plugin in use, when signatures are verified.
+    pub signer: Option<Signer>,
     /// Why its current content was refused.
     pub refused: Option<String>,
 }
@@ -100,6 +114,14 @@ fn is_candidate(path: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
+/// Whether `path` is a plugin's signature (`name.wasm.minisig`): re-signing a
+/// file changes only its signature, and must be noticed.
+fn is_signature(path: &Path) -> bool {
+    path.to_str()
+        .and_then(|p| p.strip_suffix(signing::SIGNATURE_SUFFIX))
+        .is_some_and(|plugin| is_candidate(Path::new(plugin)))
+}
+
 impl PluginRegistry {
     /// An empty registry for `dir`; call [`scan`](Self::scan) to fill it.
     pub fn new(dir: PathBuf) -> Self {
@@ -107,6 +129,19 @@ impl PluginRegistry {
             dir,
             files: BTreeMap::new(),
             in_use: PluginSet::new(),
+            trusted_keys: None,
+        }
+    }
+
+    /// Sets the keys plugin files must be signed with (`None`: signatures are
+    /// not checked). A change applies to every file at the next scan; files
+    /// whose content is in use and still verifies are not reloaded.
+    pub fn set_trusted_keys(&mut self, keys: Option<Vec<TrustedKey>>) {
+        if keys != self.trusted_keys {
+            self.trusted_keys = keys;
+            for entry in self.files.values_mut() {
+                entry.seen.clear();
+            }
         }
     }
 
@@ -134,11 +169,65 @@ impl PluginRegistry {
                 continue;
             };
             let hash = hex::encode(Sha256::digest(&bytes));
-            if self.files.get(path).is_some_and(|e| e.seen == hash) {
+            let signature = self
+                .trusted_keys
+                .as_ref()
+                .map(|_| signing::read_signature(path));
+            let seen = match &signature {
+                None => hash.clone(),
+                Some(Ok(text)) => format!("{hash} {}", hex::encode(Sha256::digest(text))),
+                Some(Err(e)) => format!("{hash} {e}"),
+            };
+            if self.files.get(path).is_some_and(|e| e.seen == seen) {
                 continue;
             }
             let previous = self.files.get(path).and_then(|e| e.plugin.clone());
-            match runtime.load(path).await {
+            let previous_signer = self.files.get(path).and_then(|e| e.signer.clone());
+            // The signature is checked against the bytes just read, and those
+            // same bytes are loaded: the file cannot change in between.
+            let signer = match (&self.trusted_keys, signature) {
+                (Some(keys), Some(text)) => {
+                    match text.and_then(|text| signing::verify(path, &bytes, &text, keys)) {
+                        Ok(signer) => Some(signer),
+                        Err(e) => {
+                            let reason = format!("{}: {e}", path.display());
+                            self.refuse(
+                                path,
+                                seen,
+                                reason,
+                                previous,
+                                previous_signer,
+                                metrics,
+                                &mut summary,
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some(plugin) = previous.as_ref().filter(|p| p.sha256 == hash) {
+                // Re-signed, or the trusted keys changed: the content in use is
+                // still accepted, so it is not loaded again.
+                tracing::info!(
+                    plugin = %plugin.info.label(),
+                    file = %path.display(),
+                    signer = %signer.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
+                    "plugin file checked again (re-signed, or the trusted keys changed); the plugin in use is unchanged"
+                );
+                self.files.insert(
+                    path.clone(),
+                    FileEntry {
+                        seen,
+                        plugin: previous,
+                        signer,
+                        refused: None,
+                        conflict: None,
+                    },
+                );
+                continue;
+            }
+            match runtime.load_bytes(path, bytes).await {
                 Ok(plugin) => {
                     let plugin = Arc::new(plugin);
                     if let Some(m) = metrics {
@@ -149,6 +238,7 @@ impl PluginRegistry {
                         world = %plugin.kind,
                         file = %path.display(),
                         sha256 = &plugin.sha256[..12],
+                        signer = %signer.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".into()),
                         cache = ?plugin.cache,
                         load_ms = plugin.load_time.as_secs_f64() * 1e3,
                         "plugin loaded"
@@ -164,32 +254,23 @@ impl PluginRegistry {
                     self.files.insert(
                         path.clone(),
                         FileEntry {
-                            seen: hash,
+                            seen,
                             plugin: Some(plugin),
+                            signer,
                             refused: None,
                             conflict: None,
                         },
                     );
                 }
                 Err(e) => {
-                    if let Some(m) = metrics {
-                        let name = path
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        m.plugin_loaded(&name, LoadOutcome::Refused);
-                    }
-                    let kept = previous.as_ref().map(|p| p.info.label());
-                    tracing::error!(error = %e, kept = ?kept, "plugin refused");
-                    summary.refused.push(e.to_string());
-                    self.files.insert(
-                        path.clone(),
-                        FileEntry {
-                            seen: hash,
-                            plugin: previous,
-                            refused: Some(e.to_string()),
-                            conflict: None,
-                        },
+                    self.refuse(
+                        path,
+                        seen,
+                        e.to_string(),
+                        previous,
+                        previous_signer,
+                        metrics,
+                        &mut summary,
                     );
                 }
             }
@@ -208,6 +289,41 @@ impl PluginRegistry {
         }
         self.settle_names(&mut summary);
         Ok(summary)
+    }
+
+    /// Records that the content `seen` in `path` was refused for `reason` (which
+    /// names the file); the plugin loaded before from it, if any, stays.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        path: &Path,
+        seen: String,
+        reason: String,
+        previous: Option<Arc<LoadedPlugin>>,
+        previous_signer: Option<Signer>,
+        metrics: Option<&Metrics>,
+        summary: &mut ScanSummary,
+    ) {
+        if let Some(m) = metrics {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            m.plugin_loaded(&name, LoadOutcome::Refused);
+        }
+        let kept = previous.as_ref().map(|p| p.info.label());
+        tracing::error!(error = %reason, kept = ?kept, "plugin refused");
+        summary.refused.push(reason.clone());
+        self.files.insert(
+            path.to_path_buf(),
+            FileEntry {
+                seen,
+                plugin: previous,
+                signer: previous_signer,
+                refused: Some(reason),
+                conflict: None,
+            },
+        );
     }
 
     /// Decides which plugin is in use for each name (see the module's docs on
@@ -277,6 +393,7 @@ impl PluginRegistry {
             .map(|(path, e)| FileStatus {
                 path: path.clone(),
                 plugin: e.plugin.clone(),
+                signer: e.signer.clone(),
                 refused: e.refused.clone().or_else(|| e.conflict.clone()),
             })
             .collect()
@@ -313,8 +430,8 @@ pub fn watch(
                     .filter(|e| changes_content(&e.kind))
                     .flat_map(|e| e.paths.iter())
                     .any(|p| {
-                        let in_plugins =
-                            p.parent() == Some(plugin_dir.as_path()) && is_candidate(p);
+                        let in_plugins = p.parent() == Some(plugin_dir.as_path())
+                            && (is_candidate(p) || is_signature(p));
                         let is_config = p.file_name().map(|n| n.to_os_string()) == config_name;
                         in_plugins || is_config
                     });
@@ -380,5 +497,14 @@ mod tests {
         assert!(!is_candidate(Path::new("/p/json-source.wasm.tmp")));
         assert!(!is_candidate(Path::new("/p/.json-source.wasm")));
         assert!(!is_candidate(Path::new("/p/notes.txt")));
+    }
+
+    #[test]
+    fn a_plugins_signature_is_watched_but_its_temporary_file_is_not() {
+        assert!(is_signature(Path::new("/p/json-source.wasm.minisig")));
+        assert!(!is_signature(Path::new("/p/json-source.wasm.minisig.tmp")));
+        assert!(!is_signature(Path::new("/p/.json-source.wasm.minisig")));
+        assert!(!is_signature(Path::new("/p/notes.minisig")));
+        assert!(!is_candidate(Path::new("/p/json-source.wasm.minisig")));
     }
 }

@@ -25,7 +25,7 @@ async fn marked_world(tag: &str) -> World {
 }
 
 /// The marked-source component with `version` as its mark.
-fn marked(version: u32) -> Vec<u8> {
+pub(crate) fn marked(version: u32) -> Vec<u8> {
     let mut bytes = std::fs::read(plugin("marked-source")).unwrap();
     let at = bytes
         .windows(MARK.len())
@@ -40,7 +40,7 @@ fn marked(version: u32) -> Vec<u8> {
 }
 
 /// Deploys a file the documented way: write `*.tmp`, then rename.
-fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
+pub(crate) fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
     let tmp = dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
@@ -51,7 +51,7 @@ fn ids(range: std::ops::Range<u64>) -> impl Iterator<Item = String> {
 }
 
 impl World {
-    async fn marked_count(&self, version: u32) -> i64 {
+    pub(crate) async fn marked_count(&self, version: u32) -> i64 {
         let sql = format!(
             "SELECT count(*) FROM {}.marked WHERE mark = $1",
             self.db.name
@@ -65,7 +65,7 @@ impl World {
             .unwrap_or(0)
     }
 
-    async fn marked_total(&self) -> (i64, i64) {
+    pub(crate) async fn marked_total(&self) -> (i64, i64) {
         let sql = format!(
             "SELECT count(*), count(DISTINCT id) FROM {}.marked",
             self.db.name

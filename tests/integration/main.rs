@@ -14,6 +14,7 @@ mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
 mod service;
+mod signing;
 mod stalls;
 mod trust;
 

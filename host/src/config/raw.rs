@@ -45,6 +45,7 @@ pub(super) struct RawDaemon {
     pub plugin_call_timeout: Option<Lenient<String>>,
     pub plugin_call_deadline: Option<Lenient<String>>,
     pub store_call_timeout: Option<Lenient<String>>,
+    pub trusted_keys: Option<Lenient<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -271,6 +271,7 @@ fn applies_defaults() {
             plugin_call_timeout: Duration::from_secs(10),
             plugin_call_deadline: Duration::from_secs(60),
             store_call_timeout: Duration::from_secs(300),
+            trusted_keys: None,
         }
     );
     let p = &config.pipelines[0];
@@ -790,4 +791,68 @@ fn call_deadline_and_store_call_timeout_are_read_and_range_checked() {
         problems[1].message.contains("found the integer 300"),
         "{problems:#?}"
     );
+}
+
+#[test]
+fn trusted_keys_are_read_relative_to_the_config_and_broken_ones_are_errors() {
+    let dir = std::env::temp_dir().join(format!("sluice-trusted-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let id = crate::signing::keygen(&dir.join("keys/ci.key"), &dir.join("keys/ci.pub")).unwrap();
+    std::fs::write(
+        dir.join("keys/broken.pub"),
+        "untrusted comment: x\nnot a key\n",
+    )
+    .unwrap();
+    let load = |keys: &str| {
+        let text = format!("{MINIMAL}\n[daemon]\ntrusted_keys = {keys}\n");
+        Config::from_str_with_env(&text, &dir.join("config.toml"), |_| None)
+    };
+
+    let config = load(r#"["keys/ci.pub"]"#).unwrap();
+    let keys = config.daemon.trusted_keys.expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        keys[0].path,
+        std::path::absolute(&dir).unwrap().join("keys/ci.pub")
+    );
+    assert_eq!(keys[0].id, id);
+
+    let problems = load(r#"["keys/ci.pub", "keys/missing.pub", "keys/broken.pub", ""]"#)
+        .unwrap_err()
+        .problems;
+    assert_eq!(
+        paths(&problems),
+        [
+            "daemon.trusted_keys[1]",
+            "daemon.trusted_keys[2]",
+            "daemon.trusted_keys[3]"
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("keys/missing.pub: cannot read it: ")
+            && problems[0].message.contains("No such file"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("keys/broken.pub: not a minisign public key"),
+        "{problems:#?}"
+    );
+
+    let problems = load("[]").unwrap_err().problems;
+    assert_eq!(paths(&problems), ["daemon.trusted_keys"]);
+    assert!(problems[0].message.contains("is empty"), "{problems:#?}");
+    let problems = load(r#""keys/ci.pub""#).unwrap_err().problems;
+    assert!(
+        problems[0]
+            .message
+            .contains("expected a list of public key files"),
+        "{problems:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

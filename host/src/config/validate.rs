@@ -15,6 +15,7 @@ use super::amqp_url;
 use super::raw::{Lenient, RawConfig, RawConnection, RawDaemon, describe, key_path};
 use super::{Config, DaemonConfig, Problem};
 use crate::capabilities::postgres::PostgresGrant;
+use crate::signing::TrustedKey;
 
 /// The admin address when the file does not set one.
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
@@ -322,6 +323,7 @@ impl Validator<'_> {
             Duration::from_secs(300),
             (Duration::from_millis(10), Duration::from_secs(3600)),
         );
+        let trusted_keys = self.trusted_keys(raw.trusted_keys, base);
         DaemonConfig {
             plugin_dir: plugin_dir.unwrap_or_default(),
             cache_dir: cache_dir.unwrap_or_default(),
@@ -331,7 +333,41 @@ impl Validator<'_> {
             plugin_call_timeout: plugin_call_timeout.unwrap_or_default(),
             plugin_call_deadline: plugin_call_deadline.unwrap_or_default(),
             store_call_timeout: store_call_timeout.unwrap_or_default(),
+            trusted_keys,
         }
+    }
+
+    /// `daemon.trusted_keys`: every key file read and parsed now, so that a
+    /// missing or broken key is a configuration error, not a daemon that
+    /// refuses every plugin.
+    fn trusted_keys(
+        &mut self,
+        value: Option<Lenient<Vec<String>>>,
+        base: &Path,
+    ) -> Option<Vec<TrustedKey>> {
+        let at = "daemon.trusted_keys";
+        let files = self.typed(at, value, "a list of public key files")?;
+        if files.is_empty() {
+            self.report(
+                at,
+                "is empty, which would refuse every plugin; list the minisign public keys plugins must be signed with, or remove the key to load unsigned plugins",
+            );
+            return None;
+        }
+        let mut keys = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            if file.is_empty() {
+                self.report(at, "is empty; expected a public key file");
+                continue;
+            }
+            let path = base.join(file);
+            match TrustedKey::read(&path) {
+                Ok(key) => keys.push(key),
+                Err(why) => self.report(at, format!("{}: {why}", path.display())),
+            }
+        }
+        (keys.len() == files.len()).then_some(keys)
     }
 
     fn connections(
