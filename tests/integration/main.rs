@@ -12,6 +12,7 @@ mod plugin_deadlines;
 mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
+mod postgres_tls;
 mod service;
 mod stalls;
 mod trust;
