@@ -249,3 +249,73 @@ url = "postgres://sluice:s3cret@127.0.0.1/test?sslmode=verify-ca&sslrootcert=/no
     assert!(!text.contains("s3cret"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The daemon's `warehouse` connection with `options` added to its URL.
+fn use_tls_options(setup: &sluice_tests::daemon::Setup, options: &str) {
+    let path = setup.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("?application_name="), "{text}");
+    let text = text.replace(
+        "?application_name=",
+        &format!("?{options}&application_name="),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn the_daemon_lands_rows_over_a_verify_ca_connection() {
+    use super::daemon::{cdrs, start, world};
+    let w = world("pgtls-daemon").await;
+    use_tls_options(
+        &w.setup,
+        &format!("sslmode=verify-ca&sslrootcert={SNAKEOIL}"),
+    );
+    let mut daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, cdrs(0..200)).await;
+    w.wait_rows(200, "rows through verify-ca").await;
+    assert_eq!(w.distinct_rows().await, 200);
+    // The writer's connection, as the server sees it.
+    let tls: Vec<bool> =
+        w.db.client
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+                &[&w.setup.pg_app],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert!(!tls.is_empty() && tls.iter().all(|ssl| *ssl), "{tls:?}");
+    daemon.stop_cleanly();
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn the_daemon_reports_a_name_mismatch_as_needing_attention_and_keeps_the_messages() {
+    use super::daemon::{LONG, cdrs, start, world};
+    use sluice_tests::daemon::eventually;
+    let w = world("pgtls-mismatch").await;
+    use_tls_options(
+        &w.setup,
+        &format!("sslmode=verify-full&sslrootcert={SNAKEOIL}"),
+    );
+    let mut daemon = start(&w.setup, "daemon");
+    w.broker.publish(&w.setup, cdrs(0..10)).await;
+    eventually(LONG, "the mismatch in the log", || async {
+        let log = daemon.log();
+        log.contains("needs attention") && log.contains("not valid for name")
+    })
+    .await;
+    assert!(
+        !daemon.log().contains("no TLS implementation configured"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(w.rows().await, 0);
+    daemon.stop_cleanly();
+    // Nothing was acked: the messages wait in the queue.
+    assert_eq!(w.broker.ready(&w.setup.queue).await, 10);
+    w.finish().await;
+}
