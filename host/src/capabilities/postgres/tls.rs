@@ -1036,6 +1036,32 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_is_a_pair_of_readable_pem_files() {
+        let (cert, key) = (
+            "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+            "/etc/ssl/private/ssl-cert-snakeoil.key",
+        );
+        if std::fs::read(key).is_err() {
+            return;
+        }
+        let options = split(&format!(
+            "postgres://h/db?sslmode=require&sslcert={cert}&sslkey={key}"
+        ))
+        .1;
+        assert!(PgTls::new(&options).is_ok());
+        // The certificate where the key belongs.
+        let options = split(&format!(
+            "postgres://h/db?sslmode=require&sslcert={cert}&sslkey={cert}"
+        ))
+        .1;
+        let error = PgTls::new(&options).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("sslkey: {cert}: holds no usable private key")),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_signature_algorithm_picks_the_channel_binding_hash() {
         let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
         let Ok(pem) = std::fs::read(snakeoil) else {
