@@ -13,6 +13,7 @@ mod plugin_deadlines;
 mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
+mod postgres_tls;
 mod service;
 mod signing;
 mod stalls;

@@ -12,6 +12,11 @@
 //! cancelled on the server. Time in these calls is the host's: it counts
 //! neither against the plugin's CPU time (`CallClock`) nor against its
 //! wall-clock deadline (`CallDeadline`).
+//!
+//! Connections use TLS as the connection string's `sslmode` says, with libpq's
+//! meaning ([`tls`]).
+
+pub mod tls;
 
 mod privileges;
 
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::SinkExt;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 use wasmtime::component::Resource;
 
 use super::dry_run::{NOT_REACHED, Withheld};
@@ -32,6 +37,7 @@ use crate::plugin_runtime::bindings::v0_1_0::writer::sluice::plugin::postgres::{
     ErrorKind, Host, HostConnection, PgError, PgValue,
 };
 use crate::plugin_runtime::state::{PluginLabel, PluginState};
+use tls::{PgTls, TlsConfigError, TlsHandshakeError};
 
 /// How many connections one plugin instance may hold open at once.
 const MAX_CONNECTIONS_PER_INSTANCE: usize = 4;
@@ -44,13 +50,29 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct PostgresGrant {
     config: tokio_postgres::Config,
+    tls: PgTls,
+}
+
+/// Why a connection string is not a grant.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// tokio-postgres refused the string (the cause names the option).
+    #[error(transparent)]
+    Invalid(#[from] tokio_postgres::Error),
+    /// The TLS options, or the files they name.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
 }
 
 impl PostgresGrant {
     /// A grant from a connection string (`postgres://user@host:5432/db` or the
-    /// `host=... dbname=...` form).
-    pub fn from_url(url: &str) -> Result<Self, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = url.parse()?;
+    /// `host=... dbname=...` form), with libpq's TLS options (`sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`): the files they name are read now.
+    pub fn from_url(url: &str) -> Result<Self, GrantError> {
+        let (rest, options) = tls::split_options(url)?;
+        let tls = PgTls::new(&options)?;
+        let mut config: tokio_postgres::Config = rest.parse()?;
+        config.ssl_mode(tls.wire_mode());
         if config.get_application_name().is_none() {
             config.application_name("sluice");
         }
@@ -59,7 +81,7 @@ impl PostgresGrant {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
-        Ok(Self { config })
+        Ok(Self { config, tls })
     }
 
     /// Sets the password (it comes from the environment, not the config file).
@@ -72,6 +94,28 @@ impl PostgresGrant {
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
+
+    /// The TLS mode, as libpq means it.
+    pub fn ssl_mode(&self) -> tls::SslMode {
+        self.tls.mode()
+    }
+
+    /// Connects (TLS as the grant says) and drives the connection on a task of
+    /// its own, which ends when the client is dropped. `who` names the
+    /// connection in the log (the plugin and the grant).
+    pub async fn connect(
+        &self,
+        who: &str,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        let who = who.to_string();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(connection = who, error = %e, "postgres connection ended");
+            }
+        });
+        Ok((client, task))
+    }
 }
 
 impl fmt::Debug for PostgresGrant {
@@ -82,6 +126,7 @@ impl fmt::Debug for PostgresGrant {
             .field("ports", &self.config.get_ports())
             .field("user", &self.config.get_user())
             .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +135,9 @@ impl fmt::Debug for PostgresGrant {
 pub struct PgConnection {
     grant: String,
     client: Client,
+    /// For the cancel request, which is a connection of its own (with TLS if
+    /// the grant asks for it).
+    tls: PgTls,
     statements: HashMap<String, Statement>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -110,9 +158,10 @@ impl PgConnection {
     /// the plugin's error.
     fn abandon(&mut self, label: &PluginLabel, call: &str, limit: Duration) -> PgError {
         let cancel = self.client.cancel_token();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             // Best effort: the server may be the thing that hangs.
-            let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await;
+            let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tls)).await;
         });
         self.task.abort();
         tracing::warn!(
@@ -160,8 +209,12 @@ impl PgConnection {
 
 /// Classifies a client error for the plugin: retriable (connection lost, server
 /// shutting down or overloaded, serialization failure), data (the rows were
-/// refused), or other.
+/// refused), or other (a TLS handshake that refused the certificate or was
+/// refused: retrying the same connection cannot fix it).
 pub fn classify(error: &tokio_postgres::Error) -> PgError {
+    if tls_refused(error) {
+        return host_error(ErrorKind::Other, error_chain(error));
+    }
     let Some(db) = error.as_db_error() else {
         // No server error: the connection broke, timed out or was closed.
         return PgError {
@@ -180,6 +233,23 @@ pub fn classify(error: &tokio_postgres::Error) -> PgError {
         detail: db.detail().map(str::to_string),
         context: db.where_().map(str::to_string),
     }
+}
+
+/// Whether `error` is a TLS handshake that no retry can fix: a certificate
+/// refused either way, or a server without TLS when the grant requires it.
+fn tls_refused(error: &tokio_postgres::Error) -> bool {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<TlsHandshakeError>() {
+            return tls.is_permanent();
+        }
+        // tokio-postgres's own words when the server answers that it has no TLS.
+        if e.to_string() == "server does not support TLS" {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn kind_of_sqlstate(code: &str) -> ErrorKind {
@@ -398,7 +468,8 @@ impl HostConnection for PluginState {
         }
         let result = {
             let _in_store = self.deadline.store_call();
-            let connect = async { grant.config.connect(NoTls).await.map_err(|e| classify(&e)) };
+            let who = format!("{}/{name}", self.label.plugin);
+            let connect = async { grant.connect(&who).await.map_err(|e| classify(&e)) };
             bounded(
                 self.store_call_timeout,
                 &format!("connection `{name}`: connecting"),
@@ -407,17 +478,10 @@ impl HostConnection for PluginState {
             .await
         };
         self.clock.add_host_time(started);
-        let (client, connection) = match result {
+        let (client, task) = match result {
             Ok(pair) => pair,
             Err(e) => return Ok(Err(e)),
         };
-        let plugin = self.label.plugin.clone();
-        let grant_name = name.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(plugin = &*plugin, connection = grant_name, error = %e, "postgres connection ended");
-            }
-        });
         let checking = Instant::now();
         {
             let _in_store = self.deadline.store_call();
@@ -428,6 +492,7 @@ impl HostConnection for PluginState {
         let conn = PgConnection {
             grant: name,
             client,
+            tls: grant.tls.clone(),
             statements: HashMap::new(),
             task,
         };

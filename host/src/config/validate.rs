@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::amqp_url;
 use super::raw::{Lenient, RawConfig, RawConnection, RawDaemon, describe, key_path};
 use super::{Config, DaemonConfig, Problem};
-use crate::capabilities::postgres::PostgresGrant;
+use crate::capabilities::postgres::{GrantError, PostgresGrant};
 use crate::signing::TrustedKey;
 
 /// The admin address when the file does not set one.
@@ -482,7 +482,13 @@ impl Validator<'_> {
     ) -> Option<PostgresGrant> {
         let grant = match PostgresGrant::from_url(url) {
             Ok(grant) => grant,
-            Err(e) => {
+            // TLS options and their files: the message names the option and the
+            // file, and nothing else of the string.
+            Err(GrantError::Tls(e)) => {
+                self.report(path, e.to_string());
+                return None;
+            }
+            Err(GrantError::Invalid(e)) => {
                 // The cause (which option is wrong) is in the source chain; no
                 // part of it repeats the string, so no password shows.
                 let why = crate::telemetry::error_chain(&e);
