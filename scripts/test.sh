@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests of every crate, and the integration tests
-# against the local RabbitMQ, PostgreSQL, Redis and ClickHouse with the real
-# built plugins (built by `sluice plugin build`, which fetches a wasm toolchain itself the first time).
+# The whole test suite: the lint gates (rustfmt, clippy with warnings as errors:
+# quick, so they run first), then unit tests of every crate, and the integration
+# tests against the local RabbitMQ, PostgreSQL, Redis and ClickHouse with the
+# real built plugins (built by `sluice plugin build`, which fetches a wasm
+# toolchain itself the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/services.sh
 exec cargo test --workspace --locked "$@"
