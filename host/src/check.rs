@@ -26,6 +26,7 @@ use crate::config::{Config, Problem, WriterConfig};
 use crate::plugin_runtime::{
     CallError, LoadedPlugin, PluginKind, PluginRuntime, Schema, SourceInstance, WriterInstance,
 };
+use crate::reload::file_name;
 use crate::signing::{self, TrustedKey};
 
 /// Every problem that keeps `config` from running with its plugins; empty when
@@ -275,40 +276,11 @@ async fn load_folder(
     Ok(plugins)
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::plugin_runtime::RuntimeConfig;
-
-    /// A fresh folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "sluice-check-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn config_in(dir: &Path) -> Config {
         let text = r#"
@@ -331,9 +303,9 @@ mod tests {
 
     #[tokio::test]
     async fn reports_a_missing_plugin_folder_alone() {
-        let dir = TempDir::new();
-        let mut config = config_in(&dir.0);
-        config.daemon.plugin_dir = dir.0.join("nowhere");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path());
+        config.daemon.plugin_dir = dir.path().join("nowhere");
         let problems = check(&config, &runtime()).await;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].path, "daemon.plugin_dir");
@@ -342,11 +314,11 @@ mod tests {
 
     #[tokio::test]
     async fn reports_bad_files_and_every_missing_plugin() {
-        let dir = TempDir::new();
-        std::fs::create_dir_all(dir.0.join("plugins-dist")).unwrap();
-        std::fs::write(dir.0.join("plugins-dist/broken.wasm"), b"not wasm").unwrap();
-        std::fs::write(dir.0.join("plugins-dist/notes.txt"), b"ignored").unwrap();
-        let problems = check(&config_in(&dir.0), &runtime()).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins-dist")).unwrap();
+        std::fs::write(dir.path().join("plugins-dist/broken.wasm"), b"not wasm").unwrap();
+        std::fs::write(dir.path().join("plugins-dist/notes.txt"), b"ignored").unwrap();
+        let problems = check(&config_in(dir.path()), &runtime()).await;
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,

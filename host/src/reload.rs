@@ -101,7 +101,8 @@ pub struct FileStatus {
     pub refused: Option<String>,
 }
 
-fn file_name(path: &Path) -> String {
+/// The file name of `path`, for messages (the whole path if it has none).
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())

@@ -400,30 +400,8 @@ fn public_key_text(key: &PublicKey) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "sluice-signing-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A key pair in `dir` as `name.key` / `name.pub`, and the trusted key.
     fn key(dir: &Path, name: &str) -> (PathBuf, TrustedKey) {
@@ -443,11 +421,11 @@ mod tests {
 
     #[test]
     fn a_signed_file_verifies_with_its_key_and_comment() {
-        let dir = TempDir::new();
-        let (secret, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"\0asm plugin");
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"\0asm plugin");
         let signed = sign(&file, &secret, Some("build 42 of json-source")).unwrap();
-        assert_eq!(signed.signature, dir.0.join("p.wasm.minisig"));
+        assert_eq!(signed.signature, dir.path().join("p.wasm.minisig"));
         let signer = check(&file, b"\0asm plugin", std::slice::from_ref(&trusted)).unwrap();
         assert_eq!(signer.key_file, "ci.pub");
         assert_eq!(signer.key_id, trusted.id);
@@ -456,9 +434,9 @@ mod tests {
 
     #[test]
     fn the_default_comment_is_minisigns() {
-        let dir = TempDir::new();
-        let (secret, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"x");
         sign(&file, &secret, None).unwrap();
         let signer = check(&file, b"x", &[trusted]).unwrap();
         assert!(
@@ -472,20 +450,20 @@ mod tests {
     #[test]
     fn keygen_writes_a_private_secret_key_and_never_overwrites() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = TempDir::new();
-        let (secret, _) = key(&dir.0, "ci");
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, _) = key(dir.path(), "ci");
         let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let err = keygen(&secret, &dir.0.join("other.pub")).unwrap_err();
+        let err = keygen(&secret, &dir.path().join("other.pub")).unwrap_err();
         assert!(err.to_string().contains("exists already"), "{err}");
-        assert!(!dir.0.join("other.pub").exists());
+        assert!(!dir.path().join("other.pub").exists());
     }
 
     #[test]
     fn an_unsigned_file_is_refused_naming_the_missing_signature() {
-        let dir = TempDir::new();
-        let (_, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (_, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"x");
         let err = check(&file, b"x", &[trusted]).unwrap_err();
         assert!(matches!(err, SignatureError::Missing { .. }));
         assert!(
@@ -497,10 +475,10 @@ mod tests {
 
     #[test]
     fn a_file_signed_by_an_untrusted_key_is_refused_with_that_keys_id() {
-        let dir = TempDir::new();
-        let (_, trusted) = key(&dir.0, "ci");
-        let (other_secret, other) = key(&dir.0, "laptop");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (_, trusted) = key(dir.path(), "ci");
+        let (other_secret, other) = key(dir.path(), "laptop");
+        let file = plugin_file(dir.path(), b"x");
         sign(&file, &other_secret, None).unwrap();
         let err = check(&file, b"x", std::slice::from_ref(&trusted)).unwrap_err();
         assert_eq!(
@@ -514,9 +492,9 @@ mod tests {
 
     #[test]
     fn a_file_changed_after_signing_is_refused() {
-        let dir = TempDir::new();
-        let (secret, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"the signed bytes");
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"the signed bytes");
         sign(&file, &secret, None).unwrap();
         let err = check(&file, b"the changed bytes", std::slice::from_ref(&trusted)).unwrap_err();
         assert!(matches!(err, SignatureError::Mismatch { .. }), "{err:?}");
@@ -531,9 +509,9 @@ mod tests {
 
     #[test]
     fn a_changed_trusted_comment_breaks_the_signature() {
-        let dir = TempDir::new();
-        let (secret, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"x");
         let signed = sign(&file, &secret, Some("version 1")).unwrap();
         let text = std::fs::read_to_string(&signed.signature).unwrap();
         let forged = text.replace("trusted comment: version 1", "trusted comment: version 9");
@@ -544,9 +522,9 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_signature_nor_a_key() {
-        let dir = TempDir::new();
-        let (_, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (_, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"x");
         let err = verify(&file, b"x", "hello\nworld\n", &[trusted]).unwrap_err();
         assert!(
             err.to_string()
@@ -573,9 +551,9 @@ mod tests {
 
     #[test]
     fn a_secret_key_file_that_is_not_one_is_refused() {
-        let dir = TempDir::new();
-        let (_, trusted) = key(&dir.0, "ci");
-        let file = plugin_file(&dir.0, b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let (_, trusted) = key(dir.path(), "ci");
+        let file = plugin_file(dir.path(), b"x");
         let err = sign(&file, &trusted.path, None).unwrap_err();
         assert!(
             format!("{err:#}").contains("not a minisign secret key"),

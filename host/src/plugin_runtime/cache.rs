@@ -256,13 +256,10 @@ mod tests {
 
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        std::env::temp_dir().join(format!(
-            "sluice-cache-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ))
+    /// A cache folder that does not exist yet, in a temporary folder removed
+    /// on drop.
+    fn temp_dir(parent: &tempfile::TempDir) -> PathBuf {
+        parent.path().join("components")
     }
 
     fn engine() -> Engine {
@@ -275,7 +272,8 @@ mod tests {
 
     #[test]
     fn a_new_cache_is_private_and_keeps_its_key() {
-        let dir = temp_dir("new");
+        let parent = tempfile::tempdir().unwrap();
+        let dir = temp_dir(&parent);
         let cache = ComponentCache::open(dir.clone(), &engine()).unwrap();
         let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
@@ -283,12 +281,12 @@ mod tests {
         assert_eq!(key_mode, 0o600);
         let again = ComponentCache::open(dir.clone(), &engine()).unwrap();
         assert_eq!(cache.key, again.key, "the key survives a restart");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_folder_others_may_write_is_refused() {
-        let dir = temp_dir("open");
+        let parent = tempfile::tempdir().unwrap();
+        let dir = temp_dir(&parent);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = ComponentCache::open(dir.clone(), &engine()).unwrap_err();
@@ -297,23 +295,23 @@ mod tests {
             text.contains("daemon.cache_dir") && text.contains("mode 0777"),
             "{text}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_key_others_may_read_is_refused() {
-        let dir = temp_dir("key");
+        let parent = tempfile::tempdir().unwrap();
+        let dir = temp_dir(&parent);
         ComponentCache::open(dir.clone(), &engine()).unwrap();
         let key = dir.join(KEY_FILE);
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = ComponentCache::open(dir.clone(), &engine()).unwrap_err();
         assert!(format!("{e:#}").contains("cache.key"), "{e:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_changed_artifact_is_compiled_again_not_loaded() {
-        let dir = temp_dir("tamper");
+        let parent = tempfile::tempdir().unwrap();
+        let dir = temp_dir(&parent);
         let engine = engine();
         let cache = ComponentCache::open(dir.clone(), &engine).unwrap();
         let wasm = EMPTY_COMPONENT;
@@ -331,12 +329,11 @@ mod tests {
         let (_, third) = cache.load_or_compile(&engine, "abc", wasm).unwrap();
         assert_eq!(third, CacheOutcome::Compiled, "recompiled, not run");
         // An artifact from another cache (another key) is not taken either.
-        let other = ComponentCache::open(temp_dir("other"), &engine).unwrap();
+        let other_parent = tempfile::tempdir().unwrap();
+        let other = ComponentCache::open(temp_dir(&other_parent), &engine).unwrap();
         other.load_or_compile(&engine, "abc", wasm).unwrap();
         std::fs::copy(other.path_for("abc"), &path).unwrap();
         let (_, fourth) = cache.load_or_compile(&engine, "abc", wasm).unwrap();
         assert_eq!(fourth, CacheOutcome::Compiled);
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_dir_all(other.dir()).unwrap();
     }
 }
