@@ -139,6 +139,13 @@ impl Isolation {
     }
 }
 
+/// Whether a call was stopped by a time limit (`plugin_call_timeout` or
+/// `plugin_call_deadline`): then a batch is taken apart one message or row at
+/// a time, since every half holding the slow one would cost a whole limit.
+fn stopped_by_a_time_limit(error: &CallError) -> bool {
+    matches!(error.kind(), "deadline" | "timeout")
+}
+
 /// Whether a writer's failure may be caused by the rows it was given: a crash,
 /// a contract breach or the plugin's own non-retriable error while writing.
 /// Failures to open, retriable errors, invalid configurations and the host's
@@ -556,7 +563,7 @@ impl Worker {
                     // holds it (a 60 s deadline and 1,000 messages: ten minutes of
                     // halving). Taken one by one, the batch costs one fast call per
                     // message and one limit per slow one.
-                    let pieces = if matches!(e.kind(), "deadline" | "timeout") {
+                    let pieces = if stopped_by_a_time_limit(&e) {
                         messages.chunks(1).collect::<Vec<_>>()
                     } else {
                         let (left, right) = messages.split_at(messages.len() / 2);
@@ -630,7 +637,11 @@ impl Worker {
             }
             let mut found = Isolation::default();
             if rows.count > 1 {
-                if let Err(e) = self.isolate(w, rows, spans, 0, &mut found).await {
+                let one_by_one = stopped_by_a_time_limit(&error);
+                if let Err(e) = self
+                    .isolate(w, rows, spans, 0, one_by_one, &mut found)
+                    .await
+                {
                     // The store went away meanwhile: what committed stays (writes
                     // are idempotent), the whole batch is tried again.
                     failed_before = false;
@@ -660,20 +671,32 @@ impl Worker {
     /// that failed in a way that may be the rows', down to single rows. Both
     /// halves are tried before either is split, so that a half of good rows
     /// commits (and vouches for the store) before single rows are counted
-    /// against it. Records what committed and which rows failed alone in
-    /// `found`; stops early when that is [hopeless](Isolation::hopeless).
-    /// `Err`: a failure that is not the rows' (the store went away meanwhile).
+    /// against it. `one_by_one` (the batch was stopped by a time limit) writes
+    /// the rows one at a time instead: halving would cost a whole limit on
+    /// every half that holds a slow row. Records what committed and which rows
+    /// failed alone in `found`; stops early when that is
+    /// [hopeless](Isolation::hopeless). `Err`: a failure that is not the rows'
+    /// (the store went away meanwhile).
     async fn isolate(
         &mut self,
         w: usize,
         rows: &RowBatch,
         spans: &RowSpans,
         offset: u32,
+        one_by_one: bool,
         found: &mut Isolation,
     ) -> Result<(), CallError> {
         let mid = rows.count / 2;
+        let pieces: Vec<(u32, u32)> = if one_by_one {
+            (0..rows.count).map(|r| (r, r + 1)).collect()
+        } else {
+            vec![(0, mid), (mid, rows.count)]
+        };
         let mut failed = Vec::new();
-        for (from, to) in [(0, mid), (mid, rows.count)] {
+        for (from, to) in pieces {
+            if one_by_one && found.hopeless() {
+                return Ok(());
+            }
             let piece = spans.slice(rows, from, to);
             match self.call_write(w, &piece).await {
                 Ok(rejected) => {
@@ -695,7 +718,8 @@ impl Worker {
                 return Ok(());
             }
             let piece_spans = spans.sub(from, to);
-            Box::pin(self.isolate(w, &piece, &piece_spans, offset + from, found)).await?;
+            let isolated = self.isolate(w, &piece, &piece_spans, offset + from, false, found);
+            Box::pin(isolated).await?;
         }
         Ok(())
     }
