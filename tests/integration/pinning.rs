@@ -1,7 +1,8 @@
 //! A pipeline pins the exact plugin it runs (`sha256` on a source or writer
 //! table): another build of the same plugin dropped in its place is not run,
 //! the pipeline waits with its messages in the queue, and changing the pin in
-//! the configuration (a reload) resumes it.
+//! the configuration (a reload) resumes it. `signer` pins the trusted key that
+//! signed it: a file signed by another trusted key is not run.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,6 +13,7 @@ use sluice_tests::{cdr_json, plugin};
 
 use crate::daemon::{LONG, start, world};
 use crate::hot_reload::deploy;
+use crate::signing::{keygen, sign, signed_world};
 
 /// The file's SHA-256 as the docs tell operators to get it: `sha256sum`.
 fn sha256sum(file: &Path) -> String {
@@ -135,4 +137,66 @@ async fn a_writer_pinned_by_hash_does_not_run_another_build_until_the_pin_change
     assert_eq!(code, Some(0), "{out}");
     drop(daemon);
     w.finish().await;
+}
+
+#[tokio::test]
+async fn a_writer_pinned_to_a_signer_runs_only_what_that_key_signed() {
+    let keys = std::env::temp_dir().join(sluice_tests::unique_name("pin-keys"));
+    std::fs::create_dir_all(&keys).unwrap();
+    let ci = keygen(&keys, "ci");
+    let team = keygen(&keys, "team");
+    // Both files signed by `ci`; both keys trusted; the writer pinned to `team`.
+    let (mut w, dir) = signed_world("pin-signer", &ci).await;
+    w.setup.daemon_extra = format!(
+        "trusted_keys = [{:?}, {:?}]",
+        ci.path.display().to_string(),
+        team.path.display().to_string()
+    );
+    w.setup.extra_writers = "signer = \"team.pub\"\n".into();
+    w.setup.write_config("");
+    let at = "pipelines[0].writers[0].signer";
+    let (code, out) = check(&w.setup.config_path());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(at) && out.contains(&format!("signed by ci.pub ({})", ci.id)),
+        "{out}"
+    );
+
+    let daemon = start(&w.setup, "daemon");
+    w.broker
+        .publish(&w.setup, (0..10).map(|i| format!("id-{i:08}")))
+        .await;
+    eventually(LONG, "the pipeline paused on its signer pin", || async {
+        daemon.log().contains("does not match its pin")
+    })
+    .await;
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("does not match its pin"))
+        .unwrap();
+    assert!(
+        line.contains("ERROR")
+            && line.contains(at)
+            && line.contains(&format!("pinned=team.pub ({})", team.id))
+            && line.contains(&format!("found=signed by ci.pub ({})", ci.id)),
+        "{line}"
+    );
+    let (status, body) = http_get(w.setup.admin_port, "/readyz").await.unwrap();
+    assert!(status == 503 && body.contains(at), "{status} {body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.marked_count(0).await, 0, "nothing ran");
+
+    // The writer signed by `team` (only its signature is deployed again): it
+    // matches, and the waiting messages land.
+    sign(&dir.join("postgres-writer.wasm"), &team);
+    eventually(LONG, "the waiting rows", || async {
+        w.marked_count(0).await == 10
+    })
+    .await;
+    let (code, out) = check(&w.setup.config_path());
+    assert_eq!(code, Some(0), "{out}");
+    drop(daemon);
+    w.finish().await;
+    std::fs::remove_dir_all(&keys).unwrap();
 }
