@@ -27,7 +27,7 @@ use crate::plugin_runtime::{
     CallError, LoadedPlugin, PluginKind, PluginRuntime, Schema, SourceInstance, WriterInstance,
 };
 use crate::reload::file_name;
-use crate::signing::{self, TrustedKey};
+use crate::signing::{self, Signer, TrustedKey};
 
 /// Every problem that keeps `config` from running with its plugins; empty when
 /// none.
@@ -35,7 +35,8 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
     let mut problems = Vec::new();
     let dir = &config.daemon.plugin_dir;
     let keys = config.daemon.trusted_keys.as_deref();
-    let plugins = match load_folder(runtime, dir, keys, &mut problems).await {
+    let mut signers = BTreeMap::new();
+    let plugins = match load_folder(runtime, dir, keys, &mut signers, &mut problems).await {
         Ok(plugins) => plugins,
         Err(problem) => return vec![problem],
     };
@@ -101,6 +102,18 @@ pub async fn check(config: &Config, runtime: &Arc<PluginRuntime>) -> Vec<Problem
                     ),
                 ));
                 continue;
+            }
+            // A plugin that does not match its pin is not run: the pipeline
+            // would wait for the pin or the file to change.
+            let pin = writer.map_or(&pipeline.source.pin, |w| &w.pin);
+            for m in pin.check(plugin, signers.get(&plugin.path)) {
+                problems.push(Problem::new(
+                    format!("{table}.{}", m.key),
+                    format!(
+                        "`{name}` ({}) does not match its pin: {m}; the pipeline would wait until the pin or the file changes",
+                        file_name(&plugin.path)
+                    ),
+                ));
             }
             if let Some(writer) = writer {
                 let before = problems.len();
@@ -227,6 +240,7 @@ async fn load_folder(
     runtime: &Arc<PluginRuntime>,
     dir: &Path,
     trusted_keys: Option<&[TrustedKey]>,
+    signers: &mut BTreeMap<PathBuf, Signer>,
     problems: &mut Vec<Problem>,
 ) -> Result<BTreeMap<String, Vec<LoadedPlugin>>, Problem> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -251,10 +265,15 @@ async fn load_folder(
             Err(e) => Err(format!("cannot read the file: {e}")),
             Ok(bytes) => match trusted_keys.map(|keys| signing::check(&file, &bytes, keys)) {
                 Some(Err(e)) => Err(e.to_string()),
-                _ => runtime
-                    .load_bytes(&file, bytes)
-                    .await
-                    .map_err(|e| e.to_string()),
+                signed => {
+                    if let Some(Ok(signer)) = signed {
+                        signers.insert(file.clone(), signer);
+                    }
+                    runtime
+                        .load_bytes(&file, bytes)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             },
         };
         match loaded {

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::capabilities::Grants;
+use crate::pinning::Pin;
 
 /// A valid configuration.
 #[derive(Clone, Debug)]
@@ -254,6 +255,8 @@ pub struct SourceConfig {
     /// Its configuration (`config`, a table, default empty), passed through as a
     /// JSON object; TOML datetimes become strings.
     pub config: serde_json::Value,
+    /// The exact plugin it must be (`sha256`, `signer`; nothing by default).
+    pub pin: Pin,
 }
 
 /// A writer plugin of a pipeline (`writers[]`).
@@ -268,6 +271,8 @@ pub struct WriterConfig {
     /// The names of the postgres connections granted (`grants.postgres`), in file
     /// order, for display.
     pub postgres_grants: Vec<String>,
+    /// The exact plugin it must be (`sha256`, `signer`; nothing by default).
+    pub pin: Pin,
 }
 
 /// Where rejected messages go (`dead_letter`).

@@ -16,29 +16,73 @@ use crate::admin::{self, Health};
 use crate::capabilities;
 use crate::config::{Config, PipelineConfig};
 use crate::metrics::{Metrics, ReloadOutcome};
+use crate::pinning::Pin;
 use crate::pipeline::{self, PipelinePlugins, Reporting};
 use crate::plugin_runtime::{PluginKind, PluginRuntime, RuntimeConfig};
 use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
 use crate::service;
+use crate::signing::Signer;
 
 /// Finds the plugins of pipeline `i`, or says which are missing or of the
-/// wrong world, which writers import a capability their grants don't give, and
-/// which granted directories cannot be created.
+/// wrong world, which do not match their pin, which writers import a
+/// capability their grants don't give, and which granted directories cannot be
+/// created. A `signer` pin matches nothing here: see [`resolve_signed`].
 pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<PipelinePlugins, String> {
+    resolve_signed(config, i, plugins, &BTreeMap::new())
+}
+
+/// Like [`resolve`], with `signers`: who signed each plugin file in use (by
+/// path), when signatures are verified. A plugin that does not match its pin
+/// is not run, and logged at ERROR with what is pinned and what is there.
+pub fn resolve_signed(
+    config: &Config,
+    i: usize,
+    plugins: &PluginSet,
+    signers: &BTreeMap<PathBuf, Signer>,
+) -> Result<PipelinePlugins, String> {
     let p = &config.pipelines[i];
     let mut problems = Vec::new();
-    let mut find = |name: &str, kind: PluginKind, at: String| match plugins.get(name) {
-        Some(p) if p.kind == kind => Some(p.clone()),
-        Some(p) => {
+    let mut find = |name: &str, kind: PluginKind, pin: &Pin, table: String| match plugins.get(name)
+    {
+        Some(plugin) if plugin.kind == kind => {
+            let mismatches = pin.check(plugin, signers.get(&plugin.path));
+            if mismatches.is_empty() {
+                return Some(plugin.clone());
+            }
+            for m in &mismatches {
+                tracing::error!(
+                    pipeline = %p.name,
+                    at = %format!("{table}.{}", m.key),
+                    plugin = name,
+                    file = %plugin.path.display(),
+                    pinned = %m.pinned,
+                    found = %m.found,
+                    "plugin does not match its pin: it is not run, and the pipeline waits until the pin or the file changes"
+                );
+            }
+            let why: Vec<String> = mismatches
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{table}.{}: plugin `{name}` ({}) does not match its pin: {m}",
+                        m.key,
+                        plugin.path.display()
+                    )
+                })
+                .collect();
+            problems.push(why.join("; "));
+            None
+        }
+        Some(plugin) => {
             problems.push(format!(
-                "{at}: plugin `{name}` is a {} plugin, not a {kind}",
-                p.kind
+                "{table}.plugin: plugin `{name}` is a {} plugin, not a {kind}",
+                plugin.kind
             ));
             None
         }
         None => {
             problems.push(format!(
-                "{at}: no plugin named `{name}` in {}",
+                "{table}.plugin: no plugin named `{name}` in {}",
                 config.daemon.plugin_dir.display()
             ));
             None
@@ -47,7 +91,8 @@ pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<Pipelin
     let source = find(
         &p.source.plugin,
         PluginKind::Source,
-        format!("pipelines[{i}].source.plugin"),
+        &p.source.pin,
+        format!("pipelines[{i}].source"),
     );
     let writers: Vec<_> = p
         .writers
@@ -57,7 +102,8 @@ pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<Pipelin
             find(
                 &w.plugin,
                 PluginKind::Writer,
-                format!("pipelines[{i}].writers[{j}].plugin"),
+                &w.pin,
+                format!("pipelines[{i}].writers[{j}]"),
             )
         })
         .collect();
@@ -179,12 +225,22 @@ impl Daemon {
     /// missing (their messages wait in the queue); unchanged ones are not touched.
     async fn apply(&mut self, config: Config, summary: &mut ApplySummary) {
         let plugins = self.registry.plugins();
+        // Who signed each file in use, for `signer` pins.
+        let signers: BTreeMap<PathBuf, Signer> = self
+            .registry
+            .status()
+            .into_iter()
+            .filter_map(|f| Some((f.plugin?.path.clone(), f.signer?)))
+            .collect();
         let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = (0
             ..config.pipelines.len())
             .map(|i| {
                 (
                     config.pipelines[i].name.clone(),
-                    (config.pipelines[i].clone(), resolve(&config, i, &plugins)),
+                    (
+                        config.pipelines[i].clone(),
+                        resolve_signed(&config, i, &plugins, &signers),
+                    ),
                 )
             })
             .collect();

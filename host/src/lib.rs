@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod pinning;
 pub mod pipeline;
 pub mod plugin_build;
 pub mod plugin_new;

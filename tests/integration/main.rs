@@ -9,6 +9,7 @@ mod dead_letters;
 mod fan_out;
 mod grants;
 mod hot_reload;
+mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;
 mod plugin_loading;

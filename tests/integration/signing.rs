@@ -33,7 +33,7 @@ fn succeeds(args: &[&str]) -> String {
 }
 
 /// `sluice plugin keygen` into `dir/name.key` and `dir/name.pub`; the public key.
-fn keygen(dir: &Path, name: &str) -> TrustedKey {
+pub(crate) fn keygen(dir: &Path, name: &str) -> TrustedKey {
     let secret = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     succeeds(&[
@@ -48,7 +48,7 @@ fn keygen(dir: &Path, name: &str) -> TrustedKey {
 }
 
 /// `sluice plugin sign FILE --key KEY`.
-fn sign(file: &Path, key: &TrustedKey) {
+pub(crate) fn sign(file: &Path, key: &TrustedKey) {
     let secret = key.path.with_extension("key");
     succeeds(&[
         "plugin",
@@ -63,7 +63,7 @@ fn sign(file: &Path, key: &TrustedKey) {
 
 /// A world running `marked-source` (version 0) and `postgres-writer` from a
 /// plugin folder of its own, both signed by `trusted`, with `trusted_keys`.
-async fn signed_world(tag: &str, trusted: &TrustedKey) -> (World, PathBuf) {
+pub(crate) async fn signed_world(tag: &str, trusted: &TrustedKey) -> (World, PathBuf) {
     let mut w = world(tag).await;
     let dir = w.setup.dir.join("plugins");
     std::fs::create_dir_all(&dir).unwrap();

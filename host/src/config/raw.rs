@@ -99,18 +99,22 @@ pub(super) struct RawBinding {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a table with plugin and config")]
+#[serde(expecting = "a table with plugin, config, and optionally sha256 and signer")]
 pub(super) struct RawSource {
     pub plugin: Option<Lenient<String>>,
     pub config: Option<toml::Value>,
+    pub sha256: Option<Lenient<String>>,
+    pub signer: Option<Lenient<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a table with plugin, config and grants")]
+#[serde(expecting = "a table with plugin, config, grants, and optionally sha256 and signer")]
 pub(super) struct RawWriter {
     pub plugin: Option<Lenient<String>>,
     pub config: Option<toml::Value>,
     pub grants: Option<RawGrants>,
+    pub sha256: Option<Lenient<String>>,
+    pub signer: Option<Lenient<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

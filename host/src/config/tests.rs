@@ -856,3 +856,127 @@ fn trusted_keys_are_read_relative_to_the_config_and_broken_ones_are_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn plugins_are_pinned_by_full_sha256_and_trusted_signer() {
+    let dir = std::env::temp_dir().join(format!("sluice-pins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = crate::signing::keygen(&dir.join("ci.key"), &dir.join("ci.pub")).unwrap();
+    let hash = "0123456789abcdef".repeat(4);
+    // `writer` is added to the writer table, `daemon` is the [daemon] table's.
+    let load = |source_pin: &str, writer: &str, daemon: &str| {
+        let text = MINIMAL.replace(
+            "source = { plugin = \"json-source\" }",
+            &format!("source = {{ plugin = \"json-source\"{source_pin} }}"),
+        );
+        let text = format!("{text}{writer}\n[daemon]\n{daemon}\n");
+        Config::from_str_with_env(&text, &dir.join("config.toml"), |_| None)
+    };
+    let keys = "trusted_keys = [\"ci.pub\"]";
+
+    // Unpinned by default.
+    let config = load("", "", "").unwrap();
+    assert!(config.pipelines[0].source.pin.is_empty());
+    assert!(config.pipelines[0].writers[0].pin.is_empty());
+
+    // By hash (either case) and by signer (key id in either case, or file name).
+    let upper = hash.to_uppercase();
+    let config = load(
+        &format!(", sha256 = \"{upper}\""),
+        &format!(
+            "sha256 = \"{hash}\"\nsigner = \"{}\"\n",
+            id.to_string().to_lowercase()
+        ),
+        keys,
+    )
+    .unwrap();
+    assert_eq!(
+        config.pipelines[0].source.pin.sha256.as_deref(),
+        Some(hash.as_str())
+    );
+    let writer = &config.pipelines[0].writers[0].pin;
+    assert_eq!(writer.sha256.as_deref(), Some(hash.as_str()));
+    let signer = writer.signer.as_ref().expect("a signer pin");
+    assert_eq!((signer.key_id, signer.key_file.as_str()), (id, "ci.pub"));
+    let config = load(", signer = \"ci.pub\"", "", keys).unwrap();
+    assert_eq!(
+        config.pipelines[0]
+            .source
+            .pin
+            .signer
+            .as_ref()
+            .map(|s| s.key_id),
+        Some(id)
+    );
+
+    // A prefix, something else, a key that is not trusted, a signer without
+    // trusted keys: each at its key path.
+    let problems = load(
+        ", sha256 = \"0123456789ab\"",
+        "sha256 = 42\nsigner = \"other.pub\"\n",
+        keys,
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        paths(&problems),
+        [
+            "pipelines[0].source.sha256",
+            "pipelines[0].writers[0].sha256",
+            "pipelines[0].writers[0].signer"
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("a prefix"), "{problems:#?}");
+    assert!(
+        problems[1].message.contains("found the integer 42"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2]
+            .message
+            .contains("is not one of daemon.trusted_keys")
+            && problems[2].message.contains(&format!("ci.pub ({id})")),
+        "{problems:#?}"
+    );
+    let problems = load("", "signer = \"ci.pub\"\n", "").unwrap_err().problems;
+    assert_eq!(paths(&problems), ["pipelines[0].writers[0].signer"]);
+    assert!(
+        problems[0].message.contains("needs daemon.trusted_keys"),
+        "{problems:#?}"
+    );
+    // A broken trusted_keys is reported once, not again at every signer pin.
+    let problems = load(
+        "",
+        "signer = \"ci.pub\"\n",
+        "trusted_keys = [\"missing.pub\"]",
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        paths(&problems),
+        ["daemon.trusted_keys[0]"],
+        "{problems:#?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pin_is_a_setting_of_its_pipeline() {
+    // The daemon restarts a pipeline whose settings (their Debug form) changed:
+    // a pin must be part of them.
+    let pinned = MINIMAL.replace(
+        "source = { plugin = \"json-source\" }",
+        &format!(
+            "source = {{ plugin = \"json-source\", sha256 = \"{}\" }}",
+            "ab".repeat(32)
+        ),
+    );
+    let a = parse(MINIMAL).unwrap();
+    let b = parse(&pinned).unwrap();
+    assert_ne!(
+        format!("{:?}", a.pipelines[0]),
+        format!("{:?}", b.pipelines[0])
+    );
+}

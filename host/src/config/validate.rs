@@ -33,8 +33,16 @@ pub(super) fn validate(
         problems: unknown_keys,
         env,
         base: base.clone(),
+        pin_keys: PinKeys::NotVerified,
     };
-    let daemon = v.daemon(raw.daemon.unwrap_or_default(), &base);
+    let raw_daemon = raw.daemon.unwrap_or_default();
+    let keys_given = raw_daemon.trusted_keys.is_some();
+    let daemon = v.daemon(raw_daemon, &base);
+    v.pin_keys = match (&daemon.trusted_keys, keys_given) {
+        (Some(keys), _) => PinKeys::Keys(keys.clone()),
+        (None, true) => PinKeys::Invalid,
+        (None, false) => PinKeys::NotVerified,
+    };
     let connections = v.connections(raw.connections.unwrap_or_default());
     let pipelines = v.pipelines(raw.pipelines.unwrap_or_default(), &connections);
     if v.problems.is_empty() {
@@ -101,6 +109,18 @@ struct Validator<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     /// The configuration file's folder: relative paths are resolved against it.
     base: PathBuf,
+    /// What `signer` pins name: `daemon.trusted_keys`, once validated.
+    pin_keys: PinKeys,
+}
+
+/// The keys a `signer` pin must be one of.
+enum PinKeys {
+    /// No `daemon.trusted_keys`: signatures are not verified, so a signer pin
+    /// could never match.
+    NotVerified,
+    /// `daemon.trusted_keys` was wrong (reported): pins are not checked against it.
+    Invalid,
+    Keys(Vec<TrustedKey>),
 }
 
 impl Validator<'_> {

@@ -15,8 +15,9 @@ use super::super::{
     BatchConfig, Binding, DeadLetterConfig, ExchangeType, PipelineConfig, QueueConfig, QueueKind,
     RetryConfig, SourceConfig, WriterConfig,
 };
-use super::{Connection, Validator};
+use super::{Connection, PinKeys, Validator};
 use crate::capabilities::{Grants, HttpGrant, TcpGrant};
+use crate::pinning::{self, Pin};
 
 /// The largest prefetch AMQP can express (`basic.qos` takes a 16-bit count).
 const PREFETCH_MAX: i64 = u16::MAX as i64;
@@ -163,6 +164,7 @@ impl Validator<'_> {
                 SourceConfig {
                     plugin: String::new(),
                     config: Json::Object(Map::new()),
+                    pin: Pin::default(),
                 }
             }
         };
@@ -386,7 +388,55 @@ impl Validator<'_> {
             )
             .unwrap_or_default();
         let config = self.plugin_config(&format!("{at}.config"), raw.config);
-        SourceConfig { plugin, config }
+        let pin = self.pin(&at, raw.sha256, raw.signer);
+        SourceConfig {
+            plugin,
+            config,
+            pin,
+        }
+    }
+
+    /// The pin of the plugin table at `at` (`sha256`, `signer`).
+    fn pin(
+        &mut self,
+        at: &str,
+        sha256: Option<Lenient<String>>,
+        signer: Option<Lenient<String>>,
+    ) -> Pin {
+        let sha256_at = format!("{at}.sha256");
+        let sha256 = self
+            .typed(
+                &sha256_at,
+                sha256,
+                "the plugin file's SHA-256 (64 hex digits)",
+            )
+            .and_then(|text| match pinning::parse_sha256(&text) {
+                Ok(hash) => Some(hash),
+                Err(why) => {
+                    self.report(&sha256_at, why);
+                    None
+                }
+            });
+        let signer_at = format!("{at}.signer");
+        let signer = self
+            .typed(&signer_at, signer, "a trusted key's id or file name")
+            .and_then(|text| {
+                let found = match &self.pin_keys {
+                    PinKeys::Invalid => return None,
+                    PinKeys::NotVerified => Err(format!(
+                        "{text:?}: a signer pin needs daemon.trusted_keys (without them signatures are not verified); add the key to daemon.trusted_keys, or pin by sha256"
+                    )),
+                    PinKeys::Keys(keys) => pinning::find_signer(&text, keys),
+                };
+                match found {
+                    Ok(pin) => Some(pin),
+                    Err(why) => {
+                        self.report(&signer_at, why);
+                        None
+                    }
+                }
+            });
+        Pin { sha256, signer }
     }
 
     fn writer(
@@ -427,11 +477,13 @@ impl Validator<'_> {
                 &base,
             );
         }
+        let pin = self.pin(at, raw.sha256, raw.signer);
         WriterConfig {
             plugin,
             config,
             grants,
             postgres_grants,
+            pin,
         }
     }
 
