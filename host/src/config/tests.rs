@@ -461,7 +461,7 @@ fn a_connection_key_typo_lists_the_keys_a_connection_takes() {
     let typo = at(&problems, "connections.warehouse.pasword_env");
     assert_eq!(
         typo.message,
-        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env",
+        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env, tls",
         "{problems:#?}"
     );
 }
