@@ -21,7 +21,10 @@ use rustls::{ClientConfig, RootCertStore};
 /// An amqp connection's TLS settings (its `tls` table), with the contents of
 /// the files they name.
 ///
-/// `Debug` names the files and leaves their contents out (the key is a secret).
+/// `Debug` names the files and leaves their contents out (the key is a secret),
+/// but for a digest of them: a reload compares pipelines by their `Debug`
+/// form, so a renewed certificate or key, even under the same file name,
+/// restarts the pipeline's connection with it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpTls {
     /// `ca_file`: the CA certificates, PEM, trusted besides the system store.
@@ -168,6 +171,20 @@ impl AmqpTls {
     }
 }
 
+impl AmqpTls {
+    /// The first 8 bytes of the SHA-256 of the files' contents, in hex.
+    fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let client = self.client.iter().flat_map(|(cert, key)| [cert, key]);
+        for file in self.ca.iter().chain(client) {
+            hash.update((file.pem.len() as u64).to_le_bytes());
+            hash.update(&file.pem);
+        }
+        hex::encode(&hash.finalize()[..8])
+    }
+}
+
 impl fmt::Debug for AmqpTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpTls")
@@ -177,6 +194,7 @@ impl fmt::Debug for AmqpTls {
                 &self.client.as_ref().map(|(cert, _)| &cert.path),
             )
             .field("key_file", &self.client.as_ref().map(|(_, key)| &key.path))
+            .field("contents_sha256", &self.digest())
             .finish()
     }
 }
@@ -334,6 +352,16 @@ mod tests {
             debug.contains("client.key") && !debug.contains("PRIVATE"),
             "{debug}"
         );
+        // A renewed file under the same name shows in `Debug`, which a
+        // reload compares.
+        std::fs::copy(dir.join("client.pem"), dir.join("ca.pem")).unwrap();
+        let renewed = AmqpTls::read(
+            Some(&dir.join("ca.pem")),
+            Some(&dir.join("client.pem")),
+            Some(&dir.join("client.key")),
+        )
+        .unwrap();
+        assert_ne!(format!("{renewed:?}"), debug);
         let _ = std::fs::remove_dir_all(dir);
     }
 
