@@ -19,7 +19,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 pub use self::dead_letter::{DeadLetter, FRAME_SAFETY_MARGIN, REASON_MAX_BYTES};
-pub use self::tls::{AmqpTls, AmqpTlsError};
+pub use self::tls::{AmqpTls, AmqpTlsError, hint as tls_hint};
 use crate::config::{DeadLetterConfig, ExchangeType, PipelineConfig, QueueKind};
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{HeaderValue, Message};
@@ -77,16 +77,21 @@ impl SharedConnection {
         let runtime = lapin::runtime::default_runtime().context("lapin's tokio runtime")?;
         let connection = Connection::connect_with_config(&pipeline.amqp_url, props, tls, runtime)
             .await
-            .with_context(|| match &pipeline.amqp_tls {
-                None => format!(
-                    "connecting to RabbitMQ (connection `{}`)",
+            .map_err(|e| {
+                let mut context = format!(
+                    "connecting to RabbitMQ (connection `{}`",
                     pipeline.amqp_connection
-                ),
-                Some(tls) => format!(
-                    "connecting to RabbitMQ (connection `{}`; TLS {})",
-                    pipeline.amqp_connection,
-                    tls.describe()
-                ),
+                );
+                if let Some(tls) = &pipeline.amqp_tls {
+                    context.push_str(&format!("; TLS {}", tls.describe()));
+                }
+                context.push(')');
+                // The hint goes first: the chain ends with rustls's terse name
+                // of the failure (`UnknownIssuer`), which it explains.
+                if let Some(hint) = tls_hint(&e) {
+                    context.push_str(&format!(": {hint}"));
+                }
+                anyhow::Error::new(e).context(context)
             })?;
         let connection = Arc::new(connection);
         *slot = Some(connection.clone());

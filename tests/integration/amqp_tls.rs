@@ -151,9 +151,22 @@ async fn without_the_client_certificate_or_with_another_ca_nothing_lands_and_the
         w.broker.publish(&w.setup, cdrs(0..10)).await;
         daemons.push(start(&w.setup, "daemon"));
     }
-    let log = wait_refused(&anonymous, &daemons[0], &["CertificateRequired"]).await;
+    let log = wait_refused(
+        &anonymous,
+        &daemons[0],
+        &["requires a client certificate", "CertificateRequired"],
+    )
+    .await;
     eprintln!("no client certificate:\n{log}");
-    let log = wait_refused(&stranger, &daemons[1], &["UnknownIssuer"]).await;
+    let log = wait_refused(
+        &stranger,
+        &daemons[1],
+        &[
+            "no trusted CA signed the broker's certificate",
+            "UnknownIssuer",
+        ],
+    )
+    .await;
     eprintln!("another CA:\n{log}");
 
     for (w, daemon) in [&anonymous, &stranger].into_iter().zip(&mut daemons) {

@@ -185,6 +185,36 @@ impl AmqpTls {
     }
 }
 
+/// What to do about a connect that failed on TLS, when `error` is a TLS
+/// failure this can explain: the rustls error lapin's I/O error carries.
+pub fn hint(error: &lapin::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let lapin::ErrorKind::IOError(io) = error.kind() else {
+        return None;
+    };
+    let tls = io.get_ref()?.downcast_ref::<Error>()?;
+    Some(match tls {
+        Error::InvalidCertificate(Cert::UnknownIssuer) => {
+            "no trusted CA signed the broker's certificate: name the CA that signed it in the connection's tls.ca_file"
+        }
+        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "the URL's host is not in the broker's certificate: connect by a name or IP address the certificate holds"
+        }
+        Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the broker's certificate has expired"
+        }
+        Error::AlertReceived(Alert::CertificateRequired) => {
+            "the broker requires a client certificate: set the connection's tls.cert_file and tls.key_file"
+        }
+        Error::AlertReceived(
+            Alert::BadCertificate | Alert::UnknownCA | Alert::CertificateUnknown,
+        ) => {
+            "the broker refused the client certificate: the CA that signed it must be in the broker's ssl_options.cacertfile"
+        }
+        _ => return None,
+    })
+}
+
 impl fmt::Debug for AmqpTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpTls")
