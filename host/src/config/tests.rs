@@ -901,6 +901,20 @@ fn amqp_tls_settings_are_checked_at_load_with_their_key_paths() {
     );
 
     let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        "url = \"amqps://guest@127.0.0.1:5671/%2f\"\ntls = { ca_file = \"\", key_file = 3 }\n",
+    );
+    let found = problems(&text);
+    assert_eq!(
+        paths(&found),
+        [
+            "connections.rabbit.tls.ca_file",
+            "connections.rabbit.tls.key_file"
+        ],
+        "{found:#?}"
+    );
+
+    let text = MINIMAL.replace(
         "url = \"postgres://postgres@127.0.0.1:5432/postgres\"\n",
         "url = \"postgres://postgres@127.0.0.1:5432/postgres\"\ntls = { ca_file = \"ca.pem\" }\n",
     );

@@ -391,6 +391,12 @@ impl Validator<'_> {
             let kind = self.required(&kind_path, raw.kind, "\"amqp\" or \"postgres\"");
             let url = self.required(&format!("{at}.url"), raw.url, "a connection URL");
             let password = self.password(&at, &name, raw.password_env);
+            if kind.as_deref() == Some("postgres") && raw.tls.is_some() {
+                self.report(
+                    format!("{at}.tls"),
+                    "is for amqp connections; a postgres connection takes its TLS settings in its URL (sslmode, sslrootcert, sslcert, sslkey)",
+                );
+            }
             let connection = match kind.as_deref() {
                 Some("amqp") => {
                     // Checked even when the URL is wrong, to report both.
@@ -402,13 +408,6 @@ impl Validator<'_> {
                         (Some(url), Ok(tls)) => Some(AmqpConnection { url, tls }),
                         _ => None,
                     })
-                }
-                Some(_) if raw.tls.is_some() => {
-                    self.report(
-                        format!("{at}.tls"),
-                        "is for amqp connections; a postgres connection takes its TLS settings in its URL (sslmode, sslrootcert, sslcert, sslkey)",
-                    );
-                    Connection::Unknown
                 }
                 Some("postgres") => Connection::Postgres(url.and_then(|url| {
                     self.postgres_grant(&format!("{at}.url"), &url, password.as_deref())
@@ -482,24 +481,22 @@ impl Validator<'_> {
             return Ok(None);
         };
         let at = format!("{at}.tls");
-        let mut wrong = false;
-        let mut file = |v: &mut Self, key: &str, value: Option<Lenient<String>>| {
+        let file = |v: &mut Self, key: &str, value: Option<Lenient<String>>| {
             let path = format!("{at}.{key}");
             let file = v.typed(&path, value, "a file path")?;
             if file.is_empty() {
                 v.report(path, "is empty; expected a file path");
-                wrong = true;
                 return None;
             }
             Some(v.base.join(file))
         };
         let (ca, cert, key) = (raw.ca_file, raw.cert_file, raw.key_file);
-        let typed = [ca.is_some(), cert.is_some(), key.is_some()];
+        let given = [ca.is_some(), cert.is_some(), key.is_some()];
         let ca = file(self, "ca_file", ca);
         let cert = file(self, "cert_file", cert);
         let key = file(self, "key_file", key);
-        // A value of the wrong type was reported by `typed`.
-        wrong |= typed != [ca.is_some(), cert.is_some(), key.is_some()];
+        // A value given but not taken was of the wrong type or empty (reported).
+        let mut wrong = given != [ca.is_some(), cert.is_some(), key.is_some()];
         if let Some(url) = url
             && !url
                 .trim_start()
