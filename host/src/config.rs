@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::capabilities::Grants;
 use crate::pinning::Pin;
+use crate::queue_input::AmqpTls;
 
 /// A valid configuration.
 #[derive(Clone, Debug)]
@@ -107,6 +108,9 @@ pub struct PipelineConfig {
     /// the connection's `password_env` applied. Holds a secret: log
     /// [`PipelineConfig::amqp_url_redacted`] instead.
     pub amqp_url: String,
+    /// That connection's TLS settings (its `tls` table), with the files read;
+    /// `None`: the system trust store and no client certificate.
+    pub amqp_tls: Option<AmqpTls>,
     /// The name of that connection (`connection`), for logs.
     pub amqp_connection: String,
     /// The queue consumed (`queue`).
@@ -146,6 +150,7 @@ impl fmt::Debug for PipelineConfig {
         f.debug_struct("PipelineConfig")
             .field("name", &self.name)
             .field("amqp_url", &self.amqp_url_redacted())
+            .field("amqp_tls", &self.amqp_tls)
             .field("amqp_connection", &self.amqp_connection)
             .field("queue", &self.queue)
             .field("prefetch", &self.prefetch)

@@ -3,6 +3,7 @@
 //! (with dead letters fitted to the broker's frame, in [`dead_letter`]).
 
 mod dead_letter;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 pub use self::dead_letter::{DeadLetter, FRAME_SAFETY_MARGIN, REASON_MAX_BYTES};
+pub use self::tls::{AmqpTls, AmqpTlsError, hint as tls_hint};
 use crate::config::{DeadLetterConfig, ExchangeType, PipelineConfig, QueueKind};
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{HeaderValue, Message};
@@ -65,13 +67,31 @@ impl SharedConnection {
         let name = format!("sluice {}", pipeline.name);
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-        let connection = Connection::connect(&pipeline.amqp_url, props)
+        // Without a `tls` table this is what `Connection::connect` does: the
+        // system trust store, no client certificate.
+        let tls = pipeline
+            .amqp_tls
+            .as_ref()
+            .map(AmqpTls::lapin_config)
+            .unwrap_or_default();
+        let runtime = lapin::runtime::default_runtime().context("lapin's tokio runtime")?;
+        let connection = Connection::connect_with_config(&pipeline.amqp_url, props, tls, runtime)
             .await
-            .with_context(|| {
-                format!(
-                    "connecting to RabbitMQ (connection `{}`)",
+            .map_err(|e| {
+                let mut context = format!(
+                    "connecting to RabbitMQ (connection `{}`",
                     pipeline.amqp_connection
-                )
+                );
+                if let Some(tls) = &pipeline.amqp_tls {
+                    context.push_str(&format!("; TLS {}", tls.describe()));
+                }
+                context.push(')');
+                // The hint goes first: the chain ends with rustls's terse name
+                // of the failure (`UnknownIssuer`), which it explains.
+                if let Some(hint) = tls_hint(&e) {
+                    context.push_str(&format!(": {hint}"));
+                }
+                anyhow::Error::new(e).context(context)
             })?;
         let connection = Arc::new(connection);
         *slot = Some(connection.clone());

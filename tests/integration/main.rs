@@ -2,6 +2,7 @@
 //! local Postgres (and RabbitMQ). Every test makes its own schema, queue and
 //! exchange, so tests run in parallel and never see each other's data.
 
+mod amqp_tls;
 mod cdr_to_postgres;
 mod check;
 mod daemon;

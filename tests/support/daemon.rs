@@ -378,7 +378,12 @@ pub struct Broker {
 impl Broker {
     /// Connects to the local RabbitMQ.
     pub async fn connect() -> Broker {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url` (a test's own node).
+    pub async fn connect_to(url: &str) -> Broker {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();

@@ -2,6 +2,7 @@
 //! plugins, a private Postgres schema per test, CDR messages.
 
 pub mod daemon;
+pub mod rabbit_node;
 pub mod stores;
 
 use std::path::{Path, PathBuf};

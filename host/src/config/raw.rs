@@ -49,12 +49,22 @@ pub(super) struct RawDaemon {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a table with type, url and optionally password_env")]
+#[serde(expecting = "a table with type, url and optionally password_env and tls")]
 pub(super) struct RawConnection {
     #[serde(rename = "type")]
     pub kind: Option<Lenient<String>>,
     pub url: Option<Lenient<String>>,
     pub password_env: Option<Lenient<String>>,
+    /// amqp connections only.
+    pub tls: Option<RawAmqpTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table with ca_file, cert_file and key_file")]
+pub(super) struct RawAmqpTls {
+    pub ca_file: Option<Lenient<String>>,
+    pub cert_file: Option<Lenient<String>>,
+    pub key_file: Option<Lenient<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,6 +276,7 @@ fn known_keys(shape: &str) -> Option<&'static [&'static str]> {
         "" => fields_of::<RawConfig>(),
         "daemon" => fields_of::<RawDaemon>(),
         "connections.*" => fields_of::<RawConnection>(),
+        "connections.*.tls" => fields_of::<RawAmqpTls>(),
         "pipelines[]" => fields_of::<RawPipeline>(),
         "pipelines[].batch" => fields_of::<RawBatch>(),
         "pipelines[].queue" => fields_of::<RawQueue>(),
@@ -359,8 +370,9 @@ mod tests {
         assert_eq!(fields_of::<RawBatch>(), ["max_messages", "max_wait"]);
         assert_eq!(
             fields_of::<RawConnection>(),
-            ["type", "url", "password_env"]
+            ["type", "url", "password_env", "tls"]
         );
+        assert!(known_keys("connections.*.tls").is_some());
         assert!(known_keys("pipelines[].queue.bindings[]").is_some());
     }
 

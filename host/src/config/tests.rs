@@ -461,7 +461,7 @@ fn a_connection_key_typo_lists_the_keys_a_connection_takes() {
     let typo = at(&problems, "connections.warehouse.pasword_env");
     assert_eq!(
         typo.message,
-        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env",
+        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env, tls",
         "{problems:#?}"
     );
 }
@@ -979,4 +979,90 @@ fn a_pin_is_a_setting_of_its_pipeline() {
         format!("{:?}", a.pipelines[0]),
         format!("{:?}", b.pipelines[0])
     );
+}
+
+#[test]
+fn amqp_tls_settings_are_checked_at_load_with_their_key_paths() {
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\ntls = { ca_file = \"/nonexistent/ca.pem\", cert_file = \"client.pem\", kee_file = \"k\" }\n",
+    );
+    let found = problems(&text);
+    assert_eq!(
+        at(&found, "connections.rabbit.tls").message,
+        "TLS settings on an `amqp://` URL, which connects without TLS; use `amqps://` (port 5671 by default) or remove `tls`"
+    );
+    assert!(
+        at(&found, "connections.rabbit.tls.kee_file")
+            .message
+            .contains("(did you mean `key_file`?); expected one of: ca_file, cert_file, key_file"),
+        "{found:#?}"
+    );
+
+    // With amqps://, the files are read: relative to the config file's folder.
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        "url = \"amqps://guest@127.0.0.1:5671/%2f\"\ntls = { ca_file = \"/nonexistent/ca.pem\", cert_file = \"client.pem\" }\n",
+    );
+    let found = problems(&text);
+    assert_eq!(
+        paths(&found),
+        [
+            "connections.rabbit.tls.ca_file",
+            "connections.rabbit.tls.cert_file"
+        ],
+        "{found:#?}"
+    );
+    assert!(
+        found[0]
+            .message
+            .starts_with("cannot read /nonexistent/ca.pem: "),
+        "{found:#?}"
+    );
+    assert_eq!(
+        found[1].message,
+        "is set but `key_file` is not; a client certificate needs both its certificate and its private key"
+    );
+
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        "url = \"amqps://guest@127.0.0.1:5671/%2f\"\ntls = { ca_file = \"\", key_file = 3 }\n",
+    );
+    let found = problems(&text);
+    assert_eq!(
+        paths(&found),
+        [
+            "connections.rabbit.tls.ca_file",
+            "connections.rabbit.tls.key_file"
+        ],
+        "{found:#?}"
+    );
+
+    let text = MINIMAL.replace(
+        "url = \"postgres://postgres@127.0.0.1:5432/postgres\"\n",
+        "url = \"postgres://postgres@127.0.0.1:5432/postgres\"\ntls = { ca_file = \"ca.pem\" }\n",
+    );
+    assert!(
+        at(&problems(&text), "connections.warehouse.tls")
+            .message
+            .contains("is for amqp connections")
+    );
+}
+
+#[test]
+fn amqp_tls_files_are_read_relative_to_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-amqptls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The snakeoil certificate stands for a CA: any readable certificate does.
+    std::fs::copy("/etc/ssl/certs/ssl-cert-snakeoil.pem", dir.join("ca.pem")).unwrap();
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"\n",
+        "url = \"amqps://guest@127.0.0.1:5671/%2f\"\ntls = { ca_file = \"ca.pem\" }\n",
+    );
+    let config = Config::from_str_with_env(&text, &dir.join("config.toml"), |_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tls = config.pipelines[0].amqp_tls.as_ref().expect("tls");
+    assert!(tls.lapin_config().cert_chain.is_some());
+    assert!(format!("{tls:?}").contains(&dir.join("ca.pem").display().to_string()));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::amqp_url;
-use super::raw::{Lenient, RawConfig, RawConnection, RawDaemon, describe, key_path};
+use super::raw::{Lenient, RawAmqpTls, RawConfig, RawConnection, RawDaemon, describe, key_path};
 use super::{Config, DaemonConfig, Problem};
 use crate::capabilities::postgres::{GrantError, PostgresGrant};
+use crate::queue_input::AmqpTls;
 use crate::signing::TrustedKey;
 
 /// The admin address when the file does not set one.
@@ -88,10 +89,18 @@ fn section_order(path: &str) -> (u8, usize) {
 
 /// A connection as validated: its type, and its settings when they were valid.
 enum Connection {
-    Amqp(Option<String>),
+    Amqp(Option<AmqpConnection>),
     Postgres(Option<Box<PostgresGrant>>),
     /// Its type was missing or wrong (already reported).
     Unknown,
+}
+
+/// An amqp connection's settings: its URL, password applied, and its TLS
+/// settings with their files read.
+#[derive(Clone)]
+struct AmqpConnection {
+    url: String,
+    tls: Option<AmqpTls>,
 }
 
 impl Connection {
@@ -402,10 +411,24 @@ impl Validator<'_> {
             let kind = self.required(&kind_path, raw.kind, "\"amqp\" or \"postgres\"");
             let url = self.required(&format!("{at}.url"), raw.url, "a connection URL");
             let password = self.password(&at, &name, raw.password_env);
+            if kind.as_deref() == Some("postgres") && raw.tls.is_some() {
+                self.report(
+                    format!("{at}.tls"),
+                    "is for amqp connections; a postgres connection takes its TLS settings in its URL (sslmode, sslrootcert, sslcert, sslkey)",
+                );
+            }
             let connection = match kind.as_deref() {
-                Some("amqp") => Connection::Amqp(url.and_then(|url| {
-                    self.amqp_url(&format!("{at}.url"), &url, password.as_deref())
-                })),
+                Some("amqp") => {
+                    // Checked even when the URL is wrong, to report both.
+                    let tls = self.amqp_tls(&at, url.as_deref(), raw.tls);
+                    let url = url.and_then(|url| {
+                        self.amqp_url(&format!("{at}.url"), &url, password.as_deref())
+                    });
+                    Connection::Amqp(match (url, tls) {
+                        (Some(url), Ok(tls)) => Some(AmqpConnection { url, tls }),
+                        _ => None,
+                    })
+                }
                 Some("postgres") => Connection::Postgres(url.and_then(|url| {
                     self.postgres_grant(&format!("{at}.url"), &url, password.as_deref())
                         .map(Box::new)
@@ -462,6 +485,61 @@ impl Validator<'_> {
                 None
             }
             Some(p) => Some(p),
+        }
+    }
+
+    /// An amqp connection's `tls` table: its files read and checked now, so
+    /// that `check` refuses what a connect would fail on. `Err` when wrong
+    /// (reported).
+    fn amqp_tls(
+        &mut self,
+        at: &str,
+        url: Option<&str>,
+        raw: Option<RawAmqpTls>,
+    ) -> Result<Option<AmqpTls>, ()> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let at = format!("{at}.tls");
+        let file = |v: &mut Self, key: &str, value: Option<Lenient<String>>| {
+            let path = format!("{at}.{key}");
+            let file = v.typed(&path, value, "a file path")?;
+            if file.is_empty() {
+                v.report(path, "is empty; expected a file path");
+                return None;
+            }
+            Some(v.base.join(file))
+        };
+        let (ca, cert, key) = (raw.ca_file, raw.cert_file, raw.key_file);
+        let given = [ca.is_some(), cert.is_some(), key.is_some()];
+        let ca = file(self, "ca_file", ca);
+        let cert = file(self, "cert_file", cert);
+        let key = file(self, "key_file", key);
+        // A value given but not taken was of the wrong type or empty (reported).
+        let mut wrong = given != [ca.is_some(), cert.is_some(), key.is_some()];
+        if let Some(url) = url
+            && !url
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("amqps://")
+        {
+            self.report(
+                &at,
+                "TLS settings on an `amqp://` URL, which connects without TLS; use `amqps://` (port 5671 by default) or remove `tls`",
+            );
+            wrong = true;
+        }
+        if wrong {
+            return Err(());
+        }
+        match AmqpTls::read(ca.as_deref(), cert.as_deref(), key.as_deref()) {
+            Ok(tls) => Ok(Some(tls)),
+            Err(problems) => {
+                for problem in problems {
+                    self.report(format!("{at}.{}", problem.key()), problem.to_string());
+                }
+                Err(())
+            }
         }
     }
 

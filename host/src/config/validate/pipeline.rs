@@ -15,7 +15,7 @@ use super::super::{
     BatchConfig, Binding, DeadLetterConfig, ExchangeType, PipelineConfig, QueueConfig, QueueKind,
     RetryConfig, SourceConfig, WriterConfig,
 };
-use super::{Connection, PinKeys, Validator};
+use super::{AmqpConnection, Connection, PinKeys, Validator};
 use crate::capabilities::{Grants, HttpGrant, TcpGrant};
 use crate::pinning::{self, Pin};
 
@@ -111,7 +111,7 @@ impl Validator<'_> {
             .filter(|n| self.name(&name_path, n, "pipeline"))
             .unwrap_or_default();
 
-        let (amqp_connection, amqp_url) = self.pipeline_connection(at, raw.connection, connections);
+        let (amqp_connection, amqp) = self.pipeline_connection(at, raw.connection, connections);
 
         let (batch, max_messages) = self.batch(at, raw.batch.unwrap_or_default());
         let consumers = self.integer(&format!("{at}.consumers"), raw.consumers, 1..=64, 2);
@@ -187,7 +187,8 @@ impl Validator<'_> {
 
         PipelineConfig {
             name,
-            amqp_url: amqp_url.unwrap_or_default(),
+            amqp_url: amqp.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
+            amqp_tls: amqp.and_then(|a| a.tls),
             amqp_connection,
             queue,
             prefetch: prefetch.unwrap_or(1) as u16,
@@ -200,13 +201,13 @@ impl Validator<'_> {
         }
     }
 
-    /// The amqp connection a pipeline names: its name and URL.
+    /// The amqp connection a pipeline names: its name and settings.
     fn pipeline_connection(
         &mut self,
         at: &str,
         value: Option<Lenient<String>>,
         connections: &BTreeMap<String, Connection>,
-    ) -> (String, Option<String>) {
+    ) -> (String, Option<AmqpConnection>) {
         let path = format!("{at}.connection");
         let Some(name) = self.required(&path, value, "the name of an amqp connection") else {
             return (String::new(), None);

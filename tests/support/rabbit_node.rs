@@ -1,0 +1,260 @@
+//! A RabbitMQ node of a test's own, beside the machine's shared broker (which
+//! it leaves alone): its own node name, ports, data and log folders, Erlang
+//! cookie and `rabbitmq.conf`, started as a child process and stopped with
+//! `rabbitmqctl stop` when dropped (so also when the test fails). And
+//! [`TestPki`], a test CA with server and client certificates, for a node with
+//! a TLS listener.
+//!
+//! Debian's `rabbitmq-server` wrapper switches to the `rabbitmq` user, who
+//! could not read the test's files; the node runs the real script under
+//! `/usr/lib/rabbitmq/bin` as the test's user instead, with `HOME` in its own
+//! folder so that its cookie is its own and `rabbitmqctl` finds it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::unique_name;
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+/// A node starts in about 5 s on an idle machine; a loaded one needs more.
+const START_LIMIT: Duration = Duration::from_secs(90);
+
+/// A test CA, and certificates it signed for the server (`localhost` and
+/// `127.0.0.1`) and for a client; plus a second CA that signed nothing of
+/// these. PEM files in `dir`, keys unencrypted.
+pub struct TestPki {
+    /// The folder holding the files.
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    /// Makes the files with the `openssl` command in a fresh folder.
+    pub fn create(tag: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |command: &str| {
+            let out = Command::new("openssl")
+                .args(command.split_whitespace())
+                .current_dir(&dir)
+                .output()
+                .expect("running openssl");
+            assert!(out.status.success(), "openssl {command}: {out:?}");
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        for ca in ["ca", "other-ca"] {
+            openssl(&format!(
+                "req -x509 {ec} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN=sluice-test-{ca}"
+            ));
+        }
+        // Extensions make X.509 v3 certificates: rustls refuses v1 ones.
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n").unwrap();
+        for (name, cn) in [("server", "localhost"), ("client", "sluice-test-client")] {
+            openssl(&format!(
+                "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn}"
+            ));
+            openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 2 -extfile {name}.ext"
+            ));
+        }
+        TestPki { dir }
+    }
+
+    /// A file of the set: `ca.pem`, `other-ca.pem`, `server.pem`, `server.key`,
+    /// `client.pem`, `client.key`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `rabbitmq.conf` lines for a TLS listener on `port` with the server
+    /// certificate, that requires a client certificate signed by the CA.
+    pub fn rabbitmq_tls_listener(&self, port: u16) -> String {
+        format!(
+            "listeners.ssl.default = {port}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n",
+            ca = self.file("ca.pem").display(),
+            cert = self.file("server.pem").display(),
+            key = self.file("server.key").display(),
+        )
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running RabbitMQ node of the test's own.
+pub struct RabbitNode {
+    /// `sluice-<tag>-…@localhost`.
+    pub name: String,
+    /// Its plain AMQP port (`amqp://guest:guest@127.0.0.1:PORT/%2f`; guest may
+    /// connect from anywhere on it).
+    pub amqp_port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl RabbitNode {
+    /// Starts a node with `extra_conf` added to its `rabbitmq.conf` (listeners,
+    /// `ssl_options`, cluster settings), and waits until it listens on its
+    /// AMQP port and on `also_listening` (e.g. its TLS port).
+    pub fn start(tag: &str, extra_conf: &str, also_listening: &[u16]) -> RabbitNode {
+        let name = unique_name(tag).replace('_', "-");
+        let dir = std::env::temp_dir().join(&name);
+        let home = dir.join("home");
+        for sub in ["home", "mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let cookie = home.join(".erlang.cookie");
+        std::fs::write(&cookie, format!("{name}-cookie")).unwrap();
+        set_mode(&cookie, 0o400);
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        let amqp_port = free_port();
+        let conf =
+            format!("listeners.tcp.default = {amqp_port}\nloopback_users = none\n{extra_conf}");
+        std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
+        let log = std::fs::File::create(dir.join("server.out")).unwrap();
+        let name = format!("{name}@localhost");
+        let child = Command::new(Path::new(RABBITMQ_BIN).join("rabbitmq-server"))
+            .envs(node_env(&dir, &name))
+            .env("RABBITMQ_NODE_PORT", amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting rabbitmq-server");
+        let mut node = RabbitNode {
+            name,
+            amqp_port,
+            dir,
+            child,
+        };
+        node.wait_listening(&[&[amqp_port], also_listening].concat());
+        node
+    }
+
+    /// The plain AMQP URL, as guest.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// `rabbitmqctl -n <node> <args>`: its output, or what went wrong.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(Path::new(RABBITMQ_BIN).join("rabbitmqctl"))
+            .envs(node_env(&self.dir, &self.name))
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .map_err(|e| format!("rabbitmqctl: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    fn wait_listening(&mut self, ports: &[u16]) {
+        let started = Instant::now();
+        loop {
+            let up = ports.iter().all(|port| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            });
+            if up {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "RabbitMQ node {} exited ({status}) before listening:\n{}",
+                    self.name,
+                    self.startup_log()
+                );
+            }
+            if started.elapsed() > START_LIMIT {
+                panic!(
+                    "RabbitMQ node {} not listening on {ports:?} after {START_LIMIT:?}:\n{}",
+                    self.name,
+                    self.startup_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What the node printed, and its log, for a failure message.
+    fn startup_log(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.join("server.out")).unwrap_or_default();
+        let log = std::fs::read_dir(self.dir.join("log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{out}\n{log}")
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        // `stop` halts the Erlang VM; the script, our child, then exits.
+        let _ = self.ctl(&["stop"]);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment `rabbitmq-server` and `rabbitmqctl` share for one node.
+fn node_env(dir: &Path, name: &str) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("HOME", dir.join("home").into_os_string()),
+        ("RABBITMQ_NODENAME", name.into()),
+    ]
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
