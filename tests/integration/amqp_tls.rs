@@ -5,7 +5,6 @@
 //! server's certificate, the daemon says why it cannot connect and lands
 //! nothing; `sluice check` and `run` refuse a missing CA file with its key path.
 
-use std::process::Command;
 use std::time::Duration;
 
 use sluice_tests::TestSchema;
@@ -13,8 +12,6 @@ use sluice_tests::daemon::{Broker, Setup, eventually, http_get};
 use sluice_tests::rabbit_node::{RabbitNode, TestPki, free_port};
 
 use super::daemon::{LONG, World, cdrs, start};
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice-under-test");
 
 /// A node with a TLS listener; its port.
 fn tls_node(pki: &TestPki) -> (RabbitNode, u16) {
@@ -192,18 +189,8 @@ fn check_and_run_refuse_a_missing_ca_file_with_its_key_path() {
         "connections.rabbit.tls.ca_file: cannot read {}: No such file or directory",
         setup.dir.join("missing-ca.pem").display()
     );
-    let out = Command::new(SLUICE)
-        .args(["check", "--config"])
-        .arg(setup.config_path())
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = crate::check::check(&setup.config_path());
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&expected), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
 

@@ -30,7 +30,7 @@ fn shipped_plugins(setup: &mut Setup) {
 }
 
 /// Runs `sluice check` on the setup's config: its exit code and what it printed.
-fn check(config: &Path) -> (Option<i32>, String) {
+pub(crate) fn check(config: &Path) -> (Option<i32>, String) {
     let out = Command::new(SLUICE)
         .args(["check", "--config"])
         .arg(config)

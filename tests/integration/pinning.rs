@@ -39,22 +39,6 @@ fn another_build(path: &Path) -> Vec<u8> {
     bytes
 }
 
-/// Runs `sluice check` on `config`: its exit code and what it printed.
-fn check(config: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-under-test"))
-        .args(["check", "--config"])
-        .arg(config)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 #[tokio::test]
 async fn a_writer_pinned_by_hash_does_not_run_another_build_until_the_pin_changes() {
     let mut w = world("pinned").await;
@@ -73,7 +57,7 @@ async fn a_writer_pinned_by_hash_does_not_run_another_build_until_the_pin_change
     // Added to the postgres-writer's table: its pin.
     w.setup.extra_writers = format!("sha256 = \"{build1}\"\n");
     w.setup.write_config("");
-    let (code, out) = check(&w.setup.config_path());
+    let (code, out) = crate::check::check(&w.setup.config_path());
     assert_eq!(code, Some(0), "the pinned build is there: {out}");
 
     let daemon = start(&w.setup, "daemon");
@@ -118,7 +102,7 @@ async fn a_writer_pinned_by_hash_does_not_run_another_build_until_the_pin_change
     assert_eq!(w.rows().await, 20, "no row through a build not pinned");
 
     // `sluice check` reports it at the pin's key path, and fails.
-    let (code, out) = check(&w.setup.config_path());
+    let (code, out) = crate::check::check(&w.setup.config_path());
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(at) && out.contains(&build1) && out.contains(&build2),
@@ -133,7 +117,7 @@ async fn a_writer_pinned_by_hash_does_not_run_another_build_until_the_pin_change
         .await;
     let log = daemon.log();
     assert!(log.contains("pipelines_resumed=[\""), "{log}");
-    let (code, out) = check(&w.setup.config_path());
+    let (code, out) = crate::check::check(&w.setup.config_path());
     assert_eq!(code, Some(0), "{out}");
     drop(daemon);
     w.finish().await;
@@ -155,7 +139,7 @@ async fn a_writer_pinned_to_a_signer_runs_only_what_that_key_signed() {
     w.setup.extra_writers = "signer = \"team.pub\"\n".into();
     w.setup.write_config("");
     let at = "pipelines[0].writers[0].signer";
-    let (code, out) = check(&w.setup.config_path());
+    let (code, out) = crate::check::check(&w.setup.config_path());
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(at) && out.contains(&format!("signed by ci.pub ({})", ci.id)),
@@ -194,7 +178,7 @@ async fn a_writer_pinned_to_a_signer_runs_only_what_that_key_signed() {
         w.marked_count(0).await == 10
     })
     .await;
-    let (code, out) = check(&w.setup.config_path());
+    let (code, out) = crate::check::check(&w.setup.config_path());
     assert_eq!(code, Some(0), "{out}");
     drop(daemon);
     w.finish().await;

@@ -15,7 +15,6 @@ use sluice_tests::{TestSchema, cdr_json, cdr_source_config, plugin, plugins_dir,
 
 use super::{message, runtime};
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice-under-test");
 /// The local server's certificate: self-signed, so it is its own root.
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
@@ -226,18 +225,8 @@ url = "postgres://sluice:s3cret@127.0.0.1/test?sslmode=verify-ca&sslrootcert=/no
         ),
     )
     .unwrap();
-    let out = Command::new(SLUICE)
-        .args(["check", "--config"])
-        .arg(&config)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = crate::check::check(&config);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(r#"connections.typo.url: sslmode="verify_full" is not a TLS mode"#),
         "{text}"
