@@ -162,11 +162,26 @@ fn may_be_the_rows(error: &CallError) -> bool {
             ))
 }
 
-/// Exponential backoff between `initial` and `max`.
+/// Exponential backoff between `initial` and `max`, with jitter: each wait is
+/// drawn between half the nominal delay and the whole of it, so that daemons
+/// that lost the same broker or database at the same moment do not come back
+/// in lockstep (and their retries do not land on a recovering server at once).
 struct Backoff {
     initial: Duration,
     max: Duration,
+    /// The nominal delay of the next wait; doubles after each wait.
     next: Duration,
+    /// The next wait itself: `next` with its jitter, drawn in advance so that
+    /// the log line announcing a retry says when it comes.
+    pending: Duration,
+}
+
+/// `delay` less a random part of up to half of it.
+fn jittered(delay: Duration) -> Duration {
+    let mut bytes = [0u8; 4];
+    // Without randomness (it never fails on Linux), no jitter.
+    let draw = getrandom::getrandom(&mut bytes).map_or(u32::MAX, |()| u32::from_le_bytes(bytes));
+    delay.mul_f64(0.5 + 0.5 * f64::from(draw) / f64::from(u32::MAX))
 }
 
 impl Backoff {
@@ -175,11 +190,13 @@ impl Backoff {
             initial,
             max,
             next: initial,
+            pending: jittered(initial),
         }
     }
 
     fn reset(&mut self) {
         self.next = self.initial;
+        self.pending = jittered(self.next);
     }
 
     /// Sleeps for the next delay, or returns `Stop::Shutdown` if shutdown comes
@@ -191,8 +208,9 @@ impl Backoff {
     ) -> Result<(), Stop> {
         // `beat` is called every IDLE_BEAT meanwhile: a long wait is a sign of
         // life, not of a wedged consumer (the systemd watchdog watches beats).
-        let deadline = tokio::time::Instant::now() + self.next;
+        let deadline = tokio::time::Instant::now() + self.pending;
         self.next = (self.next * 2).min(self.max);
+        self.pending = jittered(self.next);
         loop {
             let step = (tokio::time::Instant::now() + IDLE_BEAT).min(deadline);
             tokio::select! {
@@ -207,13 +225,18 @@ impl Backoff {
         }
     }
 
+    /// How long the next wait will be.
     fn peek(&self) -> Duration {
-        self.next
+        self.pending
     }
 
     /// Makes the next delay at least `floor` (within the maximum).
     fn at_least(&mut self, floor: Duration) {
-        self.next = self.next.max(floor.min(self.max));
+        let floor = floor.min(self.max);
+        if self.next < floor {
+            self.next = floor;
+            self.pending = jittered(floor);
+        }
     }
 }
 
@@ -1101,5 +1124,25 @@ mod tests {
         assert!(found.hopeless());
         found.committed = 1;
         assert!(!found.hopeless(), "a committed piece vouches for the store");
+    }
+
+    #[test]
+    fn backoff_waits_between_half_and_all_of_a_doubling_delay() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = Backoff::new(initial, max);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            backoff.reset();
+            let first = backoff.peek();
+            assert!(first >= initial / 2 && first <= initial, "{first:?}");
+            seen.insert(first);
+        }
+        assert!(
+            seen.len() > 10,
+            "the waits are spread, not in lockstep: {seen:?}"
+        );
+        backoff.at_least(Duration::from_secs(5));
+        let capped = backoff.peek();
+        assert!(capped >= max / 2 && capped <= max, "{capped:?}");
     }
 }
