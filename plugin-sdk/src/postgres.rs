@@ -111,14 +111,26 @@ impl fmt::Display for PgError {
 
 impl std::error::Error for PgError {}
 
-impl From<PgError> for PluginError {
-    /// A retriable error stays retriable; any other kind is fatal. The message
-    /// keeps the SQLSTATE, detail and context.
-    fn from(e: PgError) -> Self {
-        match e.kind {
-            PgErrorKind::Retriable => PluginError::Retriable(e.to_string()),
-            _ => PluginError::Fatal(e.to_string()),
+impl PgError {
+    /// The plugin error this error's kind calls for, with `message`: decided
+    /// here, once, for every writer. A retriable error stays retriable; a
+    /// connection the writer was not granted is its configuration's fault (as
+    /// a denied HTTP request or TCP connect is); anything else is fatal (a
+    /// writer isolates the rows the store refuses before it gets here).
+    pub fn plugin_error(&self, message: String) -> PluginError {
+        match self.kind {
+            PgErrorKind::Retriable => PluginError::Retriable(message),
+            PgErrorKind::AccessDenied => PluginError::InvalidConfig(message),
+            PgErrorKind::Data | PgErrorKind::Other => PluginError::Fatal(message),
         }
+    }
+}
+
+impl From<PgError> for PluginError {
+    /// [`PgError::plugin_error`] with the error's text, which keeps the
+    /// SQLSTATE, detail and context.
+    fn from(e: PgError) -> Self {
+        e.plugin_error(e.to_string())
     }
 }
 
@@ -226,5 +238,37 @@ impl Connection {
             let _ = (statement, data);
             match self.never {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(kind: PgErrorKind) -> PgError {
+        PgError {
+            kind,
+            code: None,
+            message: "m".into(),
+            detail: None,
+            context: None,
+        }
+    }
+
+    #[test]
+    fn each_kind_has_one_plugin_error() {
+        let kinds = |kind| match PluginError::from(error(kind)) {
+            PluginError::Retriable(_) => "retriable",
+            PluginError::InvalidConfig(_) => "invalid-config",
+            PluginError::Fatal(_) => "fatal",
+        };
+        assert_eq!(kinds(PgErrorKind::Retriable), "retriable");
+        assert_eq!(kinds(PgErrorKind::AccessDenied), "invalid-config");
+        assert_eq!(kinds(PgErrorKind::Data), "fatal");
+        assert_eq!(kinds(PgErrorKind::Other), "fatal");
+        assert_eq!(
+            error(PgErrorKind::AccessDenied).plugin_error("opening: x".into()),
+            PluginError::InvalidConfig("opening: x".into())
+        );
     }
 }

@@ -139,14 +139,8 @@ impl Session for Connection {
     }
 }
 
-/// The plugin error for a failed step, decided in one place: a lost connection or
-/// an overloaded server is worth retrying, a connection the writer was not granted
-/// is the configuration's fault, anything else is fatal.
+/// The plugin error for a failed step: the SDK decides its kind
+/// ([`PgError::plugin_error`]), the message says what was being done.
 pub(crate) fn plugin_error(doing: &str, error: PgError) -> PluginError {
-    let message = format!("{doing}: {}", refusal::describe(&error));
-    match error.kind {
-        PgErrorKind::Retriable => PluginError::Retriable(message),
-        PgErrorKind::AccessDenied => PluginError::InvalidConfig(message),
-        PgErrorKind::Data | PgErrorKind::Other => PluginError::Fatal(message),
-    }
+    error.plugin_error(format!("{doing}: {}", refusal::describe(&error)))
 }
