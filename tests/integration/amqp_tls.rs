@@ -71,10 +71,7 @@ async fn the_daemon_consumes_over_mutual_tls_with_a_private_ca() {
     w.broker.publish(&w.setup, cdrs(0..200)).await;
     w.wait_rows(200, "200 rows over TLS").await;
     assert_eq!(w.distinct_rows().await, 200);
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     // As the node sees the daemon's connection: TLS, with the client
     // certificate.
     let connections = node

@@ -69,6 +69,22 @@ impl World {
         eventually(LONG, what, || async { self.rows().await >= n }).await;
     }
 
+    /// Waits until the pipeline's queue has no ready message.
+    pub(crate) async fn wait_drained(&self) {
+        eventually(LONG, "an empty queue", || async {
+            self.broker.ready(&self.setup.queue).await == 0
+        })
+        .await;
+    }
+
+    /// Waits until the dead-letter queue holds exactly `n` messages.
+    pub(crate) async fn wait_dead_letters(&self, n: u32, what: &str) {
+        eventually(LONG, what, || async {
+            self.broker.ready(&self.setup.dead_queue).await == n
+        })
+        .await;
+    }
+
     pub(crate) async fn finish(self) {
         self.broker.cleanup(&self.setup).await;
         self.db.drop_now().await.unwrap();
@@ -86,10 +102,7 @@ async fn ten_thousand_messages_land_exactly_once_and_are_all_acked() {
     w.broker.publish(&w.setup, cdrs(0..10_000)).await;
     let mut daemon = start(&w.setup, "daemon");
     w.wait_rows(10_000, "10,000 rows").await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
 
     daemon.signal("TERM");
     let status = daemon
@@ -134,14 +147,9 @@ async fn poison_messages_are_dead_lettered_with_their_reasons_and_the_rest_land(
     let mut daemon = start(&w.setup, "daemon");
     let good = 2_000 - poison;
     w.wait_rows(good, "the good rows").await;
-    eventually(LONG, "every poison message dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == poison as u32
-    })
-    .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_dead_letters(poison as u32, "every poison message dead-lettered")
+        .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
 
     assert_eq!(w.rows().await, good);
@@ -197,10 +205,7 @@ async fn kill_9_mid_stream_then_a_restart_lands_every_message_exactly_once() {
 
     let mut daemon = start(&w.setup, "second");
     w.wait_rows(20_000, "every row after the restart").await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
     assert_eq!(w.rows().await, 20_000);
     assert_eq!(w.distinct_rows().await, 20_000);
@@ -285,10 +290,7 @@ async fn killed_postgres_backends_are_retried_and_nothing_is_lost_or_dead_letter
     }
     assert!(kills > 0, "no backend to kill");
     w.wait_rows(20_000, "every row").await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 20_000);
     assert_eq!(w.rows().await, 20_000);
@@ -315,10 +317,7 @@ async fn the_broker_closing_the_connections_mid_stream_is_recovered_without_loss
     .unwrap();
     assert!(closed >= 1, "found no connection of the daemon to close");
     w.wait_rows(20_000, "every row after the reconnect").await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
     assert_eq!(w.distinct_rows().await, 20_000);
     assert_eq!(w.rows().await, 20_000);
@@ -340,10 +339,7 @@ async fn three_daemons_on_one_queue_one_killed_and_restarted_land_every_message_
     a.kill9();
     let mut a = start(&w.setup, "a-again");
     w.wait_rows(30_000, "every row").await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     for d in [&mut a, &mut b, &mut c] {
         d.stop_cleanly();
     }

@@ -6,10 +6,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use sluice_tests::daemon::eventually;
 use sluice_tests::stores::{CLICKHOUSE_HTTP, REDIS, Redis, clickhouse};
 
-use crate::daemon::{LONG, World, cdrs, start, world};
+use crate::daemon::{World, cdrs, start, world};
 
 /// The three customer-store writers of `w`, as `[[pipelines.writers]]` tables.
 fn store_writers(w: &World, database: &str, files: &Path) -> String {
@@ -88,10 +87,7 @@ async fn ten_thousand_messages_land_in_four_stores_exactly_once_across_a_kill_9(
     let mut daemon = start(&w.setup, "second");
     w.wait_rows(N as i64, "every row in Postgres after the restart")
         .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
     let log = daemon.log();
     assert!(
@@ -166,14 +162,9 @@ config = {{ format = "ndjson", prefix = "cdr" }}
     w.broker.publish(&w.setup, cdrs(0..1_000)).await;
     let mut daemon = start(&w.setup, "daemon");
     w.wait_rows(999, "the rows Postgres takes").await;
-    eventually(LONG, "the refused message dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 1
-    })
-    .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_dead_letters(1, "the refused message dead-lettered")
+        .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
 
     let dead = w.broker.drain(&w.setup.dead_queue).await;

@@ -111,10 +111,7 @@ async fn replacing_the_source_ten_times_mid_stream_loses_and_duplicates_nothing(
         w.marked_total().await.0 >= 110_000
     })
     .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
 
     assert_eq!(

@@ -261,10 +261,7 @@ async fn chaos_rows(w: &World) -> i64 {
 }
 
 async fn drained(w: &World, daemon: &Daemon) {
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     assert!(
         !daemon.log().contains("panicked"),
         "the daemon stays up:\n{}",
@@ -286,10 +283,7 @@ async fn a_message_that_makes_the_source_sleep_for_minutes_is_dead_lettered_at_t
         chaos_rows(&w).await == 10
     })
     .await;
-    eventually(LONG, "the sleeper dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 1
-    })
-    .await;
+    w.wait_dead_letters(1, "the sleeper dead-lettered").await;
     drained(&w, &daemon).await;
     println!(
         "sleep: the sleeper dead-lettered and the queue drained {:?} after the daemon started",
@@ -341,10 +335,7 @@ async fn a_writer_that_floods_its_log_is_cut_to_its_rate_and_the_rest_counted() 
     w.broker.publish(&w.setup, bodies).await;
     let mut daemon = start(&w.setup, "daemon");
 
-    eventually(LONG, "the flooder dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 1
-    })
-    .await;
+    w.wait_dead_letters(1, "the flooder dead-lettered").await;
     drained(&w, &daemon).await;
     eventually(LONG, "the dropped records counted", || async {
         metric(

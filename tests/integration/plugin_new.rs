@@ -159,10 +159,7 @@ async fn a_generated_writer_lands_rows_from_the_shipped_json_source() {
         w.db.count_or_zero("docs").await >= 200
     })
     .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
 
     assert_eq!(w.db.count("docs").await.unwrap(), 200);
@@ -234,10 +231,8 @@ async fn a_generated_source_on_the_embedded_sdk_feeds_the_shipped_postgres_write
         w.db.count_or_zero("lines").await >= 200
     })
     .await;
-    eventually(LONG, "the bad message dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 1
-    })
-    .await;
+    w.wait_dead_letters(1, "the bad message dead-lettered")
+        .await;
     daemon.stop_cleanly();
 
     assert_eq!(w.db.count("lines").await.unwrap(), 200);

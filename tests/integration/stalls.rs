@@ -59,14 +59,9 @@ async fn keys_too_large_for_the_index_are_dead_lettered_and_the_good_messages_la
     let mut daemon = start(&w.setup, "daemon");
 
     w.wait_rows(100, "the good rows").await;
-    eventually(LONG, "both poison messages dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 2
-    })
-    .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_dead_letters(2, "both poison messages dead-lettered")
+        .await;
+    w.wait_drained().await;
     assert!(
         daemon.wait_exit(std::time::Duration::ZERO).is_none(),
         "the daemon is still running"
@@ -100,14 +95,9 @@ plugin = "chaos-writer"
     w.broker.publish(&w.setup, bodies).await;
     let mut daemon = start(&w.setup, "daemon");
 
-    eventually(LONG, "the poison message dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 1
-    })
-    .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_dead_letters(1, "the poison message dead-lettered")
+        .await;
+    w.wait_drained().await;
     daemon.stop_cleanly();
 
     // postgres-writer, the first writer, took every row; the dead letter says
@@ -182,14 +172,9 @@ plugin = "chaos-writer"
     // Good messages arrive: the batch takes them in, their rows land, and the
     // rows that fail on their own are dead-lettered.
     w.broker.publish(&w.setup, (100..130).map(cdr_json)).await;
-    eventually(LONG, "the failing messages dead-lettered", || async {
-        w.broker.ready(&w.setup.dead_queue).await == 20
-    })
-    .await;
-    eventually(LONG, "an empty queue", || async {
-        w.broker.ready(&w.setup.queue).await == 0
-    })
-    .await;
+    w.wait_dead_letters(20, "the failing messages dead-lettered")
+        .await;
+    w.wait_drained().await;
     eventually(LONG, "/readyz ready again", || async {
         matches!(http_get(port, "/readyz").await, Some((200, _)))
     })
