@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod cache;
 mod instance;
 pub mod state;
+mod versions;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,21 +27,37 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
-pub use self::bindings::v0_1_0::source::exports::sluice::plugin::source::{
-    DecodedBatch, MessageOutcome,
-};
-pub use self::bindings::v0_1_0::types::{
-    Column, ColumnType, HeaderValue, Message, PluginError, RowBatch, Schema,
-};
+// The host works with one shape of each type, whatever version a plugin
+// implements: messages and outcomes of the newest source world (0.2.0), and the
+// schema, row and error types that writers (still on 0.1.0) share with sources.
+// A plugin of another version has its values converted at the call
+// (`instance`), like Spin converts old WIT versions into the newest.
+pub use self::bindings::v0_1_0::types::{Column, ColumnType, PluginError, RowBatch, Schema};
 pub use self::bindings::v0_1_0::writer::exports::sluice::plugin::writer::RowRejection;
-use self::bindings::v0_1_0::{source, writer};
+use self::bindings::v0_1_0::{source as source_v0_1_0, writer};
+use self::bindings::v0_2_0::source as source_v0_2_0;
+pub use self::bindings::v0_2_0::source::exports::sluice::plugin::source::{
+    MessageOutcome, PartialOutcome, RecordRejection,
+};
+pub use self::bindings::v0_2_0::types::{HeaderValue, Message};
 pub use self::cache::{CacheOutcome, ComponentCache};
 pub use self::instance::{CallError, SourceInstance, WriterInstance};
 use self::state::{PluginLabel, PluginState};
 use crate::capabilities::{Granted, Grants, Need, needs_of};
 
-/// The WIT versions of `sluice:plugin` this host loads.
-pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
+/// The WIT versions of `sluice:plugin` this host loads (sources: all of them;
+/// writers: [`PluginKind::wit_versions`]).
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0", "0.2.0"];
+
+/// What a source decoded from a batch, whatever WIT version it implements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodedBatch {
+    /// One outcome per message, in the order the messages were given.
+    pub outcomes: Vec<MessageOutcome>,
+    /// The rows of every accepted message (and of the good records of partly
+    /// rejected ones), in message order.
+    pub rows: RowBatch,
+}
 
 /// How often the epoch advances: the granularity of time limits.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -103,6 +120,15 @@ impl PluginKind {
         match self {
             PluginKind::Source => "source",
             PluginKind::Writer => "writer",
+        }
+    }
+
+    /// The WIT versions of this world the host loads. 0.2.0 changed the source
+    /// world only; writers implement the writer world of 0.1.0.
+    pub fn wit_versions(self) -> &'static [&'static str] {
+        match self {
+            PluginKind::Source => SUPPORTED_WIT_VERSIONS,
+            PluginKind::Writer => &["0.1.0"],
         }
     }
 
@@ -263,8 +289,15 @@ impl PluginInfo {
 
 #[derive(Clone)]
 pub(crate) enum PluginPre {
-    Source(source::SourcePluginPre<PluginState>),
+    Source(SourcePre),
     Writer(writer::WriterPluginPre<PluginState>),
+}
+
+/// A source, prepared with the bindings of the WIT version it implements.
+#[derive(Clone)]
+pub(crate) enum SourcePre {
+    V0_1_0(source_v0_1_0::SourcePluginPre<PluginState>),
+    V0_2_0(source_v0_2_0::SourcePluginPre<PluginState>),
 }
 
 /// A plugin file that passed every check, ready to instantiate.
@@ -347,7 +380,16 @@ impl PluginRuntime {
 
         let mut source_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut source_linker)?;
-        source::SourcePlugin::add_to_linker::<_, HasSelf<PluginState>>(&mut source_linker, |s| s)?;
+        // Each version's interfaces have their own names (`sluice:plugin/log@0.1.0`,
+        // `…@0.2.0`), so one linker serves sources of every version.
+        source_v0_1_0::SourcePlugin::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut source_linker,
+            |s| s,
+        )?;
+        source_v0_2_0::SourcePlugin::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut source_linker,
+            |s| s,
+        )?;
         let mut writer_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut writer_linker)?;
         // Outbound HTTP, for writers only; every request is checked against the
@@ -476,7 +518,11 @@ impl PluginRuntime {
                     .source_linker
                     .instantiate_pre(&component)
                     .map_err(mismatch)?;
-                PluginPre::Source(source::SourcePluginPre::new(pre).map_err(mismatch)?)
+                PluginPre::Source(if wit_version == "0.1.0" {
+                    SourcePre::V0_1_0(source_v0_1_0::SourcePluginPre::new(pre).map_err(mismatch)?)
+                } else {
+                    SourcePre::V0_2_0(source_v0_2_0::SourcePluginPre::new(pre).map_err(mismatch)?)
+                })
             }
             PluginKind::Writer => {
                 let pre = self
@@ -516,12 +562,12 @@ impl PluginRuntime {
                 else {
                     continue;
                 };
-                if !SUPPORTED_WIT_VERSIONS.contains(&version) {
+                if !kind.wit_versions().contains(&version) {
                     return Err(LoadError::UnsupportedVersion {
                         path: path.to_path_buf(),
                         interface: kind.export_interface().to_string(),
                         version: version.to_string(),
-                        supported: SUPPORTED_WIT_VERSIONS.join(", "),
+                        supported: kind.wit_versions().join(", "),
                     });
                 }
                 return Ok((kind, version.to_string()));

@@ -208,6 +208,26 @@ impl Host for PluginState {
 
 // The `types` interface has no functions; its host trait is empty.
 impl crate::plugin_runtime::bindings::v0_1_0::types::Host for PluginState {}
+impl crate::plugin_runtime::bindings::v0_2_0::types::Host for PluginState {}
+
+/// `log` of 0.2.0 is the same interface as 0.1.0's; it logs the same way.
+impl crate::plugin_runtime::bindings::v0_2_0::source::sluice::plugin::log::Host for PluginState {
+    async fn log(
+        &mut self,
+        level: crate::plugin_runtime::bindings::v0_2_0::source::sluice::plugin::log::Level,
+        message: String,
+    ) -> wasmtime::Result<()> {
+        use crate::plugin_runtime::bindings::v0_2_0::source::sluice::plugin::log::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        Host::log(self, level, message).await
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -35,3 +35,22 @@ pub mod v0_1_0 {
 
     pub use source::sluice::plugin::types;
 }
+
+/// Bindings for `sluice:plugin@0.2.0`: the source world only, whose messages
+/// carry `content-encoding` and whose outcomes can reject single records of a
+/// message. Writers still implement the writer world of 0.1.0, which did not
+/// change.
+pub mod v0_2_0 {
+    /// The `source-plugin` world.
+    pub mod source {
+        wasmtime::component::bindgen!({
+            path: "../wit/sluice-plugin@0.2.0",
+            world: "source-plugin",
+            imports: { default: async | trappable },
+            exports: { default: async },
+            additional_derives: [PartialEq],
+        });
+    }
+
+    pub use source::sluice::plugin::types;
+}

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::bindings::v0_1_0::{source, writer};
+use super::bindings::v0_1_0::writer;
+use super::bindings::{v0_1_0, v0_2_0};
 use super::state::{CallDeadline, PluginLabel, PluginState};
 use super::{
     DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginInfo, PluginKind,
-    PluginPre, PluginRuntime, RowBatch, RowRejection, Schema,
+    PluginPre, PluginRuntime, RowBatch, RowRejection, Schema, SourcePre, versions,
 };
 use crate::capabilities::{Granted, Grants};
 
@@ -320,23 +321,31 @@ pub(super) async fn about(
     let result = call
         .run(async {
             match pre {
-                PluginPre::Source(pre) => match pre.instantiate_async(&mut store).await {
-                    Ok(b) => b.sluice_plugin_source().call_about(&mut store).await,
-                    Err(e) => Err(e),
-                },
-                PluginPre::Writer(pre) => match pre.instantiate_async(&mut store).await {
-                    Ok(b) => b.sluice_plugin_writer().call_about(&mut store).await,
-                    Err(e) => Err(e),
-                },
+                PluginPre::Source(SourcePre::V0_1_0(pre)) => {
+                    let b = pre.instantiate_async(&mut store).await?;
+                    let i = b.sluice_plugin_source().call_about(&mut store).await?;
+                    Ok((i.name, i.version, i.description))
+                }
+                PluginPre::Source(SourcePre::V0_2_0(pre)) => {
+                    let b = pre.instantiate_async(&mut store).await?;
+                    let i = b.sluice_plugin_source().call_about(&mut store).await?;
+                    Ok((i.name, i.version, i.description))
+                }
+                PluginPre::Writer(pre) => {
+                    let b = pre.instantiate_async(&mut store).await?;
+                    let i = b.sluice_plugin_writer().call_about(&mut store).await?;
+                    Ok((i.name, i.version, i.description))
+                }
             }
         })
         .await;
     end_call(&mut store);
-    let info = result.map_err(|e| call_error("(loading)", "about", &store, e))?;
+    let (name, version, description) =
+        result.map_err(|e| call_error("(loading)", "about", &store, e))?;
     Ok(PluginInfo {
-        name: info.name,
-        version: info.version,
-        description: info.description,
+        name,
+        version,
+        description,
     })
 }
 
@@ -390,14 +399,20 @@ fn label_for(plugin: &LoadedPlugin, pipeline: &str) -> Arc<PluginLabel> {
     })
 }
 
+/// A source instance's bindings, of the WIT version the plugin implements.
+enum SourceBindings {
+    V0_1_0(v0_1_0::source::SourcePlugin),
+    V0_2_0(v0_2_0::source::SourcePlugin),
+}
+
 /// A source plugin instance for one pipeline.
 pub struct SourceInstance {
     runtime: Arc<PluginRuntime>,
     plugin: Arc<LoadedPlugin>,
-    pre: source::SourcePluginPre<PluginState>,
+    pre: SourcePre,
     label: Arc<PluginLabel>,
     config: String,
-    live: Option<(Store<PluginState>, source::SourcePlugin, Schema)>,
+    live: Option<(Store<PluginState>, SourceBindings, Schema)>,
 }
 
 impl SourceInstance {
@@ -437,7 +452,7 @@ impl SourceInstance {
 
     async fn live(
         &mut self,
-    ) -> Result<&mut (Store<PluginState>, source::SourcePlugin, Schema), CallError> {
+    ) -> Result<&mut (Store<PluginState>, SourceBindings, Schema), CallError> {
         if self.live.is_none() {
             let name = self.plugin.info.label();
             let mut store = self.runtime.new_store(
@@ -446,7 +461,18 @@ impl SourceInstance {
                 Granted::nothing(),
             );
             let call = begin_call(&mut store);
-            let instantiated = call.run(self.pre.instantiate_async(&mut store)).await;
+            let instantiated = call
+                .run(async {
+                    Ok(match &self.pre {
+                        SourcePre::V0_1_0(pre) => {
+                            SourceBindings::V0_1_0(pre.instantiate_async(&mut store).await?)
+                        }
+                        SourcePre::V0_2_0(pre) => {
+                            SourceBindings::V0_2_0(pre.instantiate_async(&mut store).await?)
+                        }
+                    })
+                })
+                .await;
             end_call(&mut store);
             let bindings = match instantiated {
                 Ok(b) => b,
@@ -454,11 +480,21 @@ impl SourceInstance {
             };
             let call = begin_call(&mut store);
             let result = call
-                .run(
-                    bindings
-                        .sluice_plugin_source()
-                        .call_configure(&mut store, &self.config),
-                )
+                .run(async {
+                    match &bindings {
+                        SourceBindings::V0_1_0(b) => {
+                            b.sluice_plugin_source()
+                                .call_configure(&mut store, &self.config)
+                                .await
+                        }
+                        SourceBindings::V0_2_0(b) => Ok(b
+                            .sluice_plugin_source()
+                            .call_configure(&mut store, &self.config)
+                            .await?
+                            .map(versions::schema_from_v0_2_0)
+                            .map_err(versions::error_from_v0_2_0)),
+                    }
+                })
                 .await;
             end_call(&mut store);
             let schema = answer(&name, "configure", &store, result)?;
@@ -485,11 +521,25 @@ impl SourceInstance {
         let (store, bindings, _) = self.live().await?;
         let call = begin_call(store);
         let result = call
-            .run(
-                bindings
-                    .sluice_plugin_source()
-                    .call_decode(&mut *store, messages),
-            )
+            .run(async {
+                match bindings {
+                    SourceBindings::V0_1_0(b) => {
+                        // 0.1.0 has no `content-encoding`: its messages are copies
+                        // without it (only such plugins pay for the copy).
+                        let old: Vec<_> =
+                            messages.iter().map(versions::message_to_v0_1_0).collect();
+                        b.sluice_plugin_source()
+                            .call_decode(&mut *store, &old)
+                            .await
+                            .map(versions::decoded_from_v0_1_0)
+                    }
+                    SourceBindings::V0_2_0(b) => b
+                        .sluice_plugin_source()
+                        .call_decode(&mut *store, messages)
+                        .await
+                        .map(versions::decoded_from_v0_2_0),
+                }
+            })
             .await;
         end_call(store);
         let decoded = match result {
@@ -524,6 +574,7 @@ fn check_decoded(messages: usize, decoded: &DecodedBatch) -> Result<(), String> 
         .iter()
         .map(|o| match o {
             MessageOutcome::Rows(n) => u64::from(*n),
+            MessageOutcome::Partial(p) => u64::from(p.rows),
             MessageOutcome::Rejected(_) => 0,
         })
         .sum();
