@@ -48,7 +48,7 @@ use crate::plugin_runtime::{
     CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
     RowBatch, SourceInstance, WriterInstance,
 };
-use crate::queue_input::{DeadLetter, Received, Session, SharedConnection};
+use crate::queue_input::{DeadLetter, Received, RecordLetter, Session, SharedConnection};
 
 /// The plugins a pipeline runs.
 #[derive(Clone)]
@@ -555,7 +555,10 @@ impl Worker {
                         .outcomes
                         .iter()
                         .map(|o| match o {
-                            MessageOutcome::Rows(_) => None,
+                            // A partial message's rows go on; its rejected
+                            // records become dead letters of their own
+                            // (`record_letters`).
+                            MessageOutcome::Rows(_) | MessageOutcome::Partial(_) => None,
                             MessageOutcome::Rejected(reason) => Some(Refusal {
                                 stage: "decode",
                                 plugin: plugin.clone(),
@@ -809,7 +812,8 @@ impl Worker {
         }
         self.recovered();
 
-        let letters: Vec<DeadLetter> = refusals
+        let source = self.source.plugin().info.label();
+        let mut letters: Vec<DeadLetter> = refusals
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
@@ -820,22 +824,42 @@ impl Worker {
                     stage: r.stage,
                     plugin: &r.plugin,
                     reason: r.reason.clone(),
+                    record: None,
                 })
             })
             .collect();
+        letters.extend(record_letters(
+            &decoded.outcomes,
+            &refusals,
+            messages,
+            received,
+            &self.config.name,
+            &source,
+        ));
         if !letters.is_empty() {
             session
                 .dead_letter(&self.config.dead_letter, &letters, &self.report.metrics)
                 .await?;
             for letter in &letters {
                 self.report.metrics.dead_lettered(letter.stage, 1);
-                tracing::warn!(
-                    pipeline = %self.config.name,
-                    stage = letter.stage,
-                    plugin = letter.plugin,
-                    reason = %letter.logged_reason(),
-                    "message dead-lettered"
-                );
+                match &letter.record {
+                    None => tracing::warn!(
+                        pipeline = %self.config.name,
+                        stage = letter.stage,
+                        plugin = letter.plugin,
+                        reason = %letter.logged_reason(),
+                        "message dead-lettered"
+                    ),
+                    Some(record) => tracing::warn!(
+                        pipeline = %self.config.name,
+                        stage = letter.stage,
+                        plugin = letter.plugin,
+                        record_index = record.index,
+                        message_id = letter.message.message_id.as_deref().unwrap_or(""),
+                        reason = %letter.logged_reason(),
+                        "record dead-lettered"
+                    ),
+                }
             }
         }
         let last = received.last().expect("a batch is never empty").tag;
@@ -855,6 +879,44 @@ impl Worker {
         );
         Ok(())
     }
+}
+
+/// Dead letters for the records a source rejected one by one (`partial`
+/// outcomes): each carries the record's bytes and its index, and is published
+/// (confirmed) with the batch's other dead letters, before the message is acked
+/// with its good rows landed. A message dead-lettered whole anyway (a writer
+/// refused one of its rows) carries its bad records inside it: they get no
+/// letter of their own, so nothing is dead-lettered twice.
+fn record_letters<'a>(
+    outcomes: &'a [MessageOutcome],
+    refusals: &[Option<Refusal>],
+    messages: &'a [Message],
+    received: &'a [Received],
+    pipeline: &'a str,
+    source: &'a str,
+) -> Vec<DeadLetter<'a>> {
+    let mut letters = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let MessageOutcome::Partial(partial) = outcome else {
+            continue;
+        };
+        if refusals[i].is_some() {
+            continue;
+        }
+        letters.extend(partial.rejected.iter().map(|r| DeadLetter {
+            message: &messages[i],
+            received: &received[i],
+            pipeline,
+            stage: "decode",
+            plugin: source,
+            reason: format!("record {}: {}", r.index, r.reason),
+            record: Some(RecordLetter {
+                index: r.index,
+                body: &r.body,
+            }),
+        }));
+    }
+    letters
 }
 
 /// Resolves once shutdown is asked for.

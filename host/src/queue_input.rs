@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
-pub use self::dead_letter::{DeadLetter, FRAME_SAFETY_MARGIN, REASON_MAX_BYTES};
+pub use self::dead_letter::{DeadLetter, FRAME_SAFETY_MARGIN, REASON_MAX_BYTES, RecordLetter};
 pub use self::tls::{AmqpTls, AmqpTlsError, hint as tls_hint};
 use crate::config::{DeadLetterConfig, ExchangeType, PipelineConfig, QueueKind};
 use crate::metrics::PipelineMetrics;
@@ -43,6 +43,12 @@ pub mod headers {
     /// Present only when original headers were dropped to fit the broker's
     /// frame: `<count> headers, <bytes> bytes: <names, comma-separated>`.
     pub const DROPPED_HEADERS: &str = "x-sluice-dropped-headers";
+    /// Only on the dead letter of one record of a message that holds many: the
+    /// record's index in the message, from 0.
+    pub const RECORD_INDEX: &str = "x-sluice-record-index";
+    /// Only on the dead letter of one record: the `message-id` of the message it
+    /// came from (when that message had one).
+    pub const ORIGINAL_MESSAGE_ID: &str = "x-sluice-original-message-id";
 }
 
 /// The AMQP connection a pipeline's consumers share: one socket, and one lapin I/O
@@ -291,7 +297,7 @@ impl Session {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &letter.message.body,
+                    letter.body(),
                     props,
                 )
                 .await
@@ -454,6 +460,7 @@ pub fn receive(delivery: lapin::message::Delivery) -> (Received, Message) {
         routing_key: delivery.routing_key.as_str().to_string(),
         headers,
         content_type: props.content_type().as_ref().map(short),
+        content_encoding: props.content_encoding().as_ref().map(short),
         message_id: props.message_id().as_ref().map(short),
         timestamp: *props.timestamp(),
         redelivered: delivery.redelivered,

@@ -12,9 +12,12 @@ use crate::plugin_runtime::{ColumnType, DecodedBatch, MessageOutcome, RowBatch};
 pub(super) fn row_owners(outcomes: &[MessageOutcome]) -> Vec<u32> {
     let mut owners = Vec::new();
     for (i, outcome) in outcomes.iter().enumerate() {
-        if let MessageOutcome::Rows(n) = outcome {
-            owners.extend(std::iter::repeat_n(i as u32, *n as usize));
-        }
+        let rows = match outcome {
+            MessageOutcome::Rows(n) => *n,
+            MessageOutcome::Partial(p) => p.rows,
+            MessageOutcome::Rejected(_) => 0,
+        };
+        owners.extend(std::iter::repeat_n(i as u32, rows as usize));
     }
     owners
 }
@@ -118,8 +121,16 @@ mod tests {
             MessageOutcome::Rejected("bad".into()),
             MessageOutcome::Rows(0),
             MessageOutcome::Rows(1),
+            MessageOutcome::Partial(crate::plugin_runtime::PartialOutcome {
+                rows: 2,
+                rejected: vec![crate::plugin_runtime::RecordRejection {
+                    index: 1,
+                    body: b"{".to_vec(),
+                    reason: "bad".into(),
+                }],
+            }),
         ];
-        assert_eq!(row_owners(&outcomes), vec![0, 0, 3]);
+        assert_eq!(row_owners(&outcomes), vec![0, 0, 3, 4, 4]);
     }
 
     #[test]

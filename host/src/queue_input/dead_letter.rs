@@ -68,6 +68,17 @@ pub struct DeadLetter<'a> {
     pub plugin: &'a str,
     /// Why.
     pub reason: String,
+    /// Set when one record of the message is dead-lettered rather than the
+    /// message: the dead letter's body is then the record's bytes.
+    pub record: Option<RecordLetter<'a>>,
+}
+
+/// One rejected record of a message that holds many.
+pub struct RecordLetter<'a> {
+    /// Its index in the message, from 0 (`x-sluice-record-index`).
+    pub index: u32,
+    /// Its bytes, as the source found them (decompressed): the dead letter's body.
+    pub body: &'a [u8],
 }
 
 impl DeadLetter<'_> {
@@ -77,11 +88,29 @@ impl DeadLetter<'_> {
         cut(&self.reason, REASON_MAX_BYTES)
     }
 
+    /// What the dead letter carries: the message's body, or the record's bytes.
+    pub fn body(&self) -> &[u8] {
+        match &self.record {
+            Some(record) => record.body,
+            None => &self.message.body,
+        }
+    }
+
     /// The dead letter's properties, fitted to `frame_max`: the original
     /// properties, persistent, with the `x-sluice-*` headers added.
     pub(super) fn fit(&self, frame_max: u32, failed_at: u64) -> anyhow::Result<Fitted> {
+        let mut original = Cow::Borrowed(&self.received.properties);
+        if self.record.is_some() && original.content_encoding().is_some() {
+            // A record's bytes are as the source read them, decompressed. AMQP
+            // properties cannot be unset, so the encoding says so instead.
+            original = Cow::Owned(
+                original
+                    .into_owned()
+                    .with_content_encoding("identity".into()),
+            );
+        }
         fit(
-            &self.received.properties,
+            &original,
             &Added {
                 reason: &self.reason,
                 plugin: self.plugin,
@@ -90,8 +119,12 @@ impl DeadLetter<'_> {
                 exchange: &self.message.exchange,
                 routing_key: &self.message.routing_key,
                 failed_at,
+                record: self.record.as_ref().map(|r| AddedRecord {
+                    index: r.index,
+                    original_message_id: self.message.message_id.as_deref(),
+                }),
             },
-            self.message.body.len(),
+            self.body().len(),
             frame_max,
         )
     }
@@ -107,6 +140,15 @@ pub(super) struct Added<'a> {
     pub routing_key: &'a str,
     /// Seconds since the Unix epoch.
     pub failed_at: u64,
+    /// For a record's dead letter: which record of which message.
+    pub record: Option<AddedRecord<'a>>,
+}
+
+/// The headers Sluice adds to a record's dead letter.
+pub(super) struct AddedRecord<'a> {
+    pub index: u32,
+    /// The message's `message-id`, if it had one.
+    pub original_message_id: Option<&'a str>,
 }
 
 /// A dead letter's properties, and what had to give way for them to fit.
@@ -200,7 +242,7 @@ fn entry_bytes(name: &ShortString, value: &AMQPValue) -> usize {
 
 /// The names of the headers Sluice sets: an original header of the same name is
 /// replaced, never kept beside it.
-const ADDED_NAMES: [&str; 8] = [
+const ADDED_NAMES: [&str; 10] = [
     headers::REASON,
     headers::PLUGIN,
     headers::STAGE,
@@ -209,6 +251,8 @@ const ADDED_NAMES: [&str; 8] = [
     headers::ORIGINAL_ROUTING_KEY,
     headers::FAILED_AT,
     headers::DROPPED_HEADERS,
+    headers::RECORD_INDEX,
+    headers::ORIGINAL_MESSAGE_ID,
 ];
 
 /// Builds a dead letter's properties from the original ones and what Sluice
@@ -259,6 +303,15 @@ pub(super) fn fit(
         );
         if let Some(dropped) = dropped {
             table.insert(headers::DROPPED_HEADERS.into(), text(dropped));
+        }
+        if let Some(record) = &added.record {
+            table.insert(
+                headers::RECORD_INDEX.into(),
+                AMQPValue::LongLongInt(i64::from(record.index)),
+            );
+            if let Some(id) = record.original_message_id {
+                table.insert(headers::ORIGINAL_MESSAGE_ID.into(), text(id));
+            }
         }
         // Persistent, whatever it was: a dead letter is kept until someone looks.
         original.clone().with_headers(table).with_delivery_mode(2)
@@ -362,6 +415,7 @@ mod tests {
             exchange: "cdr.x",
             routing_key: "cdr.voice",
             failed_at: 1_700_000_000,
+            record: None,
         }
     }
 
@@ -589,6 +643,27 @@ mod tests {
                 assert_eq!(fitted.properties.app_id().as_ref().unwrap().as_str(), long);
             }
         }
+    }
+
+    #[test]
+    fn a_records_dead_letter_names_its_index_and_its_message() {
+        let mut a = added("record 7: expected value");
+        a.record = Some(AddedRecord {
+            index: 7,
+            original_message_id: Some("m-1"),
+        });
+        let fitted = fit(&original(&[]), &a, 10, RABBITMQ_FRAME_MAX).unwrap();
+        let p = &fitted.properties;
+        assert_eq!(
+            header(p, headers::RECORD_INDEX),
+            Some(&AMQPValue::LongLongInt(7))
+        );
+        assert_eq!(text(p, headers::ORIGINAL_MESSAGE_ID), "m-1");
+        assert_eq!(text(p, headers::REASON), "record 7: expected value");
+        // A whole message's dead letter has neither.
+        let whole = fit(&original(&[]), &added("bad"), 10, RABBITMQ_FRAME_MAX).unwrap();
+        assert!(header(&whole.properties, headers::RECORD_INDEX).is_none());
+        assert!(header(&whole.properties, headers::ORIGINAL_MESSAGE_ID).is_none());
     }
 
     #[test]
