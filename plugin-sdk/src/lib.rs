@@ -3,8 +3,10 @@
 //! Sluice pipes queue messages through a *source* plugin, which decodes each
 //! message into rows of a declared [`Schema`], into *writer* plugins, which land
 //! the rows in a store. Plugins are WebAssembly components implementing the
-//! `sluice:plugin@0.1.0` WIT worlds; this crate hides the bindings behind two
-//! traits and two macros:
+//! `sluice:plugin` WIT worlds (sources: `source-plugin@0.2.0`, whose messages
+//! can hold many records, each rejected on its own; writers:
+//! `writer-plugin@0.1.0`); this crate hides the bindings behind two traits and
+//! two macros:
 //!
 //! - a source implements [`Source`] and calls [`export_source!`] (feature `source`);
 //! - a writer implements [`Writer`] and calls [`export_writer!`] (feature `writer`),
@@ -134,7 +136,7 @@ pub use plugin::{PluginError, PluginInfo};
 pub use rows::{OwnedValue, RowBatch, RowWriter, Value};
 pub use schema::{Column, ColumnType, Schema, UnknownColumnType};
 #[cfg(feature = "source")]
-pub use source::{MessageOutcome, Source};
+pub use source::{MessageOutcome, PartialOutcome, RecordRejection, Records, Source};
 #[cfg(feature = "writer")]
 pub use writer::{RowRejection, Writer};
 
@@ -174,15 +176,17 @@ pub mod __private {
 #[allow(missing_docs, clippy::all)]
 pub mod __bindings_source {
     wit_bindgen::generate!({
-        world: "sluice:plugin/source-plugin@0.1.0",
-        path: "wit/sluice-plugin@0.1.0",
+        world: "sluice:plugin/source-plugin@0.2.0",
+        path: "wit/sluice-plugin@0.2.0",
         with: {
-            "sluice:plugin/types@0.1.0/plugin-info": crate::PluginInfo,
-            "sluice:plugin/types@0.1.0/header-value": crate::HeaderValue,
-            "sluice:plugin/types@0.1.0/message": crate::Message,
-            "sluice:plugin/types@0.1.0/row-batch": crate::RowBatch,
-            "sluice:plugin/types@0.1.0/plugin-error": crate::PluginError,
-            "sluice:plugin/source@0.1.0/message-outcome": crate::MessageOutcome,
+            "sluice:plugin/types@0.2.0/plugin-info": crate::PluginInfo,
+            "sluice:plugin/types@0.2.0/header-value": crate::HeaderValue,
+            "sluice:plugin/types@0.2.0/message": crate::Message,
+            "sluice:plugin/types@0.2.0/row-batch": crate::RowBatch,
+            "sluice:plugin/types@0.2.0/plugin-error": crate::PluginError,
+            "sluice:plugin/source@0.2.0/message-outcome": crate::MessageOutcome,
+            "sluice:plugin/source@0.2.0/partial-outcome": crate::PartialOutcome,
+            "sluice:plugin/source@0.2.0/record-rejection": crate::RecordRejection,
         },
         pub_export_macro: true,
         export_macro_name: "__export_source_world",

@@ -46,6 +46,10 @@ pub struct Message {
     pub headers: Vec<(String, HeaderValue)>,
     /// The `content-type` property, if set.
     pub content_type: Option<String>,
+    /// The `content-encoding` property, if set (`gzip`, `zstd`): how the body is
+    /// compressed. The body is given as it was published; decompressing it is the
+    /// plugin's business.
+    pub content_encoding: Option<String>,
     /// The `message-id` property, if set.
     pub message_id: Option<String>,
     /// The `timestamp` property (seconds since 1970-01-01T00:00:00Z), if set.
@@ -84,6 +88,12 @@ impl Message {
     /// Sets the `content-type` property.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Sets the `content-encoding` property.
+    pub fn with_content_encoding(mut self, content_encoding: impl Into<String>) -> Self {
+        self.content_encoding = Some(content_encoding.into());
         self
     }
 

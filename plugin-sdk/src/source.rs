@@ -17,6 +17,67 @@ pub enum MessageOutcome {
     /// The message cannot be decoded. It goes to the dead-letter exchange with this
     /// reason; the rest of the batch goes on.
     Rejected(String),
+    /// Some records of the message decoded into rows, others were rejected one
+    /// by one (see [`Source::decode_records`]).
+    Partial(PartialOutcome),
+}
+
+impl MessageOutcome {
+    /// The rows this outcome announces.
+    pub fn rows(&self) -> u32 {
+        match self {
+            MessageOutcome::Rows(n) => *n,
+            MessageOutcome::Partial(p) => p.rows,
+            MessageOutcome::Rejected(_) => 0,
+        }
+    }
+}
+
+/// The outcome of a message some of whose records were rejected.
+// Mirrors the WIT record: the generated bindings use this type directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialOutcome {
+    /// Rows of the message's good records.
+    pub rows: u32,
+    /// The rejected records; each goes to the dead-letter exchange on its own.
+    pub rejected: Vec<RecordRejection>,
+}
+
+/// One record of a message that cannot be decoded.
+// Mirrors the WIT record: the generated bindings use this type directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRejection {
+    /// Index of the record in its message, from 0.
+    pub index: u32,
+    /// The record's bytes: the dead letter's body.
+    pub body: Vec<u8>,
+    /// Why it cannot be decoded.
+    pub reason: String,
+}
+
+/// The records of the message being decoded that were rejected one by one
+/// (given to [`Source::decode_records`]).
+#[derive(Debug, Default)]
+pub struct Records {
+    rejected: Vec<RecordRejection>,
+}
+
+impl Records {
+    /// Rejects record `index` of the message (from 0) on its own: `body`, its
+    /// bytes, goes to the dead-letter exchange with `reason`, while the rows of
+    /// the message's other records land. Write no row for it.
+    pub fn reject(&mut self, index: u32, body: impl Into<Vec<u8>>, reason: impl Into<String>) {
+        self.rejected.push(RecordRejection {
+            index,
+            body: body.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// The records rejected so far.
+    pub fn rejected(&self) -> &[RecordRejection] {
+        &self.rejected
+    }
 }
 
 /// A source plugin: decodes queue messages into rows of the schema it declares.
@@ -67,28 +128,53 @@ pub trait Source: Sized + 'static {
     /// appended, so a half-written message never reaches a writer.
     fn decode(&mut self, message: &Message, rows: &mut RowWriter) -> Result<(), String>;
 
+    /// Like [`decode`](Self::decode), for a message that holds many records (a
+    /// batch of CDRs as NDJSON, a JSON array): a bad record is rejected on its
+    /// own with [`Records::reject`] and dead-lettered with its own bytes, while
+    /// the rows of the good ones land. An `Err` still rejects the whole message
+    /// (its rows and record rejections are dropped). The default calls `decode`.
+    fn decode_records(
+        &mut self,
+        message: &Message,
+        rows: &mut RowWriter,
+        records: &mut Records,
+    ) -> Result<(), String> {
+        let _ = records;
+        self.decode(message, rows)
+    }
+
     /// Decodes a batch: one outcome per message, in order. The default calls
-    /// [`decode`](Self::decode) for each message and drops the rows of each
-    /// rejected one; it also rejects a message whose rows do not fit the schema.
+    /// [`decode_records`](Self::decode_records) for each message and drops the
+    /// rows of each rejected one; it also rejects a message whose rows do not fit
+    /// the schema.
     fn decode_batch(&mut self, messages: &[Message], rows: &mut RowWriter) -> Vec<MessageOutcome> {
         messages
             .iter()
             .map(|message| {
                 let mark = rows.mark();
                 let before = rows.count();
-                let result = self.decode(message, rows).and_then(|()| {
-                    if let Some(mistake) = rows.error() {
-                        Err(format!(
-                            "the plugin wrote rows that do not fit its schema: {mistake}"
-                        ))
-                    } else if rows.in_row() {
-                        Err("the plugin left its last row unfinished (no end_row)".to_owned())
-                    } else {
-                        Ok(())
-                    }
-                });
+                let mut records = Records::default();
+                let result = self
+                    .decode_records(message, rows, &mut records)
+                    .and_then(|()| {
+                        if let Some(mistake) = rows.error() {
+                            Err(format!(
+                                "the plugin wrote rows that do not fit its schema: {mistake}"
+                            ))
+                        } else if rows.in_row() {
+                            Err("the plugin left its last row unfinished (no end_row)".to_owned())
+                        } else {
+                            Ok(())
+                        }
+                    });
                 match result {
-                    Ok(()) => MessageOutcome::Rows(rows.count() - before),
+                    Ok(()) if records.rejected.is_empty() => {
+                        MessageOutcome::Rows(rows.count() - before)
+                    }
+                    Ok(()) => MessageOutcome::Partial(PartialOutcome {
+                        rows: rows.count() - before,
+                        rejected: records.rejected,
+                    }),
                     Err(reason) => {
                         rows.reset(mark);
                         MessageOutcome::Rejected(reason)
@@ -110,13 +196,7 @@ pub(crate) fn decode_checked<S: Source>(
 ) -> (Vec<MessageOutcome>, RowBatch) {
     let mut rows = RowWriter::checked(columns, capacity);
     let outcomes = plugin.decode_batch(messages, &mut rows);
-    let announced: u64 = outcomes
-        .iter()
-        .map(|o| match o {
-            MessageOutcome::Rows(n) => u64::from(*n),
-            MessageOutcome::Rejected(_) => 0,
-        })
-        .sum();
+    let announced: u64 = outcomes.iter().map(|o| u64::from(o.rows())).sum();
     let problem = if outcomes.len() != messages.len() {
         Some(format!(
             "decode_batch gave {} outcomes for {} messages",

@@ -108,10 +108,7 @@ mod source_run {
     impl SourceRun {
         /// The rows of message `message` (none if it was rejected).
         pub fn rows_of(&self, message: usize) -> &[Vec<OwnedValue>] {
-            let count = |o: &MessageOutcome| match o {
-                MessageOutcome::Rows(n) => *n as usize,
-                MessageOutcome::Rejected(_) => 0,
-            };
+            let count = |o: &MessageOutcome| o.rows() as usize;
             let start: usize = self.outcomes[..message].iter().map(count).sum();
             &self.rows[start..start + count(&self.outcomes[message])]
         }
@@ -120,7 +117,16 @@ mod source_run {
         pub fn rejection(&self, message: usize) -> Option<&str> {
             match &self.outcomes[message] {
                 MessageOutcome::Rejected(reason) => Some(reason),
-                MessageOutcome::Rows(_) => None,
+                MessageOutcome::Rows(_) | MessageOutcome::Partial(_) => None,
+            }
+        }
+
+        /// The records of message `message` rejected one by one (none unless
+        /// its outcome is `Partial`).
+        pub fn rejected_records(&self, message: usize) -> &[crate::RecordRejection] {
+            match &self.outcomes[message] {
+                MessageOutcome::Partial(p) => &p.rejected,
+                _ => &[],
             }
         }
     }
