@@ -9,7 +9,23 @@ use sluice_plugin_sdk::{ColumnType, PluginError, Schema};
 pub(crate) struct Config {
     pub schema: Schema,
     pub columns: Vec<ColumnSpec>,
+    pub records: RecordFraming,
+    pub max_decompressed_bytes: u64,
 }
+
+/// How many records a message holds, and how they are told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordFraming {
+    /// The body is one JSON object: one row (or one rejection for the message).
+    One,
+    /// One JSON object per line (NDJSON); blank lines are skipped.
+    Ndjson,
+    /// A JSON array of objects.
+    Array,
+}
+
+/// `max_decompressed_bytes` when the configuration does not say: 64 MiB.
+pub(crate) const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
 
 /// How one column is found in a message and read.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +77,7 @@ pub(crate) enum BytesEncoding {
     Hex,
 }
 
-const TOP_KEYS: &str = "schema, version, columns";
+const TOP_KEYS: &str = "schema, version, columns, records, max_decompressed_bytes";
 const COLUMN_KEYS: &str = "name, type, key, nullable, path, unit, encoding, coerce";
 
 /// Parses and validates the configuration text.
@@ -77,7 +93,10 @@ pub(crate) fn parse(config: &str) -> Result<Config, PluginError> {
     let mut problems = Vec::new();
 
     for key in top.keys() {
-        if !matches!(key.as_str(), "schema" | "version" | "columns") {
+        if !matches!(
+            key.as_str(),
+            "schema" | "version" | "columns" | "records" | "max_decompressed_bytes"
+        ) {
             problems.push(format!("unknown key {key:?} (expected {TOP_KEYS})"));
         }
     }
@@ -109,6 +128,30 @@ pub(crate) fn parse(config: &str) -> Result<Config, PluginError> {
                     u32::MAX
                 ));
                 0
+            }
+        },
+    };
+    let records = match top.get("records") {
+        None => RecordFraming::One,
+        Some(Value::String(s)) if s == "one" => RecordFraming::One,
+        Some(Value::String(s)) if s == "ndjson" => RecordFraming::Ndjson,
+        Some(Value::String(s)) if s == "array" => RecordFraming::Array,
+        Some(other) => {
+            problems.push(format!(
+                "\"records\" must be \"one\", \"ndjson\" or \"array\", found {other}"
+            ));
+            RecordFraming::One
+        }
+    };
+    let max_decompressed_bytes = match top.get("max_decompressed_bytes") {
+        None => DEFAULT_MAX_DECOMPRESSED_BYTES,
+        Some(v) => match v.as_u64().filter(|n| *n > 0) {
+            Some(n) => n,
+            None => {
+                problems.push(format!(
+                    "\"max_decompressed_bytes\" must be a positive integer (bytes), found {v}"
+                ));
+                DEFAULT_MAX_DECOMPRESSED_BYTES
             }
         },
     };
@@ -149,6 +192,8 @@ pub(crate) fn parse(config: &str) -> Result<Config, PluginError> {
     Ok(Config {
         schema,
         columns: columns.into_iter().map(|(spec, _)| spec).collect(),
+        records,
+        max_decompressed_bytes,
     })
 }
 
@@ -382,7 +427,7 @@ mod tests {
             {"name": "p", "type": "text", "path": "a..b", "key": "yes"},
             7 ]}"#);
         let expected = [
-            "unknown key \"colums\" (expected schema, version, columns)",
+            "unknown key \"colums\" (expected schema, version, columns, records, max_decompressed_bytes)",
             "\"schema\": invalid name \"Cdr\"",
             "missing key \"version\"",
             "columns[0] (call_id): a key column cannot be nullable",
@@ -416,5 +461,46 @@ mod tests {
         );
         assert_eq!(err("[]"), "the configuration must be a JSON object");
         assert!(err("{").starts_with("the configuration is not valid JSON: EOF while parsing"));
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    const COLUMNS: &str = r#""schema": "t", "version": 1,
+        "columns": [{"name": "id", "type": "int64", "key": true}]"#;
+
+    #[test]
+    fn one_record_per_message_and_64_mib_unless_told_otherwise() {
+        let config = parse(&format!("{{{COLUMNS}}}")).unwrap();
+        assert_eq!(config.records, RecordFraming::One);
+        assert_eq!(config.max_decompressed_bytes, 64 << 20);
+        let config = parse(&format!(
+            r#"{{{COLUMNS}, "records": "ndjson", "max_decompressed_bytes": 1000}}"#
+        ))
+        .unwrap();
+        assert_eq!(config.records, RecordFraming::Ndjson);
+        assert_eq!(config.max_decompressed_bytes, 1000);
+        let config = parse(&format!(r#"{{{COLUMNS}, "records": "array"}}"#)).unwrap();
+        assert_eq!(config.records, RecordFraming::Array);
+    }
+
+    #[test]
+    fn a_wrong_framing_or_limit_is_reported_with_the_rest() {
+        let Err(PluginError::InvalidConfig(e)) = parse(&format!(
+            r#"{{{COLUMNS}, "records": "csv", "max_decompressed_bytes": 0, "extra": 1}}"#
+        )) else {
+            panic!("accepted");
+        };
+        assert!(
+            e.contains(r#""records" must be "one", "ndjson" or "array", found "csv""#),
+            "{e}"
+        );
+        assert!(
+            e.contains(r#""max_decompressed_bytes" must be a positive integer (bytes), found 0"#),
+            "{e}"
+        );
+        assert!(e.contains(r#"unknown key "extra""#), "{e}");
     }
 }

@@ -1,5 +1,6 @@
-//! `json-source`: a Sluice source plugin that decodes JSON message bodies into rows,
-//! one row per message.
+//! `json-source`: a Sluice source plugin that decodes JSON message bodies into rows:
+//! one row per message, or per record of a message that holds many (NDJSON, a
+//! JSON array), gzip- or zstd-compressed or not.
 //!
 //! # Configuration
 //!
@@ -33,6 +34,18 @@
 //!   - `encoding` (bytes only): `"base64"` (default, standard or URL-safe, padding
 //!     optional) or `"hex"`;
 //!   - `coerce` (text only): also take numbers and booleans, as their JSON text.
+//! - `records`: how many records a message holds: `"one"` (default: the body is
+//!   one JSON object), `"ndjson"` (one object per line; blank lines skipped) or
+//!   `"array"` (a JSON array of objects). Each record is one row; a bad record is
+//!   rejected on its own (dead-lettered with its own bytes and its index: the line
+//!   number from 0 for NDJSON, the element's index for an array) while the good
+//!   records of the message land. A body that cannot be cut into records (an
+//!   array that is not well-formed JSON) is rejected whole.
+//! - `max_decompressed_bytes` (default 67108864, 64 MiB): a body compressed by its
+//!   `content-encoding` (`gzip` or `zstd`) is decompressed at most this far; one
+//!   that decompresses further is rejected whole, naming the limit (a compression
+//!   bomb never takes more memory than this). Uncompressed bodies are not limited
+//!   by it.
 //!
 //! Every problem in the configuration is reported at once, each naming the column
 //! (`columns[2] (duration_s): unknown type "int" ...`).
@@ -79,12 +92,13 @@ mod config;
 mod convert;
 mod fields;
 mod numbers;
+mod records;
 mod time;
 
 use sluice_plugin_sdk::rows::RowWriter;
-use sluice_plugin_sdk::{Message, PluginError, Schema, Source};
+use sluice_plugin_sdk::{Message, PluginError, Records, Schema, Source};
 
-use crate::config::ColumnSpec;
+use crate::config::{ColumnSpec, RecordFraming};
 use crate::convert::Scratch;
 use crate::fields::{ExtractError, Fields, Span};
 
@@ -96,23 +110,90 @@ pub struct JsonSource {
     /// Where each column's value lies in the current body (reused).
     spans: Vec<Span>,
     scratch: Scratch,
+    framing: RecordFraming,
+    max_decompressed_bytes: u64,
 }
 
 impl Source for JsonSource {
     fn configure(config: &str) -> Result<(Self, Schema), PluginError> {
-        let config::Config { schema, columns } = config::parse(config)?;
+        let config::Config {
+            schema,
+            columns,
+            records,
+            max_decompressed_bytes,
+        } = config::parse(config)?;
         let source = JsonSource {
             fields: Fields::new(&columns),
             spans: vec![None; columns.len()],
             columns,
             scratch: Scratch::default(),
+            framing: records,
+            max_decompressed_bytes,
         };
         Ok((source, schema))
     }
 
+    /// The whole message, or its first bad record, is rejected.
     fn decode(&mut self, message: &Message, rows: &mut RowWriter) -> Result<(), String> {
-        let body = std::str::from_utf8(&message.body)
-            .map_err(|e| format!("body is not valid JSON: {e}"))?;
+        let mut records = Records::default();
+        self.decode_records(message, rows, &mut records)?;
+        match records.rejected().first() {
+            None => Ok(()),
+            Some(bad) => Err(format!("record {}: {}", bad.index, bad.reason)),
+        }
+    }
+
+    fn decode_records(
+        &mut self,
+        message: &Message,
+        rows: &mut RowWriter,
+        records: &mut Records,
+    ) -> Result<(), String> {
+        let body = records::decompress(
+            &message.body,
+            message.content_encoding.as_deref(),
+            self.max_decompressed_bytes,
+        )?;
+        match self.framing {
+            RecordFraming::One => self.decode_record(&body, rows),
+            RecordFraming::Ndjson => {
+                for (index, line) in records::ndjson(&body) {
+                    self.decode_alone(index, line, rows, records);
+                }
+                Ok(())
+            }
+            RecordFraming::Array => {
+                for (index, item) in records::array(&body)?.into_iter().enumerate() {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    self.decode_alone(index, item.get().as_bytes(), rows, records);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl JsonSource {
+    /// Decodes record `index` of a message that holds many; a bad one leaves no
+    /// half row behind and is rejected on its own.
+    fn decode_alone(
+        &mut self,
+        index: u32,
+        record: &[u8],
+        rows: &mut RowWriter,
+        records: &mut Records,
+    ) {
+        let mark = rows.mark();
+        if let Err(reason) = self.decode_record(record, rows) {
+            rows.reset(mark);
+            records.reject(index, record, reason);
+        }
+    }
+
+    /// Decodes one JSON object into one row.
+    fn decode_record(&mut self, record: &[u8], rows: &mut RowWriter) -> Result<(), String> {
+        let body =
+            std::str::from_utf8(record).map_err(|e| format!("body is not valid JSON: {e}"))?;
         self.spans.fill(None);
         self.fields
             .extract(body, &mut self.spans)
@@ -665,5 +746,165 @@ mod tests {
             "json-source decode ({} bytes, 9 fields): {best_wall:.0} ns/message wall, {best_cpu:.0} ns/message CPU",
             BENCH_BODY.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use std::io::Write;
+
+    use sluice_plugin_sdk::rows::OwnedValue as V;
+    use sluice_plugin_sdk::testing::{SourceRun, message_json, run_source};
+    use sluice_plugin_sdk::{Message, MessageOutcome};
+
+    use super::JsonSource;
+
+    fn config(records: &str) -> String {
+        format!(
+            r#"{{"schema": "t", "version": 1, "records": "{records}", "max_decompressed_bytes": 100000,
+                "columns": [{{"name": "id", "type": "int64", "key": true}},
+                            {{"name": "n", "type": "int32"}}]}}"#
+        )
+    }
+
+    fn run(records: &str, messages: &[Message]) -> SourceRun {
+        run_source::<JsonSource>(&config(records), messages).unwrap()
+    }
+
+    fn ids(run: &SourceRun) -> Vec<V> {
+        run.rows.iter().map(|r| r[0].clone()).collect()
+    }
+
+    const NDJSON: &str = "{\"id\": 1, \"n\": 1}\n{\"id\": 2, \"n\": \"x\"}\n\n{\"id\": 3}\n{oops\n";
+
+    #[test]
+    fn ndjson_bad_records_are_rejected_alone_with_their_line() {
+        let run = run(
+            "ndjson",
+            &[message_json(NDJSON), message_json("{\"id\": 9}")],
+        );
+        assert_eq!(ids(&run), [V::Int64(1), V::Int64(3), V::Int64(9)]);
+        let MessageOutcome::Partial(p) = &run.outcomes[0] else {
+            panic!("{:?}", run.outcomes[0]);
+        };
+        assert_eq!(p.rows, 2);
+        let rejected: Vec<(u32, &[u8])> =
+            p.rejected.iter().map(|r| (r.index, &r.body[..])).collect();
+        assert_eq!(
+            rejected,
+            [(1, &b"{\"id\": 2, \"n\": \"x\"}"[..]), (4, &b"{oops"[..])]
+        );
+        assert_eq!(
+            p.rejected[0].reason,
+            r#"field "n" (column n): expected an integer, found string "x""#
+        );
+        assert!(
+            p.rejected[1].reason.starts_with("body is not valid JSON"),
+            "{}",
+            p.rejected[1].reason
+        );
+        assert_eq!(run.outcomes[1], MessageOutcome::Rows(1));
+        assert_eq!(run.rows_of(1), [vec![V::Int64(9), V::Null]]);
+    }
+
+    #[test]
+    fn array_elements_are_records_and_a_broken_array_is_the_messages_fault() {
+        let run = run(
+            "array",
+            &[
+                message_json(r#"[{"id": 1}, 5, {"n": 2}, {"id": 4, "n": 4}]"#),
+                message_json(r#"[{"id": 1}, {"#),
+            ],
+        );
+        assert_eq!(ids(&run), [V::Int64(1), V::Int64(4)]);
+        let rejected = run.rejected_records(0);
+        assert_eq!(rejected.len(), 2);
+        assert_eq!((rejected[0].index, &rejected[0].body[..]), (1, &b"5"[..]));
+        assert_eq!(
+            rejected[0].reason,
+            "top level is not a JSON object (found number 5)"
+        );
+        assert_eq!(
+            (rejected[1].index, &rejected[1].body[..]),
+            (2, &br#"{"n": 2}"#[..])
+        );
+        assert_eq!(
+            rejected[1].reason,
+            r#"missing required field "id" (column id)"#
+        );
+        assert!(
+            run.rejection(1)
+                .unwrap()
+                .starts_with("records = \"array\": the body is not a valid JSON array"),
+            "{:?}",
+            run.rejection(1)
+        );
+    }
+
+    #[test]
+    fn compressed_bodies_are_read_by_their_content_encoding() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(NDJSON.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(
+            NDJSON.as_bytes(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let run = run(
+            "ndjson",
+            &[
+                Message::new(gz).with_content_encoding("gzip"),
+                Message::new(zst).with_content_encoding("zstd"),
+            ],
+        );
+        assert_eq!(
+            ids(&run),
+            [V::Int64(1), V::Int64(3), V::Int64(1), V::Int64(3)]
+        );
+        for m in 0..2 {
+            let indexes: Vec<u32> = run.rejected_records(m).iter().map(|r| r.index).collect();
+            assert_eq!(indexes, [1, 4], "message {m}");
+            // The dead letter carries the record decompressed.
+            assert_eq!(run.rejected_records(m)[1].body, b"{oops");
+        }
+    }
+
+    #[test]
+    fn a_bomb_is_rejected_whole_naming_the_limit() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 10 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        let run = run(
+            "ndjson",
+            &[Message::new(bomb).with_content_encoding("gzip")],
+        );
+        assert!(run.rows.is_empty());
+        assert_eq!(
+            run.rejection(0),
+            Some(
+                "content-encoding gzip: the body decompresses past max_decompressed_bytes \
+                 (100000 bytes); it was not decompressed further"
+            )
+        );
+    }
+
+    #[test]
+    fn one_record_per_message_stays_the_default() {
+        let config = r#"{"schema": "t", "version": 1,
+            "columns": [{"name": "id", "type": "int64", "key": true}]}"#;
+        let run = run_source::<JsonSource>(
+            config,
+            &[
+                message_json("{\"id\": 1}\n{\"id\": 2}"),
+                message_json("{\"id\": 3}"),
+            ],
+        )
+        .unwrap();
+        assert!(
+            run.rejection(0)
+                .unwrap()
+                .starts_with("body is not valid JSON")
+        );
+        assert_eq!(ids(&run), [V::Int64(3)]);
     }
 }
