@@ -139,6 +139,7 @@ async fn run() -> anyhow::Result<()> {
             routing_key: "cdr.voice".into(),
             headers: Vec::new(),
             content_type: Some("application/json".into()),
+            content_encoding: None,
             message_id: Some(format!("m-{i}")),
             timestamp: None,
             redelivered: false,

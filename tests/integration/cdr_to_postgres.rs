@@ -67,6 +67,7 @@ fn rows_per_message(decoded: &DecodedBatch) -> Vec<u32> {
         .map(|o| match o {
             MessageOutcome::Rows(n) => *n,
             MessageOutcome::Rejected(r) => panic!("unexpected rejection: {r}"),
+            MessageOutcome::Partial(p) => panic!("unexpected record rejections: {p:?}"),
         })
         .collect()
 }

@@ -10,6 +10,7 @@ mod dead_letters;
 mod fan_out;
 mod grants;
 mod hot_reload;
+mod multi_record;
 mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;
@@ -50,6 +51,7 @@ fn message(body: impl Into<Vec<u8>>) -> Message {
         routing_key: "cdr.voice".into(),
         headers: Vec::new(),
         content_type: Some("application/json".into()),
+        content_encoding: None,
         message_id: None,
         timestamp: None,
         redelivered: false,

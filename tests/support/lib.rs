@@ -28,6 +28,7 @@ pub const TEST_PLUGIN_CRATES: &[&str] = &[
     "tests/plugins/not-a-plugin",
     "tests/plugins/marked-source",
     "tests/plugins/grant-probe",
+    "tests/plugins/legacy-source",
     "plugins/clickhouse-writer",
     "plugins/redis-writer",
     "plugins/file-writer",
