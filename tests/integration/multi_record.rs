@@ -10,7 +10,7 @@ use std::io::Write;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use sluice_tests::daemon::json_to_toml_inline;
+use sluice_tests::daemon::{http_get, json_to_toml_inline};
 use sluice_tests::{cdr_json, cdr_source_config, plugin};
 
 use crate::daemon::{World, start, world};
@@ -137,6 +137,19 @@ async fn good_records_land_and_the_bad_one_is_dead_lettered_alone(
         "{}",
         daemon.log()
     );
+    // The record counts as one dead letter of the decode stage.
+    let (_, metrics) = http_get(w.setup.admin_port, "/metrics")
+        .await
+        .expect("the admin server answers");
+    let sample = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sluice_messages_dead_lettered_total{")
+                && l.contains(&format!("pipeline=\"{}\"", w.setup.pipeline))
+                && l.contains("stage=\"decode\"")
+        })
+        .unwrap_or_else(|| panic!("no decode dead-letter count in:\n{metrics}"));
+    assert!(sample.ends_with(" 1"), "{sample}");
     daemon.stop_cleanly();
     w.finish().await;
 }
