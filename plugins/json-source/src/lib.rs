@@ -81,6 +81,11 @@
 //! missing (`missing required field "call.id" (column call_id)`), a non-nullable
 //! field is null, or a value has the wrong type
 //! (`field "duration" (column duration_s): expected an integer, found string "abc"`).
+//! With `records = "ndjson"` or `"array"`, those reasons are a record's, and only
+//! that record is rejected (the host dead-letters its bytes with its index); the
+//! whole message is rejected when its body cannot be decompressed (an unknown
+//! `content-encoding`, corrupt data, past `max_decompressed_bytes`) or, for
+//! `"array"`, is not a well-formed JSON array.
 //!
 //! # Speed
 //!
