@@ -1135,6 +1135,76 @@ async fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin_runtime::{PartialOutcome, RecordRejection};
+
+    #[test]
+    fn each_rejected_record_is_a_letter_unless_its_message_is_dead_lettered_whole() {
+        let rejected = |index: u32, body: &str| RecordRejection {
+            index,
+            body: body.as_bytes().to_vec(),
+            reason: "bad".into(),
+        };
+        let outcomes = vec![
+            MessageOutcome::Partial(PartialOutcome {
+                rows: 1,
+                rejected: vec![rejected(1, "{x"), rejected(3, "7")],
+            }),
+            MessageOutcome::Partial(PartialOutcome {
+                rows: 2,
+                rejected: vec![rejected(0, "{y")],
+            }),
+            MessageOutcome::Rows(4),
+        ];
+        // A writer refused a row of message 1: it goes whole, its record with it.
+        let refusals = vec![
+            None,
+            Some(Refusal {
+                stage: "write",
+                plugin: "w@1".into(),
+                reason: "row 2: no".into(),
+            }),
+            None,
+        ];
+        let message = |id: &str| Message {
+            body: b"whole".to_vec(),
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            headers: Vec::new(),
+            content_type: None,
+            content_encoding: Some("gzip".into()),
+            message_id: Some(id.into()),
+            timestamp: None,
+            redelivered: false,
+        };
+        let messages = vec![message("m0"), message("m1"), message("m2")];
+        let received: Vec<Received> = (1..=3)
+            .map(|tag| Received {
+                tag,
+                properties: Default::default(),
+            })
+            .collect();
+        let letters = record_letters(&outcomes, &refusals, &messages, &received, "p", "s@2");
+        let seen: Vec<(Option<&str>, u32, &[u8], &str, &str)> = letters
+            .iter()
+            .map(|l| {
+                let r = l.record.as_ref().unwrap();
+                (
+                    l.message.message_id.as_deref(),
+                    r.index,
+                    l.body(),
+                    l.stage,
+                    l.reason.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("m0"), 1, &b"{x"[..], "decode", "record 1: bad"),
+                (Some("m0"), 3, &b"7"[..], "decode", "record 3: bad"),
+            ]
+        );
+    }
 
     fn failed(func: &'static str, error: PluginError) -> CallError {
         CallError::Failed {

@@ -667,6 +667,60 @@ mod tests {
     }
 
     #[test]
+    fn a_records_dead_letter_carries_the_record_decompressed() {
+        let message = Message {
+            body: b"compressed".to_vec(),
+            exchange: "cdr.x".into(),
+            routing_key: "cdr.voice".into(),
+            headers: Vec::new(),
+            content_type: None,
+            content_encoding: Some("gzip".into()),
+            message_id: Some("m-1".into()),
+            timestamp: None,
+            redelivered: false,
+        };
+        let received = Received {
+            tag: 1,
+            properties: original(&[]).with_content_encoding("gzip".into()),
+        };
+        let letter = DeadLetter {
+            message: &message,
+            received: &received,
+            pipeline: "cdr",
+            stage: "decode",
+            plugin: "json-source@0.1.0",
+            reason: "record 4: bad".into(),
+            record: Some(RecordLetter {
+                index: 4,
+                body: b"{oops",
+            }),
+        };
+        assert_eq!(letter.body(), b"{oops");
+        let fitted = letter.fit(RABBITMQ_FRAME_MAX, 1).unwrap();
+        let p = &fitted.properties;
+        assert_eq!(p.content_encoding().as_ref().unwrap().as_str(), "identity");
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "m-1");
+        assert_eq!(text(p, headers::ORIGINAL_MESSAGE_ID), "m-1");
+        assert_eq!(fitted.frame_bytes, header_frame_bytes(p, 5));
+        // The message's own dead letter keeps its encoding and body.
+        let whole = DeadLetter {
+            record: None,
+            ..letter
+        };
+        assert_eq!(whole.body(), b"compressed");
+        let fitted = whole.fit(RABBITMQ_FRAME_MAX, 1).unwrap();
+        assert_eq!(
+            fitted
+                .properties
+                .content_encoding()
+                .as_ref()
+                .unwrap()
+                .as_str(),
+            "gzip"
+        );
+    }
+
+    #[test]
     fn a_configuration_that_leaves_no_room_is_an_error_naming_frame_max() {
         let mut a = added("reason");
         let pipeline = "p".repeat(5000);
