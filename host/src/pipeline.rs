@@ -1184,24 +1184,25 @@ mod tests {
             })
             .collect();
         let letters = record_letters(&outcomes, &refusals, &messages, &received, "p", "s@2");
-        let seen: Vec<(Option<&str>, u32, &[u8], &str, &str)> = letters
+        let seen: Vec<String> = letters
             .iter()
             .map(|l| {
-                let r = l.record.as_ref().unwrap();
-                (
-                    l.message.message_id.as_deref(),
+                let r = l.record.as_ref().expect("a record's letter");
+                format!(
+                    "{:?} #{} {:?} {} {:?}",
+                    l.message.message_id,
                     r.index,
-                    l.body(),
+                    String::from_utf8_lossy(l.body()),
                     l.stage,
-                    l.reason.as_str(),
+                    l.reason
                 )
             })
             .collect();
         assert_eq!(
             seen,
             [
-                (Some("m0"), 1, &b"{x"[..], "decode", "record 1: bad"),
-                (Some("m0"), 3, &b"7"[..], "decode", "record 3: bad"),
+                r#"Some("m0") #1 "{x" decode "record 1: bad""#,
+                r#"Some("m0") #3 "7" decode "record 3: bad""#,
             ]
         );
     }
