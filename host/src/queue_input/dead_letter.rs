@@ -90,6 +90,11 @@ impl DeadLetter<'_> {
                 exchange: &self.message.exchange,
                 routing_key: &self.message.routing_key,
                 failed_at,
+                stream: self
+                    .received
+                    .stream
+                    .as_deref()
+                    .map(|stream| (stream, self.received.tag)),
             },
             self.message.body.len(),
             frame_max,
@@ -107,6 +112,8 @@ pub(super) struct Added<'a> {
     pub routing_key: &'a str,
     /// Seconds since the Unix epoch.
     pub failed_at: u64,
+    /// A stream message's stream and offset.
+    pub stream: Option<(&'a str, u64)>,
 }
 
 /// A dead letter's properties, and what had to give way for them to fit.
@@ -200,7 +207,7 @@ fn entry_bytes(name: &ShortString, value: &AMQPValue) -> usize {
 
 /// The names of the headers Sluice sets: an original header of the same name is
 /// replaced, never kept beside it.
-const ADDED_NAMES: [&str; 8] = [
+const ADDED_NAMES: [&str; 10] = [
     headers::REASON,
     headers::PLUGIN,
     headers::STAGE,
@@ -209,6 +216,8 @@ const ADDED_NAMES: [&str; 8] = [
     headers::ORIGINAL_ROUTING_KEY,
     headers::FAILED_AT,
     headers::DROPPED_HEADERS,
+    headers::STREAM,
+    headers::STREAM_OFFSET,
 ];
 
 /// Builds a dead letter's properties from the original ones and what Sluice
@@ -259,6 +268,13 @@ pub(super) fn fit(
         );
         if let Some(dropped) = dropped {
             table.insert(headers::DROPPED_HEADERS.into(), text(dropped));
+        }
+        if let Some((stream, offset)) = added.stream {
+            table.insert(headers::STREAM.into(), text(stream));
+            table.insert(
+                headers::STREAM_OFFSET.into(),
+                AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+            );
         }
         // Persistent, whatever it was: a dead letter is kept until someone looks.
         original.clone().with_headers(table).with_delivery_mode(2)
@@ -362,6 +378,7 @@ mod tests {
             exchange: "cdr.x",
             routing_key: "cdr.voice",
             failed_at: 1_700_000_000,
+            stream: None,
         }
     }
 
