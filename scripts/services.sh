@@ -3,7 +3,7 @@
 # running, on Debian/Ubuntu. Idempotent: does nothing for a service that answers
 # already.
 #
-#   RabbitMQ   127.0.0.1:5672 guest/guest
+#   RabbitMQ   127.0.0.1:5672 guest/guest, streams on 127.0.0.1:5552
 #   PostgreSQL 127.0.0.1:5432, user postgres without password (trust), database test
 #   Redis      127.0.0.1:6379, no password (redis-writer's tests)
 #   ClickHouse 127.0.0.1:8123 (HTTP), user default without password (clickhouse-writer's tests)
@@ -60,6 +60,13 @@ if ! port_open 5672; then
   log "starting RabbitMQ"
   as_root rabbitmq-server -detached || true
   wait_port 5672
+fi
+# Stream pipelines read RabbitMQ streams with the stream protocol (port 5552):
+# its plugin ships with the broker and is off until enabled (online, no restart).
+if ! port_open 5552; then
+  log "enabling RabbitMQ's stream plugin"
+  as_root rabbitmq-plugins enable rabbitmq_stream >/dev/null
+  wait_port 5552
 fi
 
 # --- Redis --------------------------------------------------------------------

@@ -182,6 +182,86 @@ pub struct QueueConfig {
     pub delivery_limit: Option<u32>,
     /// Exchanges the queue is bound to (`bindings`), declared when `declare` is set.
     pub bindings: Vec<Binding>,
+    /// Streams only (`type = "stream"`): how they are read.
+    pub stream: Option<StreamConfig>,
+}
+
+/// A stream pipeline's input (`queue` with `type = "stream"`): the streams it
+/// reads with RabbitMQ's stream protocol, one consumer each, and where a
+/// consumer starts. Offsets are stored in RabbitMQ under `consumer_name`, once
+/// every writer committed a batch and its dead letters were confirmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// The rabbitmq-stream connection (`connection`, required), by name.
+    pub connection: String,
+    /// Its endpoint, with the password applied. `Debug` leaves the password out.
+    pub endpoint: StreamEndpoint,
+    /// The streams this daemon reads: `name`, or with `partitions = N` the
+    /// partitions `name-0` … `name-<N-1>` (a super stream's), those in
+    /// `assigned` only (default all).
+    pub streams: Vec<String>,
+    /// The consumer name offsets are stored under (`consumer_name`, default
+    /// `sluice-<pipeline>`): the same name on another daemon resumes where this
+    /// one stopped.
+    pub consumer_name: String,
+    /// Where a stream with no stored offset is read from (`start`).
+    pub start: StreamStart,
+    /// Retention and segment size of the streams the daemon creates (`declare`,
+    /// a stream that does not exist yet; `max_length`, `max_age`,
+    /// `max_segment_size`, the broker's defaults when absent). An existing
+    /// stream is read as it is.
+    pub retention: StreamRetention,
+}
+
+/// Where a consumer with no stored offset starts (`start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamStart {
+    /// `"first"`: the oldest message the stream holds (the default).
+    First,
+    /// `"last"`: the last chunk written.
+    Last,
+    /// `"next"`: only messages written from now on.
+    Next,
+    /// An RFC 3339 time: messages written since then, in milliseconds since the
+    /// Unix epoch.
+    Timestamp(i64),
+}
+
+/// Retention settings a stream is declared with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamRetention {
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// `x-max-age`, in seconds.
+    pub max_age: Option<Duration>,
+    /// `x-stream-max-segment-size-bytes`.
+    pub max_segment_size_bytes: Option<u64>,
+}
+
+/// Where a rabbitmq-stream connection goes (from its URL,
+/// `rabbitmq-stream://user:password@host:5552/vhost`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamEndpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Port (5552 by default).
+    pub port: u16,
+    /// User (`guest` by default).
+    pub user: String,
+    /// Password (`guest` by default, or from `password_env`). A secret.
+    pub password: String,
+    /// Virtual host (`/` by default).
+    pub vhost: String,
+}
+
+impl fmt::Debug for StreamEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rabbitmq-stream://{}:***@{}:{}/{}",
+            self.user, self.host, self.port, self.vhost
+        )
+    }
 }
 
 /// The type of a queue.
@@ -191,6 +271,9 @@ pub enum QueueKind {
     Classic,
     /// A quorum queue (`"quorum"`): replicated on a cluster, with a delivery limit.
     Quorum,
+    /// A stream (`"stream"`): an append-only log read with the stream protocol,
+    /// from a stored offset.
+    Stream,
 }
 
 impl QueueKind {
@@ -199,6 +282,15 @@ impl QueueKind {
         match self {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
+            QueueKind::Stream => "stream",
+        }
+    }
+
+    /// What it is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            QueueKind::Classic | QueueKind::Quorum => "queue",
+            QueueKind::Stream => "stream",
         }
     }
 }

@@ -17,4 +17,5 @@ pub mod queue_input;
 pub mod reload;
 pub mod service;
 pub mod signing;
+pub mod stream_input;
 pub mod telemetry;

@@ -136,6 +136,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    pipeline: String,
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     pipeline: String,
     kind: String,
@@ -181,6 +187,8 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     plugin_log_dropped: Family<PluginLabels, Counter>,
     dead_letters_cut: Family<KindLabels, Counter>,
+    stream_offset: Family<StreamLabels, Gauge>,
+    stream_lag: Family<StreamLabels, Gauge>,
 }
 
 impl Metrics {
@@ -208,6 +216,8 @@ impl Metrics {
             reloads: Family::default(),
             plugin_log_dropped: Family::default(),
             dead_letters_cut: Family::default(),
+            stream_offset: Family::default(),
+            stream_lag: Family::default(),
         };
         let registry = &mut m.registry;
         // Counter names are registered without `_total`: the encoder adds it.
@@ -303,6 +313,16 @@ impl Metrics {
             "dead_letters_cut",
             "Dead letters cut to fit the broker's frame_max, by what was cut: reason (x-sluice-reason cut) or headers (original headers dropped).",
             m.dead_letters_cut.clone(),
+        );
+        registry.register(
+            "stream_committed_offset",
+            "Stream pipelines: the offset last stored (settled: written by every writer or dead-lettered), by stream partition.",
+            m.stream_offset.clone(),
+        );
+        registry.register(
+            "stream_lag_messages",
+            "Stream pipelines: messages between the stored offset and the stream's end, by stream partition (measured every 5 s while the pipeline runs).",
+            m.stream_lag.clone(),
         );
         Arc::new(m)
     }
@@ -406,6 +426,29 @@ impl PipelineMetrics {
     /// Counts messages received from the broker.
     pub fn received(&self, messages: u64) {
         self.received.inc_by(messages);
+    }
+
+    /// Records the offset stored on `stream`.
+    pub fn stream_offset(&self, stream: &str, offset: u64) {
+        self.metrics
+            .stream_offset
+            .get_or_create(&self.stream_labels(stream))
+            .set(i64::try_from(offset).unwrap_or(i64::MAX));
+    }
+
+    /// Records how far the stored offset is behind `stream`'s end.
+    pub fn stream_lag(&self, stream: &str, messages: u64) {
+        self.metrics
+            .stream_lag
+            .get_or_create(&self.stream_labels(stream))
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    fn stream_labels(&self, stream: &str) -> StreamLabels {
+        StreamLabels {
+            pipeline: self.name.to_string(),
+            stream: stream.to_string(),
+        }
     }
 
     /// Counts messages acked (settled: written by every writer, or dead-lettered).

@@ -48,7 +48,8 @@ use crate::plugin_runtime::{
     CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
     RowBatch, SourceInstance, WriterInstance,
 };
-use crate::queue_input::{DeadLetter, Received, RecordLetter, Session, SharedConnection};
+use crate::queue_input::{DeadLetter, Publisher, Received, RecordLetter, Session, SharedConnection};
+use crate::stream_input::{StreamDeliveries, StreamSession};
 
 /// The plugins a pipeline runs.
 #[derive(Clone)]
@@ -81,12 +82,24 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let amqp = SharedConnection::default();
-    (0..config.consumers as usize)
-        .map(|index| {
+    // A queue has `consumers` consumers; a stream pipeline one per stream
+    // (partition) it reads.
+    let inputs: Vec<Option<Arc<str>>> = match &config.queue.stream {
+        Some(stream) => stream
+            .streams
+            .iter()
+            .map(|s| Some(Arc::from(s.as_str())))
+            .collect(),
+        None => vec![None; config.consumers as usize],
+    };
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, stream)| {
             reporting
                 .health
                 .consumer_down(&config.name, index, "starting");
-            let worker = Worker::new(
+            let mut worker = Worker::new(
                 config.clone(),
                 runtime.clone(),
                 plugins.clone(),
@@ -94,6 +107,7 @@ pub fn spawn(
                 amqp.clone(),
                 index,
             );
+            worker.stream = stream;
             tokio::spawn(run_consumer(worker, shutdown.clone()))
         })
         .collect()
@@ -253,6 +267,8 @@ struct Worker {
     /// The pipeline's AMQP connection, shared with its other consumers.
     amqp: SharedConnection,
     index: usize,
+    /// The stream this consumer reads, in a stream pipeline.
+    stream: Option<Arc<str>>,
     source: SourceInstance,
     writer_plugins: Vec<Arc<LoadedPlugin>>,
     /// New versions of the plugins, swapped in at a batch boundary.
@@ -308,6 +324,7 @@ impl Worker {
             report,
             amqp,
             index,
+            stream: None,
             source,
             writer_plugins: plugins.writers.clone(),
             plugins_rx,
@@ -754,7 +771,7 @@ impl Worker {
     /// dead-lettered and acked).
     async fn process(
         &mut self,
-        session: &Session,
+        input: &mut Input<'_>,
         received: &[Received],
         messages: &[Message],
         shutdown: &mut watch::Receiver<bool>,
@@ -837,7 +854,7 @@ impl Worker {
             &source,
         ));
         if !letters.is_empty() {
-            session
+            input
                 .dead_letter(&self.config.dead_letter, &letters, &self.report.metrics)
                 .await?;
             for letter in &letters {
@@ -863,7 +880,10 @@ impl Worker {
             }
         }
         let last = received.last().expect("a batch is never empty").tag;
-        session.ack_through(last).await?;
+        input.settle(last).await?;
+        if let Some(stream) = input.stream() {
+            self.report.metrics.stream_offset(stream, last);
+        }
         self.report.metrics.acked(messages.len() as u64);
         self.report.metrics.batch(messages.len(), started.elapsed());
         self.report.health.beat(&self.config.name, self.index);
@@ -874,6 +894,8 @@ impl Worker {
             rows = decoded.rows.count,
             rows_written,
             dead_lettered = letters.len(),
+            first = received[0].tag,
+            last,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "batch acked"
         );
@@ -974,20 +996,103 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
 /// past its `max_wait`.
 const COALESCE: Duration = Duration::from_millis(1);
 
-/// Adds what the consumer yielded to the batch: a delivery, or the error or end
-/// of the consumer, which end the session.
-fn take(
-    next: Option<Result<lapin::message::Delivery, lapin::Error>>,
-    received: &mut Vec<Received>,
-    messages: &mut Vec<Message>,
-) -> Result<(), Stop> {
-    match next {
-        Some(Ok(delivery)) => {
-            let (r, m) = crate::queue_input::receive(delivery);
-            received.push(r);
-            messages.push(m);
-            Ok(())
+/// How often a stream consumer measures its lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a consumer's batches come from, and how they are settled.
+enum Input<'a> {
+    /// A queue: acked on its consuming channel.
+    Queue(&'a Session),
+    /// A stream: its offset stored; dead letters go through the pipeline's
+    /// AMQP connection.
+    Stream(&'a mut StreamSession, &'a Publisher),
+}
+
+impl Input<'_> {
+    /// Publishes dead letters and waits for the broker's confirms.
+    async fn dead_letter(
+        &self,
+        dl: &crate::config::DeadLetterConfig,
+        letters: &[DeadLetter<'_>],
+        metrics: &PipelineMetrics,
+    ) -> anyhow::Result<()> {
+        match self {
+            Input::Queue(session) => session.dead_letter(dl, letters, metrics).await,
+            Input::Stream(_, publisher) => publisher.dead_letter(dl, letters, metrics).await,
         }
+    }
+
+    /// Settles every message up to `last` (a delivery tag or an offset).
+    async fn settle(&mut self, last: u64) -> anyhow::Result<()> {
+        match self {
+            Input::Queue(session) => session.ack_through(last).await,
+            Input::Stream(session, _) => session.store_offset(last).await,
+        }
+    }
+
+    /// The stream read, if any.
+    fn stream(&self) -> Option<&str> {
+        match self {
+            Input::Queue(_) => None,
+            Input::Stream(session, _) => Some(session.stream()),
+        }
+    }
+
+    /// For a stream: measures how far the stored offset is behind its end,
+    /// for `/metrics`.
+    async fn measure_lag(&mut self, metrics: &PipelineMetrics) {
+        if let Input::Stream(session, _) = self
+            && let Some(end) = session.end().await
+        {
+            let done = session.stored().map_or(0, |o| o + 1);
+            metrics.stream_lag(session.stream(), (end + 1).saturating_sub(done));
+        }
+    }
+
+    /// Stops the flow of new messages (those in hand are finished).
+    async fn stop_flow(&self) {
+        if let Input::Queue(session) = self {
+            session.cancel().await.ok();
+        }
+    }
+}
+
+/// Messages as a consumer takes them: a queue's deliveries or a stream's.
+trait Deliveries {
+    /// The next message if one has arrived, without waiting.
+    fn try_next(&mut self) -> Option<Result<(Received, Message), Stop>>;
+
+    /// Waits for the next message.
+    fn next(&mut self) -> impl Future<Output = Result<(Received, Message), Stop>> + Send;
+}
+
+impl Deliveries for lapin::Consumer {
+    fn try_next(&mut self) -> Option<Result<(Received, Message), Stop>> {
+        StreamExt::next(self).now_or_never().map(delivered)
+    }
+
+    async fn next(&mut self) -> Result<(Received, Message), Stop> {
+        delivered(StreamExt::next(self).await)
+    }
+}
+
+impl Deliveries for StreamDeliveries {
+    fn try_next(&mut self) -> Option<Result<(Received, Message), Stop>> {
+        StreamDeliveries::try_next(self).map(|r| r.map_err(Stop::Session))
+    }
+
+    async fn next(&mut self) -> Result<(Received, Message), Stop> {
+        StreamDeliveries::next(self).await.map_err(Stop::Session)
+    }
+}
+
+/// What a lapin consumer yielded: a delivery, or the error or end of the
+/// consumer, which end the session.
+fn delivered(
+    next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+) -> Result<(Received, Message), Stop> {
+    match next {
+        Some(Ok(delivery)) => Ok(crate::queue_input::receive(delivery)),
         Some(Err(e)) => Err(Stop::Session(e.into())),
         None => Err(Stop::Session(anyhow::anyhow!(
             "the broker ended the consumer"
@@ -995,11 +1100,17 @@ fn take(
     }
 }
 
+/// Adds a message to the batch.
+fn push(next: (Received, Message), received: &mut Vec<Received>, messages: &mut Vec<Message>) {
+    received.push(next.0);
+    messages.push(next.1);
+}
+
 /// Fills a batch that has its first message, until it holds `max_messages`,
 /// `deadline` passes or shutdown is asked for (then returns `true`).
 async fn fill(
     worker: &mut Worker,
-    stream: &mut lapin::Consumer,
+    deliveries: &mut impl Deliveries,
     received: &mut Vec<Received>,
     messages: &mut Vec<Message>,
     deadline: tokio::time::Instant,
@@ -1011,9 +1122,9 @@ async fn fill(
     while messages.len() < max {
         // Take what has arrived, without asking to be woken for it.
         while messages.len() < max {
-            match stream.next().now_or_never() {
+            match deliveries.try_next() {
                 None => break,
-                Some(next) => take(next, received, messages)?,
+                Some(next) => push(next?, received, messages),
             }
         }
         let now = Instant::now();
@@ -1028,7 +1139,7 @@ async fn fill(
         tokio::select! {
             biased;
             _ = stopped(shutdown) => return Ok(true),
-            next = stream.next() => take(next, received, messages)?,
+            next = deliveries.next() => push(next?, received, messages),
             _ = sleep_until(deadline.min(beat_due)) => continue,
         }
         if messages.len() < max {
@@ -1042,41 +1153,100 @@ async fn fill(
     Ok(false)
 }
 
-/// One AMQP session: consume batches until shutdown or a session error.
+/// One session: a queue's AMQP session, or a stream's subscription with the
+/// AMQP channel its dead letters go through. Consumes batches until shutdown or
+/// a session error.
 async fn consume(
     worker: &mut Worker,
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let (session, mut stream) = Session::open(&worker.config, worker.index, &worker.amqp).await?;
-    worker
-        .report
-        .health
-        .consumer_up(&worker.config.name, worker.index);
-    worker.report.metrics.connected(worker.index, true);
-    tracing::info!(pipeline = %worker.config.name, consumer = worker.index, queue = %worker.config.queue.name, "consuming");
+    let Some(stream) = worker.stream.clone() else {
+        let (session, mut consumer) =
+            Session::open(&worker.config, worker.index, &worker.amqp).await?;
+        worker.consuming(&worker.config.queue.name.clone());
+        let mut input = Input::Queue(&session);
+        let outcome = batches(worker, &mut input, &mut consumer, shutdown, reconnect).await;
+        match outcome {
+            Ok(()) | Err(Stop::Shutdown) => {
+                session.cancel().await.ok();
+                session.close().await;
+            }
+            // The session is broken: what was not acked returns to the queue.
+            Err(_) => {}
+        }
+        return outcome;
+    };
+    // The stream first (created if it is declared and missing), then what is
+    // bound to it and the dead-letter side.
+    let (mut session, mut deliveries) = StreamSession::open(&worker.config, &stream).await?;
+    let publisher = match Publisher::open(&worker.config, &worker.amqp).await {
+        Ok(publisher) => publisher,
+        Err(e) => {
+            session.close().await;
+            return Err(Stop::Session(e));
+        }
+    };
+    worker.consuming(&stream);
+    let mut input = Input::Stream(&mut session, &publisher);
+    let outcome = batches(worker, &mut input, &mut deliveries, shutdown, reconnect).await;
+    drop(input);
+    // What was settled is stored; what was not is read again after a restart
+    // or a reconnect.
+    session.close().await;
+    publisher.close().await;
+    outcome
+}
+
+impl Worker {
+    /// A session opened: the consumer is up.
+    fn consuming(&mut self, from: &str) {
+        self.report
+            .health
+            .consumer_up(&self.config.name, self.index);
+        self.report.metrics.connected(self.index, true);
+        tracing::info!(
+            pipeline = %self.config.name,
+            consumer = self.index,
+            kind = self.config.queue.kind.noun(),
+            from,
+            "consuming"
+        );
+    }
+}
+
+/// Takes batches from `deliveries` and processes them, until shutdown
+/// (`Ok`, or `Stop::Shutdown` while a batch waited) or a session error.
+async fn batches(
+    worker: &mut Worker,
+    input: &mut Input<'_>,
+    deliveries: &mut impl Deliveries,
+    shutdown: &mut watch::Receiver<bool>,
+    reconnect: &mut Backoff,
+) -> Result<(), Stop> {
     let max_wait = worker.config.batch.max_wait;
+    let mut lag_due = tokio::time::Instant::now();
     loop {
+        if input.stream().is_some() && tokio::time::Instant::now() >= lag_due {
+            input.measure_lag(&worker.report.metrics).await;
+            lag_due = tokio::time::Instant::now() + LAG_EVERY;
+        }
         // Wait for the first message of a batch, or for shutdown, telling the
         // health state now and then that an idle consumer is alive.
         let first = tokio::select! {
-            d = stream.next() => d,
+            d = deliveries.next() => d?,
             _ = tokio::time::sleep(IDLE_BEAT) => {
                 worker.report.health.beat(&worker.config.name, worker.index);
                 continue;
             }
-            _ = stopped(shutdown) => {
-                session.cancel().await.ok();
-                session.close().await;
-                return Ok(());
-            }
+            _ = stopped(shutdown) => return Ok(()),
         };
         let max = worker.config.batch.max_messages;
         let (mut received, mut messages) = (Vec::with_capacity(max), Vec::with_capacity(max));
-        take(first, &mut received, &mut messages)?;
+        push(first, &mut received, &mut messages);
         let stopping = fill(
             worker,
-            &mut stream,
+            deliveries,
             &mut received,
             &mut messages,
             tokio::time::Instant::now() + max_wait,
@@ -1085,14 +1255,11 @@ async fn consume(
         .await?;
         if stopping {
             // Stop the flow first, then finish what is in hand.
-            session.cancel().await.ok();
+            input.stop_flow().await;
         }
         loop {
             worker.refresh_plugins().await;
-            match worker
-                .process(&session, &received, &messages, shutdown)
-                .await
-            {
+            match worker.process(input, &received, &messages, shutdown).await {
                 // Only a session that got a batch through resets the reconnect
                 // backoff: one that opens and fails on every batch backs off like
                 // a failed connection.
@@ -1102,31 +1269,22 @@ async fn consume(
                 }
                 Err(Stop::Inconclusive(error)) => {
                     let what = "writing (no row of the batch could be written alone)";
-                    if let Err(stop) = worker.stall("write", what, &error, shutdown).await {
-                        session.close().await;
-                        return Err(stop);
-                    }
+                    worker.stall("write", what, &error, shutdown).await?;
                     // Take in what arrived meanwhile: rows that land show the
                     // store is fine, and the failing rows are then dead-lettered.
                     if !stopping {
                         while messages.len() < max {
-                            match stream.next().now_or_never() {
+                            match deliveries.try_next() {
                                 None => break,
-                                Some(next) => take(next, &mut received, &mut messages)?,
+                                Some(next) => push(next?, &mut received, &mut messages),
                             }
                         }
                     }
-                }
-                Err(Stop::Shutdown) => {
-                    session.close().await;
-                    return Err(Stop::Shutdown);
                 }
                 Err(e) => return Err(e),
             }
         }
         if stopping || *shutdown.borrow() {
-            session.cancel().await.ok();
-            session.close().await;
             return Ok(());
         }
     }
@@ -1181,6 +1339,7 @@ mod tests {
             .map(|tag| Received {
                 tag,
                 properties: Default::default(),
+                stream: None,
             })
             .collect();
         let letters = record_letters(&outcomes, &refusals, &messages, &received, "p", "s@2");

@@ -49,6 +49,10 @@ pub mod headers {
     /// Only on the dead letter of one record: the `message-id` of the message it
     /// came from (when that message had one).
     pub const ORIGINAL_MESSAGE_ID: &str = "x-sluice-original-message-id";
+    /// Stream messages only: the stream it was read from.
+    pub const STREAM: &str = "x-sluice-stream";
+    /// Stream messages only: its offset in that stream.
+    pub const STREAM_OFFSET: &str = "x-sluice-stream-offset";
 }
 
 /// The AMQP connection a pipeline's consumers share: one socket, and one lapin I/O
@@ -131,10 +135,14 @@ pub struct Session {
 /// A message taken from the queue: its delivery tag on the consuming channel, its
 /// properties (kept to dead-letter it faithfully) and the message plugins see.
 pub struct Received {
-    /// Delivery tag on the session's consuming channel.
+    /// Delivery tag on the session's consuming channel, or a stream message's
+    /// offset.
     pub tag: u64,
     /// The AMQP properties, as delivered.
     pub properties: BasicProperties,
+    /// The stream it was read from (then `tag` is its offset); `None` for a
+    /// queue's message.
+    pub stream: Option<Arc<str>>,
 }
 
 impl Session {
@@ -257,75 +265,157 @@ impl Session {
         letters: &[DeadLetter<'_>],
         metrics: &PipelineMetrics,
     ) -> anyhow::Result<()> {
-        let frame_max = self.connection.configuration().frame_max();
-        let failed_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut confirms = Vec::with_capacity(letters.len());
-        for letter in letters {
-            let fitted = letter.fit(frame_max, failed_at)?;
-            if fitted.reason_cut_bytes > 0 {
-                metrics.dead_letter_cut("reason");
-            }
-            if !fitted.dropped.is_empty() {
-                metrics.dead_letter_cut("headers");
-            }
-            if fitted.reason_cut_bytes > 0 || !fitted.dropped.is_empty() {
-                let names: Vec<&str> = fitted.dropped.iter().map(|(n, _)| n.as_str()).collect();
-                tracing::warn!(
-                    pipeline = letter.pipeline,
-                    stage = letter.stage,
-                    plugin = letter.plugin,
-                    frame_max,
-                    frame_bytes = fitted.frame_bytes,
-                    reason_bytes = fitted.reason_bytes,
-                    reason_cut_bytes = fitted.reason_cut_bytes,
-                    dropped_headers = names.len(),
-                    dropped_header_bytes = fitted.dropped_bytes(),
-                    dropped_header_names = %dead_letter::cut(&names.join(", "), dead_letter::DROPPED_NAMES_MAX_BYTES),
-                    "dead letter cut to fit the broker's frame"
-                );
-            }
-            let props = fitted.properties;
-            let confirm = self
-                .publish
-                .basic_publish(
-                    dl.exchange.as_str().into(),
-                    letter.message.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    letter.body(),
-                    props,
-                )
-                .await
-                .context("publishing to the dead-letter exchange")?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            let confirmation = confirm
-                .await
-                .context("waiting for the dead-letter confirm")?;
-            if confirmation.is_nack() {
-                bail!(
-                    "the broker refused a message on dead-letter exchange `{}`",
-                    dl.exchange
-                );
-            }
-            if !confirmation.is_ack() {
-                bail!("publisher confirms are not enabled on the dead-letter channel");
-            }
-            if confirmation.take_message().is_some() {
-                bail!(
-                    "dead-letter exchange `{}` routed the message nowhere (no queue bound)",
-                    dl.exchange
-                );
-            }
-        }
-        Ok(())
+        publish_dead_letters(&self.connection, &self.publish, dl, letters, metrics).await
     }
+}
+
+/// The AMQP side of a stream consumer: the pipeline's topology declared (its
+/// streams, the dead-letter exchange and queue), and a channel in confirm mode
+/// for dead letters, on the pipeline's shared connection.
+pub struct Publisher {
+    shared: SharedConnection,
+    connection: Arc<Connection>,
+    publish: Channel,
+}
+
+impl Publisher {
+    /// Declares the topology and opens the dead-letter channel.
+    pub async fn open(
+        pipeline: &PipelineConfig,
+        shared: &SharedConnection,
+    ) -> anyhow::Result<Self> {
+        let connection = shared.get(pipeline).await?;
+        let opened = async {
+            let publish = connection
+                .create_channel()
+                .await
+                .context("opening the dead-letter channel")?;
+            declare_topology(&publish, pipeline).await?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+            anyhow::Ok(publish)
+        }
+        .await;
+        match opened {
+            Ok(publish) => Ok(Self {
+                shared: shared.clone(),
+                connection,
+                publish,
+            }),
+            Err(e) => {
+                shared.release(connection).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes dead letters and waits for their confirms, like
+    /// [`Session::dead_letter`].
+    pub async fn dead_letter(
+        &self,
+        dl: &DeadLetterConfig,
+        letters: &[DeadLetter<'_>],
+        metrics: &PipelineMetrics,
+    ) -> anyhow::Result<()> {
+        publish_dead_letters(&self.connection, &self.publish, dl, letters, metrics).await
+    }
+
+    /// Closes the channel, and the connection if no other consumer uses it.
+    pub async fn close(self) {
+        if self.connection.status().connected() {
+            let _ = self
+                .publish
+                .close(200, "sluice consumer stopping".into())
+                .await;
+        }
+        self.shared.release(self.connection).await;
+    }
+}
+
+/// Publishes the messages to the dead-letter exchange with their reasons, and
+/// returns once the broker confirmed every one of them. Only then may they be
+/// acked: a message is never both unacked-lost and unpublished.
+///
+/// Each dead letter's properties are fitted to the connection's negotiated
+/// `frame_max` first (its reason cut, original headers dropped: see
+/// [`dead_letter`]), because a header frame too large for it makes the broker
+/// close the connection of every consumer of the pipeline.
+async fn publish_dead_letters(
+    connection: &Connection,
+    publish: &Channel,
+    dl: &DeadLetterConfig,
+    letters: &[DeadLetter<'_>],
+    metrics: &PipelineMetrics,
+) -> anyhow::Result<()> {
+    let frame_max = connection.configuration().frame_max();
+    let failed_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut confirms = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let fitted = letter.fit(frame_max, failed_at)?;
+        if fitted.reason_cut_bytes > 0 {
+            metrics.dead_letter_cut("reason");
+        }
+        if !fitted.dropped.is_empty() {
+            metrics.dead_letter_cut("headers");
+        }
+        if fitted.reason_cut_bytes > 0 || !fitted.dropped.is_empty() {
+            let names: Vec<&str> = fitted.dropped.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::warn!(
+                pipeline = letter.pipeline,
+                stage = letter.stage,
+                plugin = letter.plugin,
+                frame_max,
+                frame_bytes = fitted.frame_bytes,
+                reason_bytes = fitted.reason_bytes,
+                reason_cut_bytes = fitted.reason_cut_bytes,
+                dropped_headers = names.len(),
+                dropped_header_bytes = fitted.dropped_bytes(),
+                dropped_header_names = %dead_letter::cut(&names.join(", "), dead_letter::DROPPED_NAMES_MAX_BYTES),
+                "dead letter cut to fit the broker's frame"
+            );
+        }
+        let props = fitted.properties;
+        let confirm = publish
+            .basic_publish(
+                dl.exchange.as_str().into(),
+                letter.message.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                letter.body(),
+                props,
+            )
+            .await
+            .context("publishing to the dead-letter exchange")?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        let confirmation = confirm
+            .await
+            .context("waiting for the dead-letter confirm")?;
+        if confirmation.is_nack() {
+            bail!(
+                "the broker refused a message on dead-letter exchange `{}`",
+                dl.exchange
+            );
+        }
+        if !confirmation.is_ack() {
+            bail!("publisher confirms are not enabled on the dead-letter channel");
+        }
+        if confirmation.take_message().is_some() {
+            bail!(
+                "dead-letter exchange `{}` routed the message nowhere (no queue bound)",
+                dl.exchange
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Declares what the pipeline's configuration says to declare: its queue (classic
@@ -345,17 +435,24 @@ pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> a
                 args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(limit));
             }
         }
-        channel
-            .queue_declare(
-                queue.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await
-            .with_context(|| format!("declaring queue `{}`", queue.name))?;
+        // A stream pipeline's streams are created with the stream protocol,
+        // before this runs (see `stream_input`): an AMQP declaration would have
+        // to repeat every argument the stream was created with, those a tool
+        // added included, or fail. (A stream with bindings is not partitioned:
+        // the binding is the stream `queue.name`'s.)
+        if queue.stream.is_none() {
+            channel
+                .queue_declare(
+                    queue.name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    args,
+                )
+                .await
+                .with_context(|| format!("declaring queue `{}`", queue.name))?;
+        }
         for binding in &queue.bindings {
             declare_exchange(
                 channel,
@@ -469,6 +566,7 @@ pub fn receive(delivery: lapin::message::Delivery) -> (Received, Message) {
         Received {
             tag: delivery.delivery_tag,
             properties: delivery.properties,
+            stream: None,
         },
         message,
     )

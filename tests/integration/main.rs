@@ -20,6 +20,7 @@ mod postgres_tls;
 mod service;
 mod signing;
 mod stalls;
+mod streams;
 mod trust;
 
 use std::sync::Arc;

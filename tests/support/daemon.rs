@@ -138,6 +138,47 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
         std::fs::write(self.config_path(), text).unwrap();
     }
 
+    /// Writes a stream pipeline's config: `queue_table` is the inline table of
+    /// its `queue` (a `rabbitmq-stream` connection named `streams` is there to
+    /// name), with this setup's plugins, dead letters and retries.
+    pub fn write_stream_config(&self, pipeline_extra: &str, queue_table: &str) {
+        let text = format!(
+            r#"{daemon}
+[connections.streams]
+type = "rabbitmq-stream"
+url = "{stream_url}"
+
+[[pipelines]]
+name = "{name}"
+connection = "rabbit"
+{pipeline_extra}
+queue = {queue_table}
+dead_letter = {{ exchange = "{name}.dead", queue = "{dead}" }}
+retry = {{ initial_backoff = "50ms", max_backoff = "1s" }}
+
+[pipelines.source]
+plugin = "{source_plugin}"
+config = {source}
+
+[[pipelines.writers]]
+plugin = "postgres-writer"
+grants = {{ postgres = ["warehouse"] }}
+config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
+{extra_writers}
+"#,
+            daemon = self.daemon_tables(),
+            stream_url = crate::stream_url(),
+            name = self.pipeline,
+            dead = self.dead_queue,
+            schema = self.pg_schema,
+            source_plugin = self.source.0,
+            source = self.source.1,
+            table = self.source.2,
+            extra_writers = self.extra_writers,
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
     /// The `[daemon]` and `[connections.*]` tables.
     fn daemon_tables(&self) -> String {
         format!(

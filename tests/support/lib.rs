@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod rabbit_node;
 pub mod stores;
+pub mod streams;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -82,6 +83,13 @@ pub fn postgres_url() -> String {
 }
 
 /// Connection string of the local RabbitMQ the tests use.
+/// RabbitMQ's stream protocol (`SLUICE_TEST_STREAM_URL`, default the local
+/// broker's port 5552; `scripts/services.sh` enables the `rabbitmq_stream` plugin).
+pub fn stream_url() -> String {
+    std::env::var("SLUICE_TEST_STREAM_URL")
+        .unwrap_or_else(|_| "rabbitmq-stream://guest:guest@127.0.0.1:5552/%2f".to_string())
+}
+
 pub fn amqp_url() -> String {
     std::env::var("SLUICE_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())

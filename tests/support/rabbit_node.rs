@@ -112,6 +112,25 @@ impl RabbitNode {
     /// `ssl_options`, cluster settings), and waits until it listens on its
     /// AMQP port and on `also_listening` (e.g. its TLS port).
     pub fn start(tag: &str, extra_conf: &str, also_listening: &[u16]) -> RabbitNode {
+        Self::start_with_plugins(tag, extra_conf, also_listening, &[])
+    }
+
+    /// A node with the stream plugin, listening for the stream protocol on
+    /// the port returned.
+    pub fn start_with_streams(tag: &str) -> (RabbitNode, u16) {
+        let port = free_port();
+        let conf = format!("stream.listeners.tcp.1 = {port}\n");
+        let node = Self::start_with_plugins(tag, &conf, &[port], &["rabbitmq_stream"]);
+        (node, port)
+    }
+
+    /// Like [`RabbitNode::start`], with `plugins` enabled.
+    pub fn start_with_plugins(
+        tag: &str,
+        extra_conf: &str,
+        also_listening: &[u16],
+        plugins: &[&str],
+    ) -> RabbitNode {
         let name = unique_name(tag).replace('_', "-");
         let dir = std::env::temp_dir().join(&name);
         let home = dir.join("home");
@@ -121,7 +140,11 @@ impl RabbitNode {
         let cookie = home.join(".erlang.cookie");
         std::fs::write(&cookie, format!("{name}-cookie")).unwrap();
         set_mode(&cookie, 0o400);
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .unwrap();
         let amqp_port = free_port();
         let conf =
             format!("listeners.tcp.default = {amqp_port}\nloopback_users = none\n{extra_conf}");
@@ -178,7 +201,8 @@ impl RabbitNode {
         }
     }
 
-    fn wait_listening(&mut self, ports: &[u16]) {
+    /// Waits until the node listens on `ports` again (after `start_app`).
+    pub fn wait_listening(&mut self, ports: &[u16]) {
         let started = Instant::now();
         loop {
             let up = ports.iter().all(|port| {

@@ -98,6 +98,20 @@ pub(super) struct RawQueue {
     pub kind: Option<Lenient<String>>,
     pub delivery_limit: Option<Lenient<i64>>,
     pub bindings: Option<Vec<RawBinding>>,
+    /// Streams only: the rabbitmq-stream connection they are read through.
+    pub connection: Option<Lenient<String>>,
+    /// Streams only: the partition count (`name-0` … `name-N-1`).
+    pub partitions: Option<Lenient<i64>>,
+    /// Streams only: the partitions this daemon reads (default all).
+    pub assigned: Option<Lenient<Vec<i64>>>,
+    /// Streams only: where a consumer with no stored offset starts.
+    pub start: Option<toml::Value>,
+    /// Streams only: the name offsets are stored under.
+    pub consumer_name: Option<Lenient<String>>,
+    /// Streams only, when declared: retention and segments.
+    pub max_length: Option<toml::Value>,
+    pub max_age: Option<Lenient<String>>,
+    pub max_segment_size: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -295,6 +295,7 @@ fn applies_defaults() {
                 exchange_type: ExchangeType::Topic,
                 routing_key: "cdr.#".into()
             }],
+            stream: None,
         }
     );
     assert_eq!(
@@ -513,7 +514,7 @@ fn unknown_connection_type_is_reported_once() {
     assert!(
         problems[0]
             .message
-            .contains("expected \"amqp\" or \"postgres\"")
+            .contains("expected \"amqp\", \"postgres\" or \"rabbitmq-stream\"")
     );
 }
 
@@ -1065,4 +1066,145 @@ fn amqp_tls_files_are_read_relative_to_the_config_file() {
     assert!(tls.lapin_config().cert_chain.is_some());
     assert!(format!("{tls:?}").contains(&dir.join("ca.pem").display().to_string()));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// MINIMAL with a stream pipeline: `queue` is the inline table given.
+fn with_stream_queue(queue: &str) -> String {
+    let text = MINIMAL.replace(
+        r#"queue = { name = "cdr", bindings = [{ exchange = "cdr", routing_key = "cdr.#" }] }"#,
+        &format!("queue = {queue}"),
+    );
+    format!(
+        "{text}\n[connections.streams]\ntype = \"rabbitmq-stream\"\nurl = \"rabbitmq-stream://sluice:secret@rabbit.internal:5553/cdr%2Fvh\"\n"
+    )
+}
+
+#[test]
+fn a_stream_pipeline_reads_its_assigned_partitions_through_a_stream_connection() {
+    let config = parse_with(
+        &with_stream_queue(
+            r#"{ type = "stream", name = "cdr", connection = "streams", partitions = 4, assigned = [1, 3], start = "next", max_age = "7days", max_length = "20GB", max_segment_size = "100MiB" }"#,
+        ),
+        &[],
+    )
+    .unwrap();
+    let queue = &config.pipelines[0].queue;
+    assert_eq!(queue.kind, QueueKind::Stream);
+    let stream = queue.stream.as_ref().unwrap();
+    assert_eq!(stream.streams, ["cdr-1", "cdr-3"]);
+    assert_eq!(stream.consumer_name, "sluice-cdr");
+    assert_eq!(stream.start, StreamStart::Next);
+    assert_eq!(stream.endpoint.host, "rabbit.internal");
+    assert_eq!(stream.endpoint.port, 5553);
+    assert_eq!(stream.endpoint.user, "sluice");
+    assert_eq!(stream.endpoint.password, "secret");
+    assert_eq!(stream.endpoint.vhost, "cdr/vh");
+    assert_eq!(
+        stream.retention,
+        StreamRetention {
+            max_length_bytes: Some(20_000_000_000),
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+            max_segment_size_bytes: Some(100 << 20),
+        }
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("secret"), "{debug}");
+}
+
+#[test]
+fn a_single_stream_starts_first_by_default_and_a_password_comes_from_the_environment() {
+    let text = with_stream_queue(
+        r#"{ type = "stream", name = "cdr", connection = "streams", start = "2026-12-01T00:00:00Z" }"#,
+    ) + "password_env = \"STREAM_PW\"\n";
+    let config = parse_with(&text, &[("STREAM_PW", "from-env")]).unwrap();
+    let stream = config.pipelines[0].queue.stream.as_ref().unwrap();
+    assert_eq!(stream.streams, ["cdr"]);
+    assert_eq!(stream.start, StreamStart::Timestamp(1_796_083_200_000));
+    assert_eq!(stream.endpoint.password, "from-env");
+}
+
+#[test]
+fn stream_settings_are_checked_with_their_key_paths() {
+    let found = problems(&with_stream_queue(
+        r#"{ type = "stream", name = "cdr", connection = "rabbit", partitions = 2, assigned = [0, 2, 0], start = "yesterday", max_length = "lots", delivery_limit = 5 }"#,
+    ));
+    assert!(
+        at(&found, "pipelines[0].queue.connection")
+            .message
+            .contains("is of type amqp; a stream is read through a rabbitmq-stream connection"),
+        "{found:?}"
+    );
+    let assigned: Vec<&str> = found
+        .iter()
+        .filter(|p| p.path == "pipelines[0].queue.assigned")
+        .map(|p| p.message.as_str())
+        .collect();
+    assert!(
+        assigned
+            .iter()
+            .any(|m| m.contains("partition 2 does not exist")),
+        "{assigned:?}"
+    );
+    assert!(
+        assigned
+            .iter()
+            .any(|m| m.contains("partition 0 is listed twice")),
+        "{assigned:?}"
+    );
+    assert!(
+        at(&found, "pipelines[0].queue.start")
+            .message
+            .contains("\"yesterday\"")
+    );
+    assert!(
+        at(&found, "pipelines[0].queue.max_length")
+            .message
+            .contains("\"lots\" is not a size")
+    );
+    assert!(
+        at(&found, "pipelines[0].queue.delivery_limit")
+            .message
+            .contains("stream")
+    );
+
+    let found = problems(&with_stream_queue(r#"{ name = "cdr", partitions = 2 }"#));
+    assert!(
+        at(&found, "pipelines[0].queue.partitions")
+            .message
+            .contains("applies only to streams"),
+        "{found:?}"
+    );
+    let found = problems(
+        &with_stream_queue(r#"{ type = "stream", name = "cdr", connection = "streams" }"#).replace(
+            "connection = \"rabbit\"\n",
+            "connection = \"rabbit\"\nconsumers = 4\n",
+        ),
+    );
+    assert!(
+        at(&found, "pipelines[0].consumers")
+            .message
+            .contains("one consumer per stream")
+    );
+    let found = problems(
+        &with_stream_queue(r#"{ type = "stream", name = "cdr", connection = "streams" }"#).replace(
+            "rabbitmq-stream://sluice:secret@rabbit.internal:5553/cdr%2Fvh",
+            "amqp://rabbit.internal:5552",
+        ),
+    );
+    assert!(
+        at(&found, "connections.streams.url")
+            .message
+            .contains("the scheme is `amqp`"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn byte_sizes_take_decimal_and_binary_units() {
+    use super::validate::parse_byte_size;
+    assert_eq!(parse_byte_size("20GB"), Some(20_000_000_000));
+    assert_eq!(parse_byte_size("500 MiB"), Some(500 << 20));
+    assert_eq!(parse_byte_size("1000"), Some(1000));
+    assert_eq!(parse_byte_size("0"), None);
+    assert_eq!(parse_byte_size("5 parsecs"), None);
 }

@@ -5,6 +5,9 @@
 
 mod pipeline;
 
+#[cfg(test)]
+pub(super) use pipeline::parse_byte_size;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -13,13 +16,16 @@ use std::time::Duration;
 
 use super::amqp_url;
 use super::raw::{Lenient, RawAmqpTls, RawConfig, RawConnection, RawDaemon, describe, key_path};
-use super::{Config, DaemonConfig, Problem};
+use super::{Config, DaemonConfig, Problem, StreamEndpoint};
 use crate::capabilities::postgres::{GrantError, PostgresGrant};
 use crate::queue_input::AmqpTls;
 use crate::signing::TrustedKey;
 
 /// The admin address when the file does not set one.
 const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+/// The connection types, as a message lists them.
+const CONNECTION_TYPES: &str = "\"amqp\", \"postgres\" or \"rabbitmq-stream\"";
+
 /// AMQP short strings (queue, exchange and routing key names) hold 255 bytes.
 const AMQP_NAME_MAX: usize = 255;
 
@@ -91,6 +97,7 @@ fn section_order(path: &str) -> (u8, usize) {
 enum Connection {
     Amqp(Option<AmqpConnection>),
     Postgres(Option<Box<PostgresGrant>>),
+    Stream(Option<StreamEndpoint>),
     /// Its type was missing or wrong (already reported).
     Unknown,
 }
@@ -108,6 +115,7 @@ impl Connection {
         match self {
             Connection::Amqp(_) => "amqp",
             Connection::Postgres(_) => "postgres",
+            Connection::Stream(_) => "rabbitmq-stream",
             Connection::Unknown => "unknown",
         }
     }
@@ -408,7 +416,7 @@ impl Validator<'_> {
             let at = key_path("connections", &name);
             self.name(&at, &name, "connection");
             let kind_path = format!("{at}.type");
-            let kind = self.required(&kind_path, raw.kind, "\"amqp\" or \"postgres\"");
+            let kind = self.required(&kind_path, raw.kind, CONNECTION_TYPES);
             let url = self.required(&format!("{at}.url"), raw.url, "a connection URL");
             let password = self.password(&at, &name, raw.password_env);
             if kind.as_deref() == Some("postgres") && raw.tls.is_some() {
@@ -433,12 +441,21 @@ impl Validator<'_> {
                     self.postgres_grant(&format!("{at}.url"), &url, password.as_deref())
                         .map(Box::new)
                 })),
+                Some("rabbitmq-stream") => {
+                    if raw.tls.is_some() {
+                        self.report(
+                            format!("{at}.tls"),
+                            "is not supported on rabbitmq-stream connections yet; read streams over a private network, or use an amqp connection with TLS and a classic or quorum queue",
+                        );
+                    }
+                    Connection::Stream(url.and_then(|url| {
+                        self.stream_url(&format!("{at}.url"), &url, password.as_deref())
+                    }))
+                }
                 Some(other) => {
                     self.report(
                         kind_path,
-                        format!(
-                            "unknown connection type {other:?}; expected \"amqp\" or \"postgres\""
-                        ),
+                        format!("unknown connection type {other:?}; expected {CONNECTION_TYPES}"),
                     );
                     Connection::Unknown
                 }
@@ -570,6 +587,65 @@ impl Validator<'_> {
             return None;
         }
         Some(url)
+    }
+
+    /// A rabbitmq-stream connection's URL:
+    /// `rabbitmq-stream://user:password@host:port/vhost`, every part but the
+    /// host optional (guest, guest, 5552, `/`).
+    fn stream_url(
+        &mut self,
+        path: &str,
+        url: &str,
+        password: Option<&str>,
+    ) -> Option<StreamEndpoint> {
+        const EXPECTED: &str = "expected rabbitmq-stream://user@host:5552/vhost";
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            // The parser's message names the flaw, never the URL (no password shows).
+            Err(e) => {
+                self.report(path, format!("invalid URL ({e}); {EXPECTED}"));
+                return None;
+            }
+        };
+        if parsed.scheme() != "rabbitmq-stream" {
+            self.report(
+                path,
+                format!(
+                    "the scheme is `{}`; {EXPECTED} (the stream protocol, port 5552 by default, not AMQP's 5672)",
+                    parsed.scheme()
+                ),
+            );
+            return None;
+        }
+        let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+            self.report(path, format!("the URL names no host; {EXPECTED}"));
+            return None;
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = match parsed.username() {
+            "" => "guest".to_string(),
+            user => decode(user),
+        };
+        let password = match (password, parsed.password()) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(p)) => decode(p),
+            (None, None) => "guest".to_string(),
+        };
+        let vhost = match parsed.path() {
+            "" | "/" => "/".to_string(),
+            p => decode(&p[1..]),
+        };
+        Some(StreamEndpoint {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port: parsed.port().unwrap_or(5552),
+            user,
+            password,
+            vhost,
+        })
     }
 
     fn postgres_grant(

@@ -123,6 +123,11 @@ impl DeadLetter<'_> {
                     index: r.index,
                     original_message_id: self.message.message_id.as_deref(),
                 }),
+                stream: self
+                    .received
+                    .stream
+                    .as_deref()
+                    .map(|stream| (stream, self.received.tag)),
             },
             self.body().len(),
             frame_max,
@@ -142,6 +147,8 @@ pub(super) struct Added<'a> {
     pub failed_at: u64,
     /// For a record's dead letter: which record of which message.
     pub record: Option<AddedRecord<'a>>,
+    /// A stream message's stream and offset.
+    pub stream: Option<(&'a str, u64)>,
 }
 
 /// The headers Sluice adds to a record's dead letter.
@@ -242,7 +249,7 @@ fn entry_bytes(name: &ShortString, value: &AMQPValue) -> usize {
 
 /// The names of the headers Sluice sets: an original header of the same name is
 /// replaced, never kept beside it.
-const ADDED_NAMES: [&str; 10] = [
+const ADDED_NAMES: [&str; 12] = [
     headers::REASON,
     headers::PLUGIN,
     headers::STAGE,
@@ -253,6 +260,8 @@ const ADDED_NAMES: [&str; 10] = [
     headers::DROPPED_HEADERS,
     headers::RECORD_INDEX,
     headers::ORIGINAL_MESSAGE_ID,
+    headers::STREAM,
+    headers::STREAM_OFFSET,
 ];
 
 /// Builds a dead letter's properties from the original ones and what Sluice
@@ -312,6 +321,13 @@ pub(super) fn fit(
             if let Some(id) = record.original_message_id {
                 table.insert(headers::ORIGINAL_MESSAGE_ID.into(), text(id));
             }
+        }
+        if let Some((stream, offset)) = added.stream {
+            table.insert(headers::STREAM.into(), text(stream));
+            table.insert(
+                headers::STREAM_OFFSET.into(),
+                AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+            );
         }
         // Persistent, whatever it was: a dead letter is kept until someone looks.
         original.clone().with_headers(table).with_delivery_mode(2)
@@ -416,6 +432,7 @@ mod tests {
             routing_key: "cdr.voice",
             failed_at: 1_700_000_000,
             record: None,
+            stream: None,
         }
     }
 
@@ -682,6 +699,7 @@ mod tests {
         let received = Received {
             tag: 1,
             properties: original(&[]).with_content_encoding("gzip".into()),
+            stream: None,
         };
         let letter = DeadLetter {
             message: &message,

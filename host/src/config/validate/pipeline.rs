@@ -13,7 +13,7 @@ use super::super::raw::{
 };
 use super::super::{
     BatchConfig, Binding, DeadLetterConfig, ExchangeType, PipelineConfig, QueueConfig, QueueKind,
-    RetryConfig, SourceConfig, WriterConfig,
+    RetryConfig, SourceConfig, StreamConfig, StreamRetention, StreamStart, WriterConfig,
 };
 use super::{AmqpConnection, Connection, PinKeys, Validator};
 use crate::capabilities::{Grants, HttpGrant, TcpGrant};
@@ -56,7 +56,12 @@ impl Validator<'_> {
                     names.insert(pipeline.name.clone(), i);
                 }
             }
-            if !pipeline.amqp_connection.is_empty() && !pipeline.queue.name.is_empty() {
+            // A stream is read, not drained: pipelines reading one stream each
+            // get every message (under their own consumer names).
+            if pipeline.queue.kind != QueueKind::Stream
+                && !pipeline.amqp_connection.is_empty()
+                && !pipeline.queue.name.is_empty()
+            {
                 let key = (
                     pipeline.amqp_connection.clone(),
                     pipeline.queue.name.clone(),
@@ -114,6 +119,7 @@ impl Validator<'_> {
         let (amqp_connection, amqp) = self.pipeline_connection(at, raw.connection, connections);
 
         let (batch, max_messages) = self.batch(at, raw.batch.unwrap_or_default());
+        let consumers_given = raw.consumers.is_some();
         let consumers = self.integer(&format!("{at}.consumers"), raw.consumers, 1..=64, 2);
         let prefetch_path = format!("{at}.prefetch");
         let explicit_prefetch = raw.prefetch.is_some();
@@ -145,7 +151,7 @@ impl Validator<'_> {
         }
 
         let queue = match raw.queue {
-            Some(queue) => self.queue(at, queue),
+            Some(queue) => self.queue(at, queue, &name, connections),
             None => {
                 self.report(
                     format!("{at}.queue"),
@@ -154,6 +160,20 @@ impl Validator<'_> {
                 empty_queue()
             }
         };
+        if queue.kind == QueueKind::Stream {
+            if consumers_given {
+                self.report(
+                    format!("{at}.consumers"),
+                    "a stream pipeline runs one consumer per stream; to read faster, split the stream into partitions (queue.partitions)",
+                );
+            }
+            if explicit_prefetch {
+                self.report(
+                    format!("{at}.prefetch"),
+                    "applies to queues; a stream consumer takes what it reads in chunks, by credit",
+                );
+            }
+        }
         let source = match raw.source {
             Some(source) => self.source(at, source),
             None => {
@@ -254,25 +274,36 @@ impl Validator<'_> {
         (batch, max_messages)
     }
 
-    fn queue(&mut self, at: &str, raw: RawQueue) -> QueueConfig {
+    fn queue(
+        &mut self,
+        at: &str,
+        mut raw: RawQueue,
+        pipeline: &str,
+        connections: &BTreeMap<String, Connection>,
+    ) -> QueueConfig {
         let at = format!("{at}.queue");
         let name_path = format!("{at}.name");
         let name = self
-            .required(&name_path, raw.name, "the name of the queue to consume")
+            .required(
+                &name_path,
+                raw.name.take(),
+                "the name of the queue to consume",
+            )
             .unwrap_or_default();
         self.amqp_name(&name_path, &name, "queue name");
-        let declare = self.boolean(&format!("{at}.declare"), raw.declare, true);
+        let declare = self.boolean(&format!("{at}.declare"), raw.declare.take(), true);
         let kind_path = format!("{at}.type");
         let kind = match self
-            .typed(&kind_path, raw.kind, "\"classic\" or \"quorum\"")
+            .typed(&kind_path, raw.kind.take(), QUEUE_TYPES)
             .as_deref()
         {
             None | Some("classic") => QueueKind::Classic,
             Some("quorum") => QueueKind::Quorum,
+            Some("stream") => QueueKind::Stream,
             Some(other) => {
                 self.report(
                     kind_path,
-                    format!("unknown queue type {other:?}; expected \"classic\" or \"quorum\""),
+                    format!("unknown queue type {other:?}; expected {QUEUE_TYPES}"),
                 );
                 QueueKind::Classic
             }
@@ -280,28 +311,263 @@ impl Validator<'_> {
         let limit_path = format!("{at}.delivery_limit");
         let had_limit = raw.delivery_limit.is_some();
         let delivery_limit = self
-            .integer(&limit_path, raw.delivery_limit, 1..=i64::from(u32::MAX), 1)
+            .integer(
+                &limit_path,
+                raw.delivery_limit.take(),
+                1..=i64::from(u32::MAX),
+                1,
+            )
             .filter(|_| had_limit)
             .map(|n| n as u32);
-        if had_limit && kind == QueueKind::Classic {
+        if had_limit && kind != QueueKind::Quorum {
             self.report(
                 limit_path,
-                "delivery_limit applies only to quorum queues; set type = \"quorum\" or remove it (a classic queue redelivers without limit)",
+                format!(
+                    "delivery_limit applies only to quorum queues; set type = \"quorum\" or remove it (a {} {})",
+                    kind.as_str(),
+                    if kind == QueueKind::Stream {
+                        "sends what Sluice cannot handle to the dead-letter exchange and moves on"
+                    } else {
+                        "queue redelivers without limit"
+                    }
+                ),
             );
         }
-        let bindings = raw
+        let bindings: Vec<Binding> = raw
             .bindings
+            .take()
             .unwrap_or_default()
             .into_iter()
             .enumerate()
             .filter_map(|(j, b)| self.binding(&format!("{at}.bindings[{j}]"), b))
             .collect();
+        let stream = if kind == QueueKind::Stream {
+            if raw.partitions.is_some() && !bindings.is_empty() {
+                self.report(
+                    format!("{at}.bindings"),
+                    "a partitioned stream is fed by its super stream's exchange, which routes each message to one partition; declare the super stream with `rabbitmq-streams add_super_stream` and remove bindings",
+                );
+            }
+            self.stream(&at, &name, raw, pipeline, connections)
+        } else {
+            let stream_only = [
+                ("connection", raw.connection.is_some()),
+                ("partitions", raw.partitions.is_some()),
+                ("assigned", raw.assigned.is_some()),
+                ("start", raw.start.is_some()),
+                ("consumer_name", raw.consumer_name.is_some()),
+                ("max_length", raw.max_length.is_some()),
+                ("max_age", raw.max_age.is_some()),
+                ("max_segment_size", raw.max_segment_size.is_some()),
+            ];
+            for (key, _) in stream_only.iter().filter(|(_, given)| *given) {
+                self.report(
+                    format!("{at}.{key}"),
+                    format!(
+                        "applies only to streams; set type = \"stream\" or remove it (the queue is {})",
+                        kind.as_str()
+                    ),
+                );
+            }
+            None
+        };
         QueueConfig {
             name,
             declare,
             kind,
             delivery_limit,
             bindings,
+            stream,
+        }
+    }
+
+    /// The settings of a stream pipeline's input; `None` when wrong (reported).
+    fn stream(
+        &mut self,
+        at: &str,
+        name: &str,
+        raw: RawQueue,
+        pipeline: &str,
+        connections: &BTreeMap<String, Connection>,
+    ) -> Option<StreamConfig> {
+        let connection_path = format!("{at}.connection");
+        let connection = self.required(
+            &connection_path,
+            raw.connection,
+            "the name of a rabbitmq-stream connection",
+        );
+        let endpoint = match connection.as_ref().map(|c| (c, connections.get(c))) {
+            None => None,
+            Some((_, Some(Connection::Stream(endpoint)))) => endpoint.clone(),
+            Some((_, Some(Connection::Unknown))) => None,
+            Some((c, Some(other))) => {
+                self.report(
+                    &connection_path,
+                    format!(
+                        "`{c}` is of type {}; a stream is read through a rabbitmq-stream connection (port 5552)",
+                        other.kind()
+                    ),
+                );
+                None
+            }
+            Some((c, None)) => {
+                let message = missing_connection(c, connections, "rabbitmq-stream");
+                self.report(&connection_path, message);
+                None
+            }
+        };
+        let partitions_path = format!("{at}.partitions");
+        let partitions = raw.partitions.is_some();
+        let count = self.integer(&partitions_path, raw.partitions, 1..=1000, 1);
+        let assigned_path = format!("{at}.assigned");
+        let assigned = self.typed(
+            &assigned_path,
+            raw.assigned,
+            "a list of partition numbers, like [0, 1]",
+        );
+        let streams: Vec<String> = match (partitions, count, assigned) {
+            (false, _, Some(_)) => {
+                self.report(
+                    &assigned_path,
+                    "applies to partitioned streams; set partitions = N (the streams `<name>-0` … `<name>-<N-1>`) or remove it",
+                );
+                Vec::new()
+            }
+            (false, _, None) => vec![name.to_string()],
+            (true, None, _) => Vec::new(),
+            (true, Some(count), assigned) => {
+                let all: Vec<i64> = (0..count).collect();
+                let chosen = assigned.unwrap_or_else(|| all.clone());
+                let mut seen = std::collections::BTreeSet::new();
+                let mut ok = !chosen.is_empty();
+                if chosen.is_empty() {
+                    self.report(
+                        &assigned_path,
+                        "is empty; expected at least one partition number (a daemon with none reads nothing)",
+                    );
+                }
+                for n in &chosen {
+                    if !(0..count).contains(n) {
+                        self.report(
+                            &assigned_path,
+                            format!(
+                                "partition {n} does not exist; expected numbers from 0 to {}",
+                                count - 1
+                            ),
+                        );
+                        ok = false;
+                    } else if !seen.insert(*n) {
+                        self.report(&assigned_path, format!("partition {n} is listed twice"));
+                        ok = false;
+                    }
+                }
+                if ok {
+                    chosen.iter().map(|n| format!("{name}-{n}")).collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        for stream in &streams {
+            // Stream names are queue names (the AMQP side declares them).
+            self.amqp_name(&format!("{at}.name"), stream, "queue name");
+        }
+        let consumer_path = format!("{at}.consumer_name");
+        let consumer_name = match raw.consumer_name {
+            None => format!("sluice-{pipeline}"),
+            some => self
+                .required(&consumer_path, some, "a consumer name")
+                .unwrap_or_default(),
+        };
+        if consumer_name.len() > 255 {
+            self.report(
+                &consumer_path,
+                "is longer than 255 bytes, the stream protocol's limit",
+            );
+        }
+        let start = self.stream_start(&format!("{at}.start"), raw.start);
+        let max_length_bytes = self.byte_size(&format!("{at}.max_length"), raw.max_length);
+        let max_segment_size_bytes =
+            self.byte_size(&format!("{at}.max_segment_size"), raw.max_segment_size);
+        let max_age = match raw.max_age {
+            None => None,
+            some => self.duration(
+                &format!("{at}.max_age"),
+                some,
+                Duration::ZERO,
+                (
+                    Duration::from_secs(1),
+                    Duration::from_secs(100 * 365 * 86_400),
+                ),
+            ),
+        };
+        Some(StreamConfig {
+            connection: connection?,
+            endpoint: endpoint?,
+            streams: Some(streams).filter(|s| !s.is_empty())?,
+            consumer_name,
+            start: start?,
+            retention: StreamRetention {
+                max_length_bytes,
+                max_age,
+                max_segment_size_bytes,
+            },
+        })
+    }
+
+    /// `start`: `"first"`, `"last"`, `"next"` or an RFC 3339 time; `first` by
+    /// default.
+    fn stream_start(&mut self, path: &str, value: Option<toml::Value>) -> Option<StreamStart> {
+        const EXPECTED: &str =
+            "\"first\", \"last\", \"next\" or a time like \"2026-12-01T00:00:00Z\"";
+        let text = match value {
+            None => return Some(StreamStart::First),
+            Some(toml::Value::String(s)) => s,
+            // A TOML datetime written without quotes.
+            Some(toml::Value::Datetime(d)) => d.to_string(),
+            Some(other) => {
+                self.report(
+                    path,
+                    format!("expected {EXPECTED}, found {}", describe(&other)),
+                );
+                return None;
+            }
+        };
+        match text.as_str() {
+            "first" => Some(StreamStart::First),
+            "last" => Some(StreamStart::Last),
+            "next" => Some(StreamStart::Next),
+            time => match humantime::parse_rfc3339_weak(time) {
+                Ok(t) => Some(StreamStart::Timestamp(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                )),
+                Err(e) => {
+                    self.report(
+                        path,
+                        format!("{time:?} is not a start ({e}); expected {EXPECTED}"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// A size in bytes: an integer, or a string with a unit (`"20GB"`,
+    /// `"500 MiB"`). `None` when absent or wrong (reported).
+    fn byte_size(&mut self, path: &str, value: Option<toml::Value>) -> Option<u64> {
+        const EXPECTED: &str = "a size like \"20GB\", \"500MiB\" or a number of bytes";
+        let parsed = match value? {
+            toml::Value::Integer(n) if n > 0 => Ok(n as u64),
+            toml::Value::String(s) => parse_byte_size(&s).ok_or(format!("{s:?} is not a size")),
+            other => Err(format!("found {}", describe(&other))),
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(why) => {
+                self.report(path, format!("{why}; expected {EXPECTED}"));
+                None
+            }
         }
     }
 
@@ -708,7 +974,35 @@ fn empty_queue() -> QueueConfig {
         kind: QueueKind::Classic,
         delivery_limit: None,
         bindings: Vec::new(),
+        stream: None,
     }
+}
+
+/// The queue types, as a message lists them.
+const QUEUE_TYPES: &str = "\"classic\", \"quorum\" or \"stream\"";
+
+/// `"20GB"`, `"500 MiB"`, `"1000"`: decimal (kB, MB, GB, TB) and binary (KiB,
+/// MiB, GiB, TiB) units, case-insensitive; more than 0.
+pub(in crate::config) fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|n| *n > 0)
 }
 
 /// Says that no connection is called `name`, suggesting a close one and listing
