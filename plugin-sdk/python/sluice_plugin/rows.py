@@ -160,67 +160,125 @@ _ENCODERS: Dict[str, Callable[[Any], bytes]] = {
 }
 
 
+# The common cases of each type, tested and encoded inline by the generated row
+# encoder (see `_compile`); anything else goes through the full encoder above,
+# which checks it and says what is wrong.
+_FAST = {
+    "boolean": ("v is True or v is False", "append(b'\\x01\\x01' if v else b'\\x01\\x00')"),
+    "int32": ("type(v) is int and -2147483648 <= v <= 2147483647", "append(b'\\x01' + _I32p(v))"),
+    "int64": ("type(v) is int and -9223372036854775808 <= v <= 9223372036854775807", "append(b'\\x01' + _I64p(v))"),
+    "float64": ("type(v) is float", "append(b'\\x01' + _F64p(v))"),
+    "text": ("type(v) is str", "b = v.encode(); append(b'\\x01' + _U32p(len(b)) + b)"),
+}
+
+
+class _BadAt(Exception):
+    """A value of column `index` does not fit (`problem`)."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(problem)
+        self.index = index
+        self.problem = problem
+
+
+def _compile(columns: Sequence[Column]) -> Callable[[Sequence[Any], Callable[[bytes], None]], None]:
+    """A function encoding one row's values (in column order) through `append`,
+    written out for this schema: one call per row instead of one per value keeps
+    rows cheap in an interpreter (CPython in wasm)."""
+    lines = ["def encode_row(values, append):"]
+    env: Dict[str, Any] = {
+        "_I32p": _I32.pack, "_I64p": _I64.pack, "_F64p": _F64.pack, "_U32p": _U32.pack,
+        "_Bad": _Bad, "_BadAt": _BadAt,
+    }
+    lines.append("    " + ", ".join(f"v{i}" for i in range(len(columns))) + (", = values" if len(columns) == 1 else " = values"))
+    for i, c in enumerate(columns):
+        env[f"E{i}"] = _ENCODERS[c.type]
+        null = "append(b'\\x00')" if c.nullable else f"raise _BadAt({i}, 'None in a column that is not nullable')"
+        lines.append(f"    v = v{i}")
+        lines.append("    if v is None:")
+        lines.append(f"        {null}")
+        fast = _FAST.get(c.type)
+        if fast:
+            lines.append(f"    elif {fast[0]}:")
+            lines.append(f"        {fast[1]}")
+        lines.append("    else:")
+        lines.append("        try:")
+        lines.append(f"            append(E{i}(v))")
+        lines.append("        except _Bad as e:")
+        lines.append(f"            raise _BadAt({i}, str(e)) from None")
+    exec("\n".join(lines), env)  # noqa: S102 - code generated from the schema's column types only
+    return env["encode_row"]
+
+
 class RowEncoder:
     """Checks rows against a schema and encodes them into one batch buffer."""
 
-    __slots__ = ("schema", "_columns", "_names", "_index", "_buf", "count")
+    __slots__ = ("schema", "_columns", "_names", "_index", "_parts", "_encode_row", "count")
 
     def __init__(self, schema: Schema):
         self.schema = schema
-        self._columns: List[Tuple[str, str, bool, Callable[[Any], bytes]]] = [
-            (c.name, c.type, c.nullable, _ENCODERS[c.type]) for c in schema.columns
-        ]
+        self._columns = [(c.name, c.type) for c in schema.columns]
         self._names = [c.name for c in schema.columns]
         self._index = set(self._names)
-        self._buf = bytearray()
+        self._encode_row = _compile(schema.columns)
+        self._parts: List[bytes] = []
         #: Rows encoded so far.
         self.count = 0
 
+    def _values(self, row: Any, row_number: int) -> Sequence[Any]:
+        if type(row) is tuple or type(row) is list:
+            if len(row) == len(self._names):
+                return row
+        elif isinstance(row, dict):
+            if not self._index.issuperset(row):
+                unknown = sorted(str(k) for k in row if k not in self._index)
+                raise RowError(
+                    row_number, unknown[0], "?",
+                    f"no such column in schema `{self.schema.name}` (its columns: {', '.join(self._names)})",
+                )
+            return [row.get(n) for n in self._names]
+        elif not isinstance(row, (tuple, list)):
+            raise RowError(row_number, self._names[0], "row", f"a row is a tuple, list or dict, got {_kind(row)}")
+        if len(row) != len(self._names):
+            raise RowError(
+                row_number, self._names[min(len(row), len(self._names) - 1)], "row",
+                f"the row has {len(row)} values, the schema `{self.schema.name}` has {len(self._names)} columns",
+            )
+        return row
+
     def encode(self, row: Any, row_number: int) -> bytes:
         """One row's bytes, or `RowError` naming `row_number` and the column."""
-        columns = self._columns
-        if isinstance(row, dict):
-            if len(row) > len(columns) or not self._index.issuperset(row):
-                unknown = sorted(k for k in row if k not in self._index)
-                if unknown:
-                    raise RowError(
-                        row_number, str(unknown[0]), "?",
-                        f"no such column in schema `{self.schema.name}` (its columns: {', '.join(self._names)})",
-                    )
-            values = [row.get(n) for n in self._names]
-        elif isinstance(row, (tuple, list)):
-            if len(row) != len(columns):
-                raise RowError(
-                    row_number, self._names[min(len(row), len(columns) - 1)], "row",
-                    f"the row has {len(row)} values, the schema `{self.schema.name}` has {len(columns)} columns",
-                )
-            values = row
-        else:
-            raise RowError(row_number, self._names[0], "row", f"a row is a tuple, list or dict, got {_kind(row)}")
-        parts = []
-        for (name, ctype, nullable, enc), v in zip(columns, values):
-            if v is None:
-                if not nullable:
-                    raise RowError(row_number, name, ctype, "None in a column that is not nullable")
-                parts.append(b"\x00")
-                continue
-            try:
-                parts.append(enc(v))
-            except _Bad as e:
-                raise RowError(row_number, name, ctype, str(e)) from None
+        parts: List[bytes] = []
+        self._encode_into(row, row_number, parts.append)
         return b"".join(parts)
+
+    def _encode_into(self, row: Any, row_number: int, append: Callable[[bytes], None]) -> None:
+        values = self._values(row, row_number)
+        try:
+            self._encode_row(values, append)
+        except _BadAt as e:
+            name, ctype = self._columns[e.index]
+            raise RowError(row_number, name, ctype, e.problem) from None
 
     def extend(self, rows: Iterable[Any], first_row_number: int = 0) -> int:
         """Checks and appends `rows`, all or none: on `RowError` nothing of them is
         kept. Returns how many were appended."""
-        encoded = [self.encode(r, first_row_number + i) for i, r in enumerate(rows)]
-        self._buf += b"".join(encoded)
-        self.count += len(encoded)
-        return len(encoded)
+        parts = self._parts
+        mark = len(parts)
+        n = 0
+        try:
+            for i, r in enumerate(rows):
+                self._encode_into(r, first_row_number + i, parts.append)
+                n += 1
+        except BaseException:
+            del parts[mark:]
+            raise
+        self.count += n
+        return n
 
     def finish(self) -> Tuple[int, bytes]:
         """(row count, encoded rows)."""
-        return self.count, bytes(self._buf)
+        return self.count, b"".join(self._parts)
 
 
 def encode_rows(schema: Schema, rows: Iterable[Any]) -> Tuple[int, bytes]:
