@@ -16,7 +16,11 @@
 //!    (`sluice_plugin._wasm`), the only place the generated bindings are seen;
 //! 3. `componentize-py` builds the component for the `source-plugin` or
 //!    `writer-plugin` world of the SDK's WIT (`sluice:plugin@0.1.0`), with the
-//!    plugin's folder, the SDK and `deps/` on its Python path;
+//!    plugin's folder, the SDK and `deps/` on its Python path, and every WASI
+//!    import replaced by a stub that traps (`--stub-wasi`): CPython's libc
+//!    imports `wasi:sockets`, which the host grants to no source and to writers
+//!    only with a `tcp` grant. A plugin has no files, clock or environment in the
+//!    sandbox anyway; the SDK sends `print` and `sys.stderr` to the plugin's log;
 //! 4. the component is checked to export that world's interface at that version,
 //!    and written to `<out_dir>/<name>.wasm` atomically.
 
@@ -31,6 +35,9 @@ use super::{BuiltPlugin, Route, WasmTarget, component_summary, lock_exclusive, w
 
 /// The `componentize-py` release plugins are built with (from PyPI).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// Flags of `componentize-py componentize` (in the build fingerprint too).
+const COMPONENTIZE_FLAGS: &[&str] = &["--stub-wasi"];
 
 /// The WIT package Python plugins are built against (the SDK's, frozen).
 pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";
@@ -424,7 +431,9 @@ fn componentize(
     cmd.current_dir(dir)
         .arg("-d")
         .arg(&wit)
-        .args(["-w", project.kind.world(), "--quiet", "componentize", "sluice_entry"]);
+        .args(["-w", project.kind.world(), "--quiet", "componentize"])
+        .args(COMPONENTIZE_FLAGS)
+        .arg("sluice_entry");
     for p in python_path {
         cmd.arg("-p").arg(p);
     }
@@ -451,6 +460,10 @@ fn fingerprint(entry: &str, project: &PyProject, dirs: &[&Path]) -> Result<Strin
     let mut h = Sha256::new();
     h.update(COMPONENTIZE_PY_VERSION);
     h.update([0u8]);
+    for flag in COMPONENTIZE_FLAGS {
+        h.update(flag);
+        h.update([0u8]);
+    }
     h.update(entry);
     h.update([0u8]);
     for d in &project.dependencies {

@@ -13,7 +13,7 @@ from . import _host
 from .errors import PluginError
 from .message import Message
 from .postgres import PgError
-from .rows import decode_rows
+from .rows import RowEncoder, decode_rows
 from .schema import Column, Schema
 from .source import configure as _configure
 from .source import decode_batch, parse_config
@@ -31,7 +31,44 @@ def _plugin_error(types: Any, e: PluginError) -> Any:
 
 
 def _traceback(what: str, e: BaseException) -> str:
-    return f"{what} raised {type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e)).rstrip()
+    # Frames without their source lines: reading them would need files, which
+    # the sandbox has not.
+    frames = "".join(
+        f"\n  File \"{f.f_code.co_filename}\", line {line}, in {f.f_code.co_name}"
+        for f, line in traceback.walk_tb(e.__traceback__)
+    )
+    return f"{what} raised {type(e).__name__}: {e}\nTraceback (most recent call last):{frames}"
+
+
+class _LogStream:
+    """`sys.stdout` and `sys.stderr` inside the component (which has no WASI
+    streams): each line written goes to the plugin's log at `level`."""
+
+    def __init__(self, level: str):
+        self.level = level
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            _host.backend.log(self.level, line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            _host.backend.log(self.level, line)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _redirect_std_streams() -> None:
+    import sys
+
+    sys.stdout = _LogStream("info")
+    sys.stderr = _LogStream("warn")
 
 
 class _WasmPg:
@@ -128,26 +165,29 @@ def source_export(plugin_cls: Any, info: Tuple[str, str, str]) -> type:
     from wit_world.imports import types
 
     _host.set_backend(_WasmBackend(with_postgres=False))
+    _redirect_std_streams()
     columns_type = types.ColumnType
 
+    # componentize-py may make a new `Source` for each call: the plugin's
+    # state lives here, once per component instance.
     class Source:
-        def __init__(self) -> None:
-            self.plugin = None
-            self.schema = None
+        plugin: Any = None
+        schema: Any = None
 
         def about(self) -> Any:
             return types.PluginInfo(*info)
 
         def configure(self, config: str) -> Any:
             try:
-                self.plugin = plugin_cls()
+                Source.plugin = plugin_cls()
                 schema = _configure(self.plugin, config)
             except PluginError as e:
                 raise Err(_plugin_error(types, e))
             except Exception as e:
                 _host.backend.log("error", _traceback("configure", e))
                 raise Err(types.PluginError_Fatal(f"configure raised {type(e).__name__}: {e}"))
-            self.schema = schema
+            Source.schema = schema
+            RowEncoder(schema)  # generates the schema's row encoder now, not in the first decode
             return types.Schema(
                 schema.name,
                 schema.version,
@@ -179,23 +219,24 @@ def writer_export(plugin_cls: Any, info: Tuple[str, str, str]) -> type:
     from wit_world.imports import types
 
     _host.set_backend(_WasmBackend(with_postgres=True))
+    _redirect_std_streams()
 
+    # As for sources: the state is the class's, once per component instance.
     class Writer:
-        def __init__(self) -> None:
-            self.plugin = None
-            self.schema = None
+        plugin: Any = None
+        schema: Any = None
 
         def about(self) -> Any:
             return types.PluginInfo(*info)
 
         def open(self, config: str, schema: Any) -> None:
             try:
-                self.schema = Schema(
+                Writer.schema = Schema(
                     schema.name,
                     schema.version,
                     [Column(c.name, c.type.name.lower(), c.nullable, c.key) for c in schema.columns],
                 )
-                self.plugin = plugin_cls()
+                Writer.plugin = plugin_cls()
                 self.plugin.open(parse_config(config), self.schema)
             except PluginError as e:
                 raise Err(_plugin_error(types, e))

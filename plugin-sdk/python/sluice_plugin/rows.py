@@ -181,7 +181,19 @@ class _BadAt(Exception):
         self.problem = problem
 
 
+_COMPILED: Dict[Tuple[Tuple[str, bool], ...], Callable[..., None]] = {}
+
+
 def _compile(columns: Sequence[Column]) -> Callable[[Sequence[Any], Callable[[bytes], None]], None]:
+    """The row encoder of these columns (made once per column types)."""
+    key = tuple((c.type, c.nullable) for c in columns)
+    f = _COMPILED.get(key)
+    if f is None:
+        f = _COMPILED[key] = _generate(columns)
+    return f
+
+
+def _generate(columns: Sequence[Column]) -> Callable[[Sequence[Any], Callable[[bytes], None]], None]:
     """A function encoding one row's values (in column order) through `append`,
     written out for this schema: one call per row instead of one per value keeps
     rows cheap in an interpreter (CPython in wasm)."""
