@@ -19,7 +19,12 @@ class GrantWriter(Writer):
         self.table = f'{config["schema"]}.{config["table"]}'
         self.keys = [c.name for c in schema.columns if c.key]
         self.conn = postgres.connect(config["connection"])
-        self.conn.batch_execute(f"CREATE TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY, doc jsonb NOT NULL)")
+        try:
+            self.conn.batch_execute(f"CREATE TABLE IF NOT EXISTS {self.table} (key text PRIMARY KEY, doc jsonb NOT NULL)")
+        except postgres.PgError as e:
+            # Two consumers opening at once: the other one created it.
+            if e.code not in ("23505", "42P07"):
+                raise
         log.info(f"py-grant-writer: writing to {self.table}")
 
     def write(self, rows):
@@ -29,7 +34,7 @@ class GrantWriter(Writer):
                 key = "|".join(str(row[k]) for k in self.keys)
                 doc = json.dumps({k: _plain(v) for k, v in row.items()})
                 self.conn.execute(
-                    f"INSERT INTO {self.table} (key, doc) VALUES ($1, $2::jsonb) ON CONFLICT (key) DO NOTHING",
+                    f"INSERT INTO {self.table} (key, doc) VALUES ($1, $2::text::jsonb) ON CONFLICT (key) DO NOTHING",
                     [key, doc],
                 )
             self.conn.batch_execute("COMMIT")

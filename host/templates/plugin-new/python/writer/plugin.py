@@ -50,7 +50,7 @@ class {{class}}(Writer):
                 key = json.dumps([_plain(row[k]) for k in self.keys])
                 doc = json.dumps({k: _plain(v) for k, v in row.items()})
                 self.conn.execute(
-                    f"INSERT INTO {self.table} (key, doc) VALUES ($1::jsonb, $2::jsonb) "
+                    f"INSERT INTO {self.table} (key, doc) VALUES ($1::text::jsonb, $2::text::jsonb) "
                     "ON CONFLICT (key) DO NOTHING",
                     [key, doc],
                 )
