@@ -679,7 +679,10 @@ mod tests {
         ] {
             assert!(names.contains(&want), "{want} not in {names:?}");
         }
-        assert!(!names.iter().any(|n| n.contains("__pycache__")), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.contains("__pycache__")),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -697,8 +700,13 @@ mod tests {
         assert!(file("pyproject.toml").contains("kind = \"source\""));
         assert!(file("cdr_feed_v2.py").contains("class CdrFeedV2(Source):"));
         assert!(file("tests/test_plugin.py").contains("from cdr_feed_v2 import CdrFeedV2"));
-        assert!(file("conftest.py").contains(&serde_json::to_string(sdk.to_str().unwrap()).unwrap()));
-        assert!(!files.iter().any(|(_, text)| text.contains("{{")), "a placeholder left");
+        assert!(
+            file("conftest.py").contains(&serde_json::to_string(sdk.to_str().unwrap()).unwrap())
+        );
+        assert!(
+            !files.iter().any(|(_, text)| text.contains("{{")),
+            "a placeholder left"
+        );
         let err = render_python(Kind::Writer, "x", Path::new("/nonexistent")).unwrap_err();
         assert!(err.to_string().contains("no Python SDK"), "{err}");
     }

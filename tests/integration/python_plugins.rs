@@ -49,7 +49,12 @@ fn csv_config() -> serde_json::Value {
 fn csv_body(first: u64, n: u64) -> String {
     let mut body = String::from("Call ID,secs,cost\n");
     for i in first..first + n {
-        body.push_str(&format!("c-{i:06},{},{}.{:02}\n", i % 3600, i / 100, i % 100));
+        body.push_str(&format!(
+            "c-{i:06},{},{}.{:02}\n",
+            i % 3600,
+            i / 100,
+            i % 100
+        ));
     }
     body
 }
@@ -71,8 +76,7 @@ async fn python_world(tag: &str) -> World {
 }
 
 #[tokio::test]
-async fn csv_lines_land_exactly_once_through_the_python_source_and_bad_lines_are_dead_lettered()
-{
+async fn csv_lines_land_exactly_once_through_the_python_source_and_bad_lines_are_dead_lettered() {
     let mut w = python_world("py-csv").await;
     w.setup.source = (
         "python-csv-source".into(),
@@ -96,35 +100,33 @@ async fn csv_lines_land_exactly_once_through_the_python_source_and_bad_lines_are
     daemon.stop_cleanly();
 
     assert_eq!(w.rows().await, 1_000, "each row exactly once");
-    let row = w
-        .db
-        .client
-        .query_one(
-            &format!(
-                "SELECT secs, cost::text FROM {}.cdr WHERE call_id = 'c-000777'",
-                w.db.name
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
+    let row =
+        w.db.client
+            .query_one(
+                &format!(
+                    "SELECT secs, cost::text FROM {}.cdr WHERE call_id = 'c-000777'",
+                    w.db.name
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
     assert_eq!(
         (row.get::<_, i32>(0), row.get::<_, String>(1)),
         (777, "7.77".to_string())
     );
-    let bad: i64 = w
-        .db
-        .client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {}.cdr WHERE call_id LIKE 'c-bad%'",
-                w.db.name
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let bad: i64 =
+        w.db.client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.cdr WHERE call_id LIKE 'c-bad%'",
+                    w.db.name
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(bad, 0, "nothing of a rejected message lands");
 
     let mut reasons: Vec<String> = w
@@ -173,19 +175,26 @@ async fn the_python_writer_lands_rows_through_its_postgres_grant() {
     w.wait_drained().await;
     daemon.stop_cleanly();
     assert_eq!(w.db.count("docs").await.unwrap(), 200);
-    let doc: String = w
-        .db
-        .client
-        .query_one(
-            &format!("SELECT doc::text FROM {}.docs WHERE key = 'c-000123'", w.db.name),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(doc, r#"{"cost": "1.23", "secs": 123, "call_id": "c-000123"}"#);
+    let doc: String =
+        w.db.client
+            .query_one(
+                &format!(
+                    "SELECT doc::text FROM {}.docs WHERE key = 'c-000123'",
+                    w.db.name
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(
+        doc,
+        r#"{"cost": "1.23", "secs": 123, "call_id": "c-000123"}"#
+    );
     assert!(
-        daemon.log().contains(&format!("py-grant-writer: writing to {}.docs", w.db.name)),
+        daemon
+            .log()
+            .contains(&format!("py-grant-writer: writing to {}.docs", w.db.name)),
         "the plugin's log line reaches the daemon's log:\n{}",
         daemon.log()
     );
@@ -290,10 +299,15 @@ fn new_build_and_test(kind: &str, parent: &Path, cache: &Path) -> String {
     let sluice = env!("CARGO_BIN_EXE_sluice-under-test");
     let name = format!("my-py-{kind}");
     let out = run(Command::new(sluice)
-        .args(["plugin", "new", "--kind", kind, "--lang", "python", &name, "--dir"])
+        .args([
+            "plugin", "new", "--kind", kind, "--lang", "python", &name, "--dir",
+        ])
         .arg(parent)
         .env("SLUICE_CACHE_DIR", cache));
-    assert!(out.contains(&format!("Created {kind} plugin `{name}`")), "{out}");
+    assert!(
+        out.contains(&format!("Created {kind} plugin `{name}`")),
+        "{out}"
+    );
     assert!(out.contains("python3 -m pytest"), "{out}");
     let dir = parent.join(&name);
     let tests = run(Command::new("python3")
@@ -305,7 +319,10 @@ fn new_build_and_test(kind: &str, parent: &Path, cache: &Path) -> String {
         .current_dir(&dir)
         .env("SLUICE_CACHE_DIR", cache));
     assert!(built.contains("Python route"), "{built}");
-    dir.join("dist").join(format!("{name}.wasm")).display().to_string()
+    dir.join("dist")
+        .join(format!("{name}.wasm"))
+        .display()
+        .to_string()
 }
 
 #[tokio::test]
@@ -316,7 +333,9 @@ async fn plugin_new_lang_python_passes_its_tests_and_builds_with_a_fresh_cache()
     let source = new_build_and_test("source", &parent, &cache);
     let writer = new_build_and_test("writer", &parent, &cache);
     assert!(
-        cache.join("python/componentize-py-0.25.1/venv/bin/componentize-py").is_file(),
+        cache
+            .join("python/componentize-py-0.25.1/venv/bin/componentize-py")
+            .is_file(),
         "the first build installed componentize-py into the cache"
     );
 
@@ -325,7 +344,10 @@ async fn plugin_new_lang_python_passes_its_tests_and_builds_with_a_fresh_cache()
     let rt = runtime();
     let loaded = rt.load(Path::new(&source)).await.unwrap();
     let mut s = SourceInstance::new(rt.clone(), loaded.into(), "py-new", "{}".into());
-    let decoded = s.decode(&[message("1,a\n2,b"), message("x,y")]).await.unwrap();
+    let decoded = s
+        .decode(&[message("1,a\n2,b"), message("x,y")])
+        .await
+        .unwrap();
     assert_eq!(decoded.outcomes[0], MessageOutcome::Rows(2));
     assert_eq!(
         decoded.outcomes[1],
@@ -345,7 +367,11 @@ fn a_dependency_with_native_extensions_is_refused_by_name() {
          [tool.sluice]\nkind = \"source\"\nclass = \"plugin:P\"\n",
     )
     .unwrap();
-    std::fs::write(dir.join("plugin.py"), "from sluice_plugin import Source\nclass P(Source):\n    pass\n").unwrap();
+    std::fs::write(
+        dir.join("plugin.py"),
+        "from sluice_plugin import Source\nclass P(Source):\n    pass\n",
+    )
+    .unwrap();
     let err = sluice::plugin_build::build(&sluice::plugin_build::BuildOptions::new(
         vec![dir.clone()],
         dir.join("dist"),
@@ -409,7 +435,9 @@ async fn a_python_source_hot_swapped_mid_stream_loses_and_duplicates_nothing() {
     );
     publishing.await;
     sluice_tests::daemon::eventually(super::daemon::LONG, "the swap", || async {
-        daemon.log().contains("plugins_replaced=[\"python-csv-source@0.1.0 -> python-csv-source@0.1.0\"]")
+        daemon
+            .log()
+            .contains("plugins_replaced=[\"python-csv-source@0.1.0 -> python-csv-source@0.1.0\"]")
     })
     .await;
     w.broker
@@ -420,7 +448,11 @@ async fn a_python_source_hot_swapped_mid_stream_loses_and_duplicates_nothing() {
     daemon.stop_cleanly();
     assert_eq!(w.rows().await, 5_000, "each row once");
     assert_eq!(w.distinct_rows().await, 5_000);
-    assert_eq!(w.broker.ready(&w.setup.dead_queue).await, 0, "nothing dead-lettered");
+    assert_eq!(
+        w.broker.ready(&w.setup.dead_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
     let log = daemon.log();
     assert!(
         log.contains(&format!("pipelines_swapped=[\"{}\"]", w.setup.pipeline)),

@@ -134,17 +134,18 @@ fn parse_project(text: &str) -> Result<PyProject> {
         .and_then(toml::Value::as_table)
         .unwrap_or(&empty);
     let mut problems = Vec::new();
-    let string = |t: &toml::Table, key: &str, problems: &mut Vec<String>, what: &str| {
-        match t.get(key).map(|v| v.as_str()) {
-            Some(Some(s)) => s.to_owned(),
-            Some(None) => {
-                problems.push(format!("{what}.{key} is not a string"));
-                String::new()
-            }
-            None => {
-                problems.push(format!("{what}.{key} is missing"));
-                String::new()
-            }
+    let string = |t: &toml::Table, key: &str, problems: &mut Vec<String>, what: &str| match t
+        .get(key)
+        .map(|v| v.as_str())
+    {
+        Some(Some(s)) => s.to_owned(),
+        Some(None) => {
+            problems.push(format!("{what}.{key} is not a string"));
+            String::new()
+        }
+        None => {
+            problems.push(format!("{what}.{key} is missing"));
+            String::new()
         }
     };
     let name = string(project, "name", &mut problems, "project");
@@ -193,7 +194,9 @@ fn parse_project(text: &str) -> Result<PyProject> {
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let (module, class) = match class.split_once(':') {
-        Some((m, c)) if m.split('.').all(identifier) && identifier(c) => (m.to_owned(), c.to_owned()),
+        Some((m, c)) if m.split('.').all(identifier) && identifier(c) => {
+            (m.to_owned(), c.to_owned())
+        }
         _ => {
             if !class.is_empty() {
                 problems.push(format!(
@@ -275,13 +278,22 @@ pub fn ensure_toolchain(cache: &Path) -> Result<PyToolchain> {
     )?;
     run(
         Command::new(&tc.python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+            ])
             .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
         &format!("installing componentize-py {COMPONENTIZE_PY_VERSION} from PyPI with pip"),
     )?;
     std::fs::write(&done, COMPONENTIZE_PY_VERSION)
         .with_context(|| format!("writing {}", done.display()))?;
-    tracing::info!(elapsed_ms = t.elapsed().as_millis() as u64, "componentize-py installed");
+    tracing::info!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "componentize-py installed"
+    );
     Ok(tc)
 }
 
@@ -330,10 +342,7 @@ pub fn build_one(cache: &Path, out_dir: &Path, dir: &Path, sdk: &Path) -> Result
         .join("python-build")
         .join(format!("{}-{hash}", project.name));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let _lock = lock_exclusive(
-        &work.with_extension("lock"),
-        "another build of this plugin",
-    )?;
+    let _lock = lock_exclusive(&work.with_extension("lock"), "another build of this plugin")?;
     for sub in ["app", "deps"] {
         let p = work.join(sub);
         if p.exists() {
@@ -398,7 +407,7 @@ pub fn build_one(cache: &Path, out_dir: &Path, dir: &Path, sdk: &Path) -> Result
         project.kind.interface(),
         WIT_PACKAGE.rsplit('@').next().expect("a version")
     );
-    if !summary.exports.iter().any(|e| *e == want) {
+    if !summary.exports.contains(&want) {
         bail!(
             "the component exports {:?}, not {want}: it was not built for the SDK's WIT",
             summary.exports
@@ -430,7 +439,7 @@ fn componentize(
     let mut cmd = Command::new(&tc.componentize_py);
     cmd.current_dir(dir)
         .arg("-d")
-        .arg(&wit)
+        .arg(wit)
         .args(["-w", project.kind.world(), "--quiet", "componentize"])
         .args(COMPONENTIZE_FLAGS)
         .arg("sluice_entry");
@@ -523,7 +532,11 @@ fn check_pure_python(deps: &Path) -> Result<()> {
     let entries = std::fs::read_dir(deps).with_context(|| format!("reading {}", deps.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if let Some(dist) = name.strip_suffix(".dist-info") {
             let wheel = std::fs::read_to_string(path.join("WHEEL")).unwrap_or_default();
             if wheel.lines().any(|l| l.trim() == "Root-Is-Purelib: false") {
@@ -533,7 +546,9 @@ fn check_pure_python(deps: &Path) -> Result<()> {
     }
     let mut stack = vec![deps.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
@@ -580,11 +595,20 @@ class = "csv_in.main:CsvIn"
         let p = parse_project(GOOD).unwrap();
         assert_eq!(p.name, "csv-in");
         assert_eq!(p.kind, PyKind::Source);
-        assert_eq!((p.module.as_str(), p.class.as_str()), ("csv_in.main", "CsvIn"));
+        assert_eq!(
+            (p.module.as_str(), p.class.as_str()),
+            ("csv_in.main", "CsvIn")
+        );
         assert_eq!(p.dependencies, ["python-dateutil==2.9.0"]);
         let entry = entry_module(&p);
-        assert!(entry.contains("from csv_in.main import CsvIn as _Plugin"), "{entry}");
-        assert!(entry.contains("Source = source_export(_Plugin, (\"csv-in\", \"1.2.0\", \"x\"))"), "{entry}");
+        assert!(
+            entry.contains("from csv_in.main import CsvIn as _Plugin"),
+            "{entry}"
+        );
+        assert!(
+            entry.contains("Source = source_export(_Plugin, (\"csv-in\", \"1.2.0\", \"x\"))"),
+            "{entry}"
+        );
     }
 
     #[test]
@@ -615,7 +639,10 @@ class = "csv_in.main:CsvIn"
         std::fs::write(dir.join("pyproject.toml"), GOOD).unwrap();
         assert!(is_python_project(&dir));
         std::fs::write(dir.join("Cargo.toml"), "").unwrap();
-        assert!(!is_python_project(&dir), "a crate with a pyproject is a crate");
+        assert!(
+            !is_python_project(&dir),
+            "a crate with a pyproject is a crate"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -624,17 +651,31 @@ class = "csv_in.main:CsvIn"
         let dir = std::env::temp_dir().join(format!("sluice-py-native-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("pure-1.0.dist-info")).unwrap();
-        std::fs::write(dir.join("pure-1.0.dist-info/WHEEL"), "Root-Is-Purelib: true\n").unwrap();
+        std::fs::write(
+            dir.join("pure-1.0.dist-info/WHEEL"),
+            "Root-Is-Purelib: true\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.join("pure")).unwrap();
         std::fs::write(dir.join("pure/__init__.py"), "").unwrap();
         check_pure_python(&dir).unwrap();
         std::fs::create_dir_all(dir.join("fast-2.0.dist-info")).unwrap();
-        std::fs::write(dir.join("fast-2.0.dist-info/WHEEL"), "Root-Is-Purelib: false\n").unwrap();
+        std::fs::write(
+            dir.join("fast-2.0.dist-info/WHEEL"),
+            "Root-Is-Purelib: false\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.join("fast")).unwrap();
         std::fs::write(dir.join("fast/_speed.cpython-311-x86_64-linux-gnu.so"), "").unwrap();
         let err = check_pure_python(&dir).unwrap_err().to_string();
-        assert!(err.contains("fast-2.0 (its wheel is platform-specific)"), "{err}");
-        assert!(err.contains("fast/_speed.cpython-311-x86_64-linux-gnu.so (a native extension)"), "{err}");
+        assert!(
+            err.contains("fast-2.0 (its wheel is platform-specific)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("fast/_speed.cpython-311-x86_64-linux-gnu.so (a native extension)"),
+            "{err}"
+        );
         assert!(!err.contains("pure-1.0"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
