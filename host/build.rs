@@ -3,8 +3,8 @@
 //! `src/plugin_new.rs`).
 //!
 //! Generates `$OUT_DIR/embedded_sdk.rs`: every file under `../plugin-sdk` (the
-//! `wit` symlink followed, so the WIT files are embedded as real files; dot-files
-//! and `target/` left out) as `include_bytes!`, and the workspace manifest the
+//! `wit` symlink followed, so the WIT files are embedded as real files; dot-files,
+//! `target/` and `__pycache__/` left out) as `include_bytes!`, and the workspace manifest the
 //! SDK inherits its package fields and dependencies from. The file list is made
 //! here rather than written by hand, so a file added to the SDK is embedded
 //! without anyone remembering to.
@@ -51,7 +51,7 @@ fn collect(base: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
     for entry in entries {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy();
-        if name.starts_with('.') || name == "target" {
+        if name.starts_with('.') || name == "target" || name == "__pycache__" {
             continue;
         }
         // `metadata` follows symlinks: plugin-sdk/wit -> ../wit.

@@ -112,4 +112,16 @@ fi
 # Not a service: the signing tests check that the minisign tool verifies what
 # `sluice plugin sign` writes, and signs what the daemon accepts.
 command -v minisign >/dev/null || apt_install minisign
+
+# --- Python and pytest --------------------------------------------------------
+# Not a service: Python plugins are built with componentize-py, which `sluice
+# plugin build` installs into its cache on first use (python3 with its venv
+# module is all it needs), and their tests run with `python3 -m pytest`
+# (tests/integration/python_plugins.rs runs a generated plugin's tests).
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3 python3-venv python3-pip
+if ! python3 -c 'import pytest' 2>/dev/null; then
+  log "pip install --user pytest"
+  python3 -m pip install --user --quiet pytest 2>/dev/null \
+    || python3 -m pip install --user --quiet --break-system-packages pytest
+fi
 log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"

@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/services.sh
+# The Python SDK's and the Python example plugin's own tests (no wasm: seconds).
+python3 -m pytest -q -p no:cacheprovider plugin-sdk/python plugins/python-csv-source
 exec cargo test --workspace --locked "$@"

@@ -139,6 +139,10 @@ enum PluginCommand {
         /// The crate's name, which is also the plugin's name: lowercase ASCII
         /// letters, digits, `-` and `_`, starting with a letter.
         name: String,
+        /// The plugin's language: a Rust crate, or a Python project (tested with
+        /// pytest, built with componentize-py).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: plugin_new::Lang,
         /// The folder to create the crate in [default: the current directory].
         #[arg(long, value_name = "PARENT")]
         dir: Option<PathBuf>,
@@ -255,6 +259,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::New {
             kind,
             name,
+            lang,
             dir,
             sdk,
             embedded_sdk,
@@ -268,6 +273,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             let created = plugin_new::create(&NewOptions {
                 kind,
                 name,
+                lang,
                 parent: dir,
                 sdk,
                 cache_dir,

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 mod apt;
 mod componentize;
+pub mod python;
 mod toolchain;
 
 pub use componentize::{ComponentSummary, component_summary};
@@ -103,6 +104,9 @@ pub enum Route {
     Rustup,
     /// With the offline toolchain (Debian rustc-web + `-Zbuild-std`) in the cache.
     Offline,
+    /// A Python plugin, with the pinned componentize-py in the cache
+    /// (`plugin_build/python.rs`).
+    Python,
 }
 
 impl fmt::Display for Route {
@@ -110,6 +114,7 @@ impl fmt::Display for Route {
         f.write_str(match self {
             Route::Rustup => "rustup",
             Route::Offline => "offline",
+            Route::Python => "python",
         })
     }
 }
@@ -195,15 +200,36 @@ pub fn build(opts: &BuildOptions) -> Result<Vec<BuiltPlugin>> {
         .with_context(|| format!("creating the output directory {}", out_dir.display()))?;
 
     // Resolve every crate first: a typo in the last one should not wait for a build.
-    let manifests = opts
+    let projects = opts
         .crates
         .iter()
-        .map(|c| crate_manifest(c))
+        .map(|c| {
+            let dir = absolute(c)?;
+            if python::is_python_project(&dir) {
+                Ok(Project::Python(dir))
+            } else {
+                crate_manifest(c).map(Project::Crate)
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let mut offline: Option<toolchain::OfflineToolchain> = None;
-    let mut built = Vec::with_capacity(manifests.len());
-    for manifest in &manifests {
+    let mut sdk: Option<PathBuf> = None;
+    let mut built = Vec::with_capacity(projects.len());
+    for project in &projects {
+        let manifest = match project {
+            Project::Crate(manifest) => manifest,
+            Project::Python(dir) => {
+                if sdk.is_none() {
+                    sdk = Some(crate::plugin_new::sdk_for_build(&cache)?);
+                }
+                let sdk = sdk.as_deref().expect("set above");
+                let plugin = python::build_one(&cache, &out_dir, dir, sdk)
+                    .with_context(|| format!("Python plugin {}", dir.display()))?;
+                built.push(plugin);
+                continue;
+            }
+        };
         let crate_dir = manifest
             .parent()
             .expect("a manifest path has a parent")
@@ -213,6 +239,12 @@ pub fn build(opts: &BuildOptions) -> Result<Vec<BuiltPlugin>> {
         built.push(plugin);
     }
     Ok(built)
+}
+
+/// One plugin to build: a crate (its manifest) or a Python project (its folder).
+enum Project {
+    Crate(PathBuf),
+    Python(PathBuf),
 }
 
 fn build_one(
@@ -241,6 +273,7 @@ fn build_one(
             }
             offline.as_ref().expect("set above").cargo(target)
         }
+        Route::Python => unreachable!("toolchain::choose picks a Rust route"),
     };
     tracing::info!(package = %package.name, crate_dir = %crate_dir.display(), %route, %target, "building plugin");
 
@@ -300,6 +333,13 @@ fn crate_manifest(path: &Path) -> Result<PathBuf> {
     if !manifest.is_file() {
         if !path.exists() {
             bail!("plugin crate {}: no such directory", path.display());
+        }
+        if path.join("pyproject.toml").is_file() {
+            bail!(
+                "plugin {}: a pyproject.toml without a [tool.sluice] table (a Python plugin \
+                 needs `kind` and `class` there, see the plugin guide) and no Cargo.toml",
+                path.display()
+            );
         }
         bail!("plugin crate {}: no Cargo.toml", path.display());
     }

@@ -40,6 +40,24 @@ const SOURCE_LIB: &str = include_str!("../templates/plugin-new/source/lib.rs");
 const SOURCE_README: &str = include_str!("../templates/plugin-new/source/README.md");
 const WRITER_LIB: &str = include_str!("../templates/plugin-new/writer/lib.rs");
 const WRITER_README: &str = include_str!("../templates/plugin-new/writer/README.md");
+const PY_PYPROJECT: &str = include_str!("../templates/plugin-new/python/pyproject.toml.in");
+const PY_CONFTEST: &str = include_str!("../templates/plugin-new/python/conftest.py.in");
+const PY_GITIGNORE: &str = include_str!("../templates/plugin-new/python/gitignore");
+const PY_README: &str = include_str!("../templates/plugin-new/python/README.md");
+const PY_SOURCE: &str = include_str!("../templates/plugin-new/python/source/plugin.py");
+const PY_SOURCE_TEST: &str = include_str!("../templates/plugin-new/python/source/test_plugin.py");
+const PY_WRITER: &str = include_str!("../templates/plugin-new/python/writer/plugin.py");
+const PY_WRITER_TEST: &str = include_str!("../templates/plugin-new/python/writer/test_plugin.py");
+
+/// The language of the new plugin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust crate (`cargo test`).
+    #[default]
+    Rust,
+    /// A Python project (`python -m pytest`), built with componentize-py.
+    Python,
+}
 
 /// Which kind of plugin to create.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +102,8 @@ pub struct NewOptions {
     pub kind: Kind,
     /// The crate's (and plugin's) name.
     pub name: String,
+    /// Rust or Python.
+    pub lang: Lang,
     /// The folder to create the crate in (`<parent>/<name>`); `None` = the
     /// current directory.
     pub parent: Option<PathBuf>,
@@ -118,6 +138,8 @@ pub struct Created {
     pub sdk: PathBuf,
     /// Where that SDK came from.
     pub sdk_origin: SdkOrigin,
+    /// Rust or Python.
+    pub lang: Lang,
 }
 
 impl fmt::Display for Created {
@@ -138,7 +160,10 @@ impl fmt::Display for Created {
         writeln!(f, "  SDK: {} ({origin})", self.sdk.display())?;
         writeln!(f, "Next:")?;
         writeln!(f, "  cd {}", self.dir.display())?;
-        writeln!(f, "  cargo test")?;
+        match self.lang {
+            Lang::Rust => writeln!(f, "  cargo test")?,
+            Lang::Python => writeln!(f, "  python3 -m pytest")?,
+        }
         writeln!(f, "  sluice plugin build . --out dist")
     }
 }
@@ -160,7 +185,19 @@ pub fn create(opts: &NewOptions) -> Result<Created> {
         },
         SdkChoice::Embedded => (extract_embedded(opts)?, SdkOrigin::Embedded),
     };
-    let files = render(opts.kind, &opts.name, &sdk)?;
+    let (files, sdk) = match opts.lang {
+        Lang::Rust => (
+            render(opts.kind, &opts.name, &sdk)?
+                .into_iter()
+                .map(|(path, text)| (path.to_owned(), text))
+                .collect(),
+            sdk,
+        ),
+        Lang::Python => {
+            let sdk = sdk.join("python");
+            (render_python(opts.kind, &opts.name, &sdk)?, sdk)
+        }
+    };
     write_crate(&parent, &dir, &files)?;
     Ok(Created {
         kind: opts.kind,
@@ -168,6 +205,7 @@ pub fn create(opts: &NewOptions) -> Result<Created> {
         dir,
         sdk,
         sdk_origin,
+        lang: opts.lang,
     })
 }
 
@@ -265,6 +303,15 @@ fn check_sdk(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The SDK `sluice plugin build` builds Python plugins with: the source tree's if
+/// it is there, else the one embedded in the binary, written out to the cache.
+pub fn sdk_for_build(cache: &Path) -> Result<PathBuf> {
+    match source_tree_sdk() {
+        Some(sdk) => Ok(sdk),
+        None => extract_sdk(cache),
+    }
 }
 
 fn extract_embedded(opts: &NewOptions) -> Result<PathBuf> {
@@ -477,9 +524,65 @@ fn render(kind: Kind, name: &str, sdk: &Path) -> Result<Vec<(&'static str, Strin
     ])
 }
 
+/// The files of a new Python project, whose tests import the SDK in `sdk_python`
+/// (the SDK's `python/` folder).
+fn render_python(kind: Kind, name: &str, sdk_python: &Path) -> Result<Vec<(String, String)>> {
+    if !sdk_python.join("sluice_plugin").is_dir() {
+        bail!(
+            "the plugin SDK has no Python SDK ({} is missing)",
+            sdk_python.join("sluice_plugin").display()
+        );
+    }
+    let sdk = sdk_python
+        .to_str()
+        .ok_or_else(|| anyhow!("the SDK's path {} is not UTF-8", sdk_python.display()))?;
+    let module = name.replace('-', "_");
+    let class: String = module
+        .split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let description = match kind {
+        Kind::Source => "A Sluice source plugin in Python: decodes `id,value` lines into rows.",
+        Kind::Writer => {
+            "A Sluice writer plugin in Python: stores rows as JSON documents in Postgres."
+        }
+    };
+    let (plugin, test) = match kind {
+        Kind::Source => (PY_SOURCE, PY_SOURCE_TEST),
+        Kind::Writer => (PY_WRITER, PY_WRITER_TEST),
+    };
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{kind}}", kind.as_str())
+            .replace("{{module}}", &module)
+            .replace("{{class}}", &class)
+            .replace("{{description}}", description)
+            // A Python string literal (JSON's quoting is valid Python).
+            .replace(
+                "{{sdk_path}}",
+                &serde_json::to_string(sdk).expect("a string serializes"),
+            )
+    };
+    Ok(vec![
+        ("pyproject.toml".into(), fill(PY_PYPROJECT)),
+        (format!("{module}.py"), fill(plugin)),
+        ("tests/test_plugin.py".into(), fill(test)),
+        ("conftest.py".into(), fill(PY_CONFTEST)),
+        ("README.md".into(), fill(PY_README)),
+        (".gitignore".into(), PY_GITIGNORE.to_owned()),
+    ])
+}
+
 /// Writes the crate into a hidden folder next to `dir`, then renames it to `dir`
 /// (which may exist, empty): an interrupted run leaves no half-made crate.
-fn write_crate(parent: &Path, dir: &Path, files: &[(&str, String)]) -> Result<()> {
+fn write_crate(parent: &Path, dir: &Path, files: &[(String, String)]) -> Result<()> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir.file_name().expect("a crate folder has a name");
     let staging = parent.join(format!(
@@ -564,6 +667,48 @@ mod tests {
             let name = format!("src/{}", entry.unwrap().file_name().to_string_lossy());
             assert!(names.contains(&name.as_str()), "{name} not embedded");
         }
+    }
+
+    #[test]
+    fn the_python_sdk_is_embedded_without_compiled_files() {
+        let names: Vec<&str> = embedded::SDK_FILES.iter().map(|(n, _)| *n).collect();
+        for want in [
+            "python/sluice_plugin/__init__.py",
+            "python/sluice_plugin/_wasm.py",
+            "python/sluice_plugin/testing.py",
+        ] {
+            assert!(names.contains(&want), "{want} not in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("__pycache__")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_python_project_names_its_module_and_class_after_the_plugin() {
+        let sdk = Path::new(SOURCE_TREE_SDK).join("python");
+        let files = render_python(Kind::Source, "cdr-feed_v2", &sdk).unwrap();
+        let file = |name: &str| {
+            &files
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+                .1
+        };
+        assert!(file("pyproject.toml").contains("class = \"cdr_feed_v2:CdrFeedV2\""));
+        assert!(file("pyproject.toml").contains("kind = \"source\""));
+        assert!(file("cdr_feed_v2.py").contains("class CdrFeedV2(Source):"));
+        assert!(file("tests/test_plugin.py").contains("from cdr_feed_v2 import CdrFeedV2"));
+        assert!(
+            file("conftest.py").contains(&serde_json::to_string(sdk.to_str().unwrap()).unwrap())
+        );
+        assert!(
+            !files.iter().any(|(_, text)| text.contains("{{")),
+            "a placeholder left"
+        );
+        let err = render_python(Kind::Writer, "x", Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("no Python SDK"), "{err}");
     }
 
     #[test]
@@ -655,6 +800,7 @@ d = { version = "3", default-features = false }
         let opts = NewOptions {
             kind: Kind::Writer,
             name: "events-writer".into(),
+            lang: Lang::Rust,
             parent: Some(parent.join("plugins")),
             sdk: SdkChoice::Path(SOURCE_TREE_SDK.into()),
             cache_dir: None,

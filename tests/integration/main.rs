@@ -17,6 +17,7 @@ mod plugin_limits;
 mod plugin_loading;
 mod plugin_new;
 mod postgres_tls;
+mod python_plugins;
 mod service;
 mod signing;
 mod stalls;

@@ -57,6 +57,48 @@ pub fn plugins_dir() -> &'static Path {
     })
 }
 
+/// The Python plugins the tests use (built with componentize-py), relative to
+/// the workspace root.
+pub const TEST_PYTHON_PLUGINS: &[&str] = &[
+    "plugins/python-csv-source",
+    "tests/python-plugins/py-chaos-source",
+    "tests/python-plugins/py-grant-writer",
+];
+
+/// A folder with the Python test plugins built (`<name>.wasm`), and
+/// `postgres-writer` beside them, for daemons that run Python plugins.
+///
+/// Apart from [`plugins_dir`] so that the daemons of the other tests do not
+/// compile these 18 MB components. Built once per test process with `sluice
+/// plugin build`, which keeps the last component while its sources are unchanged.
+pub fn python_plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let writer = std::fs::read(plugin("postgres-writer")).expect("reading postgres-writer");
+        let dir = root.join("target").join("test-python-plugins");
+        std::fs::create_dir_all(&dir).expect("creating target/test-python-plugins");
+        let lock = std::fs::File::create(dir.join(".lock")).expect("creating the build lock");
+        lock.lock().expect("locking target/test-python-plugins");
+        let projects = TEST_PYTHON_PLUGINS.iter().map(|c| root.join(c)).collect();
+        if let Err(e) = plugin_build::build(&BuildOptions::new(projects, dir.clone())) {
+            panic!("building the Python test plugins failed: {e:#}");
+        }
+        let copy = dir.join("postgres-writer.wasm");
+        if std::fs::read(&copy).ok().as_deref() != Some(writer.as_slice()) {
+            let tmp = dir.join("postgres-writer.wasm.tmp");
+            std::fs::write(&tmp, &writer).expect("copying postgres-writer");
+            std::fs::rename(&tmp, &copy).expect("copying postgres-writer");
+        }
+        dir
+    })
+}
+
+/// The built component of the Python plugin `name` (e.g. `python-csv-source`).
+pub fn python_plugin(name: &str) -> PathBuf {
+    python_plugins_dir().join(format!("{name}.wasm"))
+}
+
 /// The built component of `name` (e.g. `json-source`).
 pub fn plugin(name: &str) -> PathBuf {
     plugins_dir().join(format!("{name}.wasm"))
