@@ -105,4 +105,11 @@ fi
 # Not a service: the signing tests check that the minisign tool verifies what
 # `sluice plugin sign` writes, and signs what the daemon accepts.
 command -v minisign >/dev/null || apt_install minisign
+
+# --- promtool and tmux --------------------------------------------------------
+# Not services either: the observability tests check the shipped alert rules
+# with promtool (Debian's `prometheus` package; its own server is not needed),
+# and drive `sluice top` in a real terminal with tmux.
+command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
+command -v tmux >/dev/null || apt_install tmux
 log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"
