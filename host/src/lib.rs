@@ -18,3 +18,4 @@ pub mod reload;
 pub mod service;
 pub mod signing;
 pub mod telemetry;
+pub mod top;
