@@ -10,6 +10,7 @@ mod dead_letters;
 mod fan_out;
 mod grants;
 mod hot_reload;
+mod observability;
 mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;
@@ -19,6 +20,7 @@ mod postgres_tls;
 mod service;
 mod signing;
 mod stalls;
+mod top;
 mod trust;
 
 use std::sync::Arc;
