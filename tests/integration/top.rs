@@ -189,6 +189,24 @@ async fn top_in_a_terminal_shows_the_pipeline_its_rates_and_its_dead_letters() {
         async move { sorted }
     })
     .await;
+    // At 80 columns every column still shows, and the state of the pipeline;
+    // only its name is cut to fit.
+    let resized = tmux
+        .cmd(&["resize-window", "-t", &pipeline, "-x", "80", "-y", "30"])
+        .status()
+        .unwrap();
+    assert!(resized.success());
+    eventually(LONG, "the table redrawn at 80 columns", || {
+        let screen = tmux.screen();
+        let lines: Vec<&str> = screen.lines().collect();
+        let fits = lines.len() > 2
+            && lines[1].trim_end().ends_with("QUEUE   STATE")
+            && lines[2].trim_end().ends_with(" ok")
+            && lines[2].starts_with(&pipeline[..10])
+            && !lines[2].contains(&pipeline);
+        async move { fits }
+    })
+    .await;
     tmux.keys("q");
     eventually(LONG, "top to quit on q", || {
         let running = tmux.running();
