@@ -161,3 +161,97 @@ async fn every_metric_of_the_dashboard_and_the_alert_rules_is_one_the_daemon_exp
     daemon.stop_cleanly();
     w.finish().await;
 }
+
+/// `/status` of the daemon on `port`.
+async fn status(port: u16) -> Option<sluice::admin::Status> {
+    let (200, body) = http_get(port, "/status").await? else {
+        return None;
+    };
+    Some(serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+#[tokio::test]
+async fn status_names_a_stalled_consumer_its_tries_its_batch_and_its_plugins() {
+    let mut w = world("status-stall").await;
+    w.setup.extra_writers = "\n[[pipelines.writers]]\nplugin = \"chaos-writer\"\n".into();
+    w.setup.write_config("consumers = 1");
+    let port = w.setup.admin_port;
+    // chaos-writer fails every row keyed `fatal`: the batch cannot be written,
+    // and nothing tells a poison row from a broken store, so the consumer stalls.
+    let fatal = (0..20u64).map(|i| {
+        sluice_tests::cdr_json(i).replace(&format!("\"id\":\"c-{i:012}\""), "\"id\":\"fatal\"")
+    });
+    w.broker.publish(&w.setup, fatal).await;
+    let mut daemon = start(&w.setup, "daemon");
+
+    let started = Instant::now();
+    let stalled = loop {
+        let found = async {
+            let s = status(port).await?;
+            let p = s
+                .pipelines
+                .into_iter()
+                .find(|p| p.name == w.setup.pipeline)?;
+            let c = p.consumers.first()?.clone();
+            (c.stalled.as_ref()?.attempts >= 2).then_some((p.unacked, c, s.not_ready))
+        };
+        if let Some(found) = found.await {
+            break found;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "/status never showed the stall after two tries:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (unacked, consumer, not_ready) = stalled;
+    let stall = consumer.stalled.as_ref().expect("stalled");
+    assert!(stall.reason.starts_with("write: "), "{stall:?}");
+    assert!(stall.seconds > 0.0, "{stall:?}");
+    assert!(stall.retry_in_seconds.is_some(), "{stall:?}");
+    assert!(consumer.connected, "{consumer:?}");
+    assert!(unacked > 0 && unacked == consumer.unacked, "{consumer:?}");
+    assert!(
+        not_ready
+            .iter()
+            .any(|r| r.contains("consumer 0: stalled for")),
+        "{not_ready:?}"
+    );
+    let plugins: Vec<(&str, &str)> = consumer
+        .plugins
+        .iter()
+        .map(|p| (p.role.as_str(), p.name.as_str()))
+        .collect();
+    assert_eq!(
+        plugins,
+        [
+            ("source", "json-source"),
+            ("writer", "postgres-writer"),
+            ("writer", "chaos-writer")
+        ]
+    );
+    assert!(consumer.plugins.iter().all(|p| p.sha256.len() == 64));
+    assert!(consumer.plugins_since_unix.is_some());
+
+    // Good messages join the batch: their rows land, the fatal ones are
+    // dead-lettered, and the stall is over.
+    w.broker
+        .publish(&w.setup, (100..130).map(sluice_tests::cdr_json))
+        .await;
+    w.wait_dead_letters(20, "the fatal rows dead-lettered")
+        .await;
+    eventually(LONG, "/status without the stall", || async {
+        status(port).await.is_some_and(|s| {
+            s.pipelines.iter().any(|p| {
+                p.name == w.setup.pipeline
+                    && p.unacked == 0
+                    && p.dead_lettered["write"] == 20
+                    && p.consumers.iter().all(|c| c.stalled.is_none())
+            })
+        })
+    })
+    .await;
+    daemon.stop_cleanly();
+    w.finish().await;
+}
