@@ -505,7 +505,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .context("reading the admin server's address")?;
-    tracing::info!(addr = %bound, "admin server listening: /healthz, /readyz, /metrics");
+    tracing::info!(addr = %bound, "admin server listening: /healthz, /readyz, /metrics, /status");
     let task = tokio::spawn(accept_loop(listener, metrics, health, shutdown));
     Ok((bound, task))
 }
