@@ -637,6 +637,31 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_admin_addr_of_the_config_on_loopback_when_it_is_a_wildcard() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |admin: &str| {
+            let path = dir.path().join("config.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    "[daemon]\nadmin_addr = {admin}\n\n[connections.rabbit]\ntype = \"amqp\"\nurl = \"amqp://guest@127.0.0.1:5672/%2f\"\n\n[[pipelines]]\nname = \"p\"\nconnection = \"rabbit\"\nqueue = {{ name = \"q\" }}\nsource = {{ plugin = \"json-source\" }}\nwriters = [{{ plugin = \"postgres-writer\" }}]\n"
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let path = config("\"0.0.0.0:9555\"");
+        assert_eq!(admin_addr(None, &path).unwrap(), "127.0.0.1:9555");
+        assert_eq!(admin_addr(Some("10.0.0.7:1"), &path).unwrap(), "10.0.0.7:1");
+        let path = config("false");
+        let e = admin_addr(None, &path).unwrap_err().to_string();
+        assert!(
+            e.contains("no daemon.admin_addr") && e.contains("--admin ADDR"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn rates_are_differences_over_the_time_between_two_answers() {
         let before = status(100.0, vec![pipeline("cdr", 1_000, 2, 10, 1.0)]);
         let now = status(102.0, vec![pipeline("cdr", 3_000, 6, 30, 3.0)]);
