@@ -124,4 +124,10 @@ if ! python3 -c 'import pytest' 2>/dev/null; then
   python3 -m pip install --user --quiet pytest 2>/dev/null \
     || python3 -m pip install --user --quiet --break-system-packages pytest
 fi
+# --- promtool and tmux --------------------------------------------------------
+# Not services either: the observability tests check the shipped alert rules
+# with promtool (Debian's `prometheus` package; its own server is not needed),
+# and drive `sluice top` in a real terminal with tmux.
+command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
+command -v tmux >/dev/null || apt_install tmux
 log "PostgreSQL, RabbitMQ, Redis and ClickHouse are up"

@@ -14,6 +14,10 @@
 //! `/healthz` and the systemd watchdog stay happy. Restarting the daemon cannot
 //! bring a store back; it would only re-read the batch.
 //! - `GET /metrics`: every metric, OpenMetrics text ([`Metrics::render`]).
+//! - `GET /status`: the daemon at a glance, as JSON ([`Status`]): per pipeline
+//!   and consumer, the counters, what is in hand, the queue's depth, stalls and
+//!   retries, and the plugin versions running since when. `sluice top` reads it.
+//!   Field names are stable: new fields may be added, none renamed or removed.
 //!
 //! Other paths get `404`, other methods `405`.
 
@@ -21,7 +25,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -34,12 +38,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use serde::{Deserialize, Serialize};
+
 use crate::metrics::Metrics;
 
 /// The `Content-Type` of `/metrics`: [`Metrics::render`] writes OpenMetrics text.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// A client gets this long to send its request headers, so idle or slow
 /// connections cannot pile up.
@@ -51,9 +59,19 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`Health::consumer_down`] or [`Health::beat`], and stays until
 /// [`Health::remove_pipeline`]; call that once the pipeline's consumers have
 /// stopped (a later call would register them again).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     state: Mutex<State>,
+    started: Instant,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +95,15 @@ struct Consumer {
     last_error: Option<String>,
     /// Since when, where and why the consumer is stalled, if it is.
     stalled: Option<(Instant, String)>,
+    /// Tries of the stalled batch so far.
+    attempts: u32,
+    /// When the consumer tries again, while it backs off.
+    retry_at: Option<Instant>,
+    /// Messages in the batch in hand (taken from the queue, not yet acked).
+    holding: usize,
+    /// The plugins it runs, and since when.
+    plugins: Vec<PluginInUse>,
+    plugins_since: Option<SystemTime>,
 }
 
 impl Consumer {
@@ -86,6 +113,11 @@ impl Consumer {
             last_beat: Instant::now(),
             last_error: None,
             stalled: None,
+            attempts: 0,
+            retry_at: None,
+            holding: 0,
+            plugins: Vec::new(),
+            plugins_since: None,
         }
     }
 }
@@ -127,6 +159,33 @@ impl Health {
             c.connected = false;
             c.last_beat = Instant::now();
             c.last_error = Some(why.to_owned());
+            // The broker takes back what the session held.
+            c.holding = 0;
+        });
+    }
+
+    /// Consumer `consumer` of `pipeline` holds `messages` unacked messages in
+    /// the batch in hand (0 once it is acked).
+    pub fn holding(&self, pipeline: &str, consumer: usize, messages: usize) {
+        self.with_consumer(pipeline, consumer, |c| c.holding = messages);
+    }
+
+    /// Consumer `consumer` of `pipeline` waits `wait` before trying again (a
+    /// stalled batch, or a reconnection).
+    pub fn backing_off(&self, pipeline: &str, consumer: usize, wait: Duration) {
+        self.with_consumer(pipeline, consumer, |c| {
+            c.retry_at = Some(Instant::now() + wait);
+        });
+    }
+
+    /// Consumer `consumer` of `pipeline` runs `plugins` (its source, then its
+    /// writers) from now on. The time is kept only when they changed.
+    pub fn plugins_in_use(&self, pipeline: &str, consumer: usize, plugins: Vec<PluginInUse>) {
+        self.with_consumer(pipeline, consumer, |c| {
+            if c.plugins != plugins {
+                c.plugins = plugins;
+                c.plugins_since = Some(SystemTime::now());
+            }
         });
     }
 
@@ -148,6 +207,11 @@ impl Health {
                 let since = c.stalled.as_ref().map_or_else(Instant::now, |s| s.0);
                 (since, why.to_owned())
             });
+            c.attempts = if c.stalled.is_some() {
+                c.attempts + 1
+            } else {
+                0
+            };
         });
     }
 
@@ -244,6 +308,182 @@ impl Health {
         }
         stuck
     }
+
+    /// The daemon at a glance, for `/status`: the consumers as this state knows
+    /// them, with `metrics`' counters of their pipelines.
+    pub fn status(&self, metrics: &Metrics) -> Status {
+        let ready = self.readiness();
+        let state = self.state();
+        let now = Instant::now();
+        let mut pipelines = Vec::new();
+        for (name, consumers) in &state.pipelines {
+            let consumers: Vec<ConsumerStatus> = consumers
+                .iter()
+                .map(|(index, c)| ConsumerStatus {
+                    index: *index,
+                    connected: c.connected,
+                    unacked: c.holding,
+                    last_error: c.last_error.clone(),
+                    stalled: c.stalled.as_ref().map(|(since, why)| Stalled {
+                        reason: why.clone(),
+                        seconds: now.saturating_duration_since(*since).as_secs_f64(),
+                        attempts: c.attempts,
+                        retry_in_seconds: c
+                            .retry_at
+                            .map(|at| at.saturating_duration_since(now).as_secs_f64()),
+                    }),
+                    plugins: c.plugins.clone(),
+                    plugins_since_unix: c.plugins_since.map(unix_seconds),
+                })
+                .collect();
+            pipelines.push(PipelineStatus {
+                unacked: consumers.iter().map(|c| c.unacked).sum(),
+                consumers,
+                ..PipelineStatus::from_counts(name, metrics)
+            });
+        }
+        for (name, why) in &state.paused {
+            pipelines.push(PipelineStatus {
+                paused: Some(why.clone()),
+                ..PipelineStatus::from_counts(name, metrics)
+            });
+        }
+        pipelines.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            time_unix: unix_seconds(SystemTime::now()),
+            ready: ready.is_ok(),
+            not_ready: ready.err().unwrap_or_default(),
+            draining: state.draining,
+            pipelines,
+        }
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One plugin a consumer runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInUse {
+    /// `source` or `writer`.
+    pub role: String,
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The SHA-256 of its file, hex.
+    pub sha256: String,
+}
+
+/// The answer of `GET /status`. Totals count since the daemon started; a reader
+/// computes rates from two answers (`time_unix` tells how far apart).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: f64,
+    /// When this answer was made, in seconds since the Unix epoch.
+    pub time_unix: f64,
+    /// What `/readyz` would answer: ready or not.
+    pub ready: bool,
+    /// Why not, one reason a line, as `/readyz` gives them.
+    pub not_ready: Vec<String>,
+    /// The daemon is shutting down.
+    pub draining: bool,
+    /// Every pipeline, running or paused, by name.
+    pub pipelines: Vec<PipelineStatus>,
+}
+
+/// One pipeline in [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// Its name.
+    pub name: String,
+    /// Why it is paused (a plugin it needs is missing or refused), if it is.
+    pub paused: Option<String>,
+    /// Messages received from the broker (a batch tried again counts again).
+    pub messages_received: u64,
+    /// Messages acked (written by every writer, or dead-lettered).
+    pub messages_acked: u64,
+    /// Messages its consumers hold in the batches in hand, not acked yet.
+    pub unacked: usize,
+    /// Messages ready in its queue when the broker was last asked (every 2 s
+    /// while consuming); `null` before the first answer.
+    pub queue_ready: Option<i64>,
+    /// Messages dead-lettered, by stage (`decode`, `write`).
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// Retries of a batch, by stage.
+    pub retries: BTreeMap<String, u64>,
+    /// Rows committed, by writer (`name@version`).
+    pub rows_written: BTreeMap<String, u64>,
+    /// Rows refused, by writer (their messages are dead-lettered).
+    pub rows_rejected: BTreeMap<String, u64>,
+    /// Batches settled.
+    pub batches: u64,
+    /// Their total time from decoding to ack, in seconds (the mean latency over
+    /// a while is the difference of this over the difference of `batches`).
+    pub batch_seconds_sum: f64,
+    /// Its consumers (none while paused).
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+impl PipelineStatus {
+    fn from_counts(name: &str, metrics: &Metrics) -> Self {
+        let counts = metrics.counts(name);
+        PipelineStatus {
+            name: name.to_owned(),
+            paused: None,
+            messages_received: counts.received,
+            messages_acked: counts.acked,
+            unacked: 0,
+            queue_ready: counts.queue_ready,
+            dead_lettered: counts.dead_lettered,
+            retries: counts.retries,
+            rows_written: counts.rows_written,
+            rows_rejected: counts.rows_rejected,
+            batches: counts.batches,
+            batch_seconds_sum: counts.batch_seconds_sum,
+            consumers: Vec::new(),
+        }
+    }
+}
+
+/// One consumer in [`PipelineStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerStatus {
+    /// Its index in the pipeline (0, 1, …).
+    pub index: usize,
+    /// Its RabbitMQ session is open and consuming.
+    pub connected: bool,
+    /// Messages in its batch in hand, not acked yet.
+    pub unacked: usize,
+    /// Why its session went down last, if it did.
+    pub last_error: Option<String>,
+    /// Its stall, if it holds a batch it cannot finish.
+    pub stalled: Option<Stalled>,
+    /// The plugins it runs: the source, then the writers.
+    pub plugins: Vec<PluginInUse>,
+    /// Since when it runs them (started or swapped in), seconds since the Unix
+    /// epoch.
+    pub plugins_since_unix: Option<f64>,
+}
+
+/// A consumer's stall in [`ConsumerStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stalled {
+    /// Where and why: `write: writing failed: …`.
+    pub reason: String,
+    /// For how long, in seconds.
+    pub seconds: f64,
+    /// Tries of the batch so far.
+    pub attempts: u32,
+    /// When it tries again, in seconds from now (0 while it tries).
+    pub retry_in_seconds: Option<f64>,
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` (port 0 picks a free
@@ -265,7 +505,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .context("reading the admin server's address")?;
-    tracing::info!(addr = %bound, "admin server listening: /healthz, /readyz, /metrics");
+    tracing::info!(addr = %bound, "admin server listening: /healthz, /readyz, /metrics, /status");
     let task = tokio::spawn(accept_loop(listener, metrics, health, shutdown));
     Ok((bound, task))
 }
@@ -325,10 +565,10 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status") {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
+            "not found: try /healthz, /readyz, /metrics or /status\n",
         );
     }
     if req.method() != Method::GET {
@@ -351,6 +591,11 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
             }
         },
+        "/status" => {
+            let status = health.status(metrics);
+            let body = serde_json::to_string_pretty(&status).expect("a status serialises");
+            with_type(StatusCode::OK, JSON_CONTENT_TYPE, body)
+        }
         _ => with_type(StatusCode::OK, METRICS_CONTENT_TYPE, metrics.render()),
     }
 }
@@ -508,6 +753,75 @@ mod tests {
             answer.body
         );
         assert!(answer.body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn status_gives_counters_stalls_and_plugins_per_pipeline_and_consumer() {
+        let (addr, _task, metrics, health, _stop) = start().await;
+        health.set_plugins_loaded(true);
+        let cdr = metrics.pipeline("cdr");
+        cdr.received(10);
+        cdr.acked(6);
+        cdr.dead_lettered("decode", 2);
+        cdr.rows_written("postgres-writer@0.2.0", 4);
+        cdr.batch(6, Duration::from_millis(250));
+        cdr.queue_ready(1500);
+        health.consumer_up("cdr", 0);
+        health.holding("cdr", 0, 4);
+        let plugin = |role: &str, name: &str| PluginInUse {
+            role: role.into(),
+            name: name.into(),
+            version: "0.2.0".into(),
+            sha256: "ab".repeat(32),
+        };
+        health.plugins_in_use(
+            "cdr",
+            0,
+            vec![
+                plugin("source", "json-source"),
+                plugin("writer", "postgres-writer"),
+            ],
+        );
+        health.stalled("cdr", 1, Some("write: writing failed: connection refused"));
+        health.stalled("cdr", 1, Some("write: writing failed: connection refused"));
+        health.backing_off("cdr", 1, Duration::from_secs(30));
+        health.pipeline_paused("sms", "no plugin named `sms-source`");
+
+        let answer = request(addr, "GET", "/status").await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.headers.contains("content-type: application/json"),
+            "{}",
+            answer.headers
+        );
+        let status: Status = serde_json::from_str(&answer.body).expect(&answer.body);
+        assert!(!status.ready);
+        let [cdr, sms] = &status.pipelines[..] else {
+            panic!("two pipelines: {status:#?}")
+        };
+        assert_eq!(cdr.name, "cdr");
+        assert_eq!(cdr.paused, None);
+        assert_eq!((cdr.messages_received, cdr.messages_acked), (10, 6));
+        assert_eq!((cdr.unacked, cdr.queue_ready), (4, Some(1500)));
+        assert_eq!(cdr.dead_lettered["decode"], 2);
+        assert_eq!(cdr.rows_written["postgres-writer@0.2.0"], 4);
+        assert_eq!((cdr.batches, cdr.batch_seconds_sum), (1, 0.25));
+        let [c0, c1] = &cdr.consumers[..] else {
+            panic!("two consumers: {cdr:#?}")
+        };
+        assert!(c0.connected && c0.stalled.is_none());
+        assert_eq!(c0.plugins[1].name, "postgres-writer");
+        assert!(c0.plugins_since_unix.is_some_and(|t| t > 1.6e9));
+        let stall = c1.stalled.as_ref().expect("consumer 1 is stalled");
+        assert_eq!(stall.reason, "write: writing failed: connection refused");
+        assert_eq!(stall.attempts, 2);
+        assert!(
+            stall
+                .retry_in_seconds
+                .is_some_and(|s| s > 20.0 && s <= 30.0)
+        );
+        assert_eq!(sms.paused.as_deref(), Some("no plugin named `sms-source`"));
+        assert!(sms.consumers.is_empty());
     }
 
     #[tokio::test]

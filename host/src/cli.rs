@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A live view of a running daemon, from its admin server's `/status`:
+    /// per pipeline, messages/s in, rows/s written, dead letters/s, batch
+    /// latency, unacked messages, queue depth, stalls and retries, and the
+    /// plugin versions running. Keys: q quit, s sort, up/down select.
+    Top {
+        /// The daemon's admin address (`host:port`) [default: the
+        /// configuration's `daemon.admin_addr`].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// The configuration whose `admin_addr` to read (without --admin).
+        #[arg(long, short, default_value = "config.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Print one snapshot as plain text (rates over one second) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Plugin development: create plugin crates, and build them into components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -186,6 +202,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(&config),
+        Command::Top {
+            admin,
+            config,
+            once,
+        } => {
+            let addr = crate::top::admin_addr(admin.as_deref(), &config)?;
+            crate::top::run(&addr, once)
+        }
         Command::Plugins { config, dir } => {
             let (dir, trusted_keys) = match dir {
                 Some(dir) => (dir, None),

@@ -19,3 +19,4 @@ pub mod service;
 pub mod signing;
 pub mod stream_input;
 pub mod telemetry;
+pub mod top;

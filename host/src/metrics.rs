@@ -10,7 +10,8 @@
 //! their unit (`_seconds`, `_messages`). Labels: `pipeline`, `consumer`, `writer`,
 //! `plugin`, `func`, `stage`, `kind`, `outcome`.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -189,6 +190,114 @@ pub struct Metrics {
     dead_letters_cut: Family<KindLabels, Counter>,
     stream_offset: Family<StreamLabels, Gauge>,
     stream_lag: Family<StreamLabels, Gauge>,
+    queue_ready: Family<PipelineLabels, Gauge>,
+    /// Batches and their seconds, as the histograms count them, for
+    /// [`Metrics::counts`] (a histogram's totals cannot be read back). Not
+    /// registered: `/metrics` has them as `_count` and `_sum`.
+    batches: Family<PipelineLabels, Counter>,
+    batch_seconds_sum: Family<PipelineLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// The writers each pipeline has counted rows for, so that
+    /// [`Metrics::counts`] can read their series (a family cannot be listed).
+    writers: Mutex<BTreeMap<String, BTreeSet<String>>>,
+}
+
+/// The daemon process's CPU time and memory, read from `/proc/self` at each
+/// scrape (`sluice_process_cpu_seconds_total`,
+/// `sluice_process_resident_memory_bytes`; left out where `/proc` is not), and
+/// when its metrics began (`sluice_process_start_time_seconds`: a change is a
+/// restart).
+#[derive(Debug)]
+struct ProcessCollector {
+    /// Seconds since the Unix epoch.
+    started: f64,
+}
+
+impl ProcessCollector {
+    /// User plus system CPU time, in seconds.
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name, in parentheses, may hold spaces: count from after it.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    }
+
+    /// Resident memory, in bytes.
+    fn resident_bytes() -> Option<i64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages * page as i64)
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        if let Some(seconds) = Self::cpu_seconds() {
+            let counter = ConstCounter::new(seconds);
+            let metric = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time the daemon used, user and system.",
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        if let Some(bytes) = Self::resident_bytes() {
+            let gauge = ConstGauge::new(bytes);
+            let metric = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Memory the daemon holds in RAM (resident set size).",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
+        let gauge = ConstGauge::new(self.started);
+        let metric = encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "When the daemon started, in seconds since the Unix epoch.",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        Ok(())
+    }
+}
+
+/// One pipeline's counters as they stand, for the admin server's `/status`
+/// ([`crate::admin`]). Totals since the daemon started; rates are the
+/// reader's to compute from two of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PipelineCounts {
+    /// Messages received from the broker.
+    pub received: u64,
+    /// Messages acked.
+    pub acked: u64,
+    /// Messages dead-lettered, by stage (`decode`, `write`).
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// Retries (waits before trying a batch again), by stage.
+    pub retries: BTreeMap<String, u64>,
+    /// Rows committed, by writer (`name@version`).
+    pub rows_written: BTreeMap<String, u64>,
+    /// Rows refused, by writer.
+    pub rows_rejected: BTreeMap<String, u64>,
+    /// Batches settled.
+    pub batches: u64,
+    /// Their total time, from decoding to ack, in seconds.
+    pub batch_seconds_sum: f64,
+    /// Messages ready in the queue when the broker was last asked, if it was.
+    pub queue_ready: Option<i64>,
 }
 
 impl Metrics {
@@ -218,6 +327,10 @@ impl Metrics {
             dead_letters_cut: Family::default(),
             stream_offset: Family::default(),
             stream_lag: Family::default(),
+            queue_ready: Family::default(),
+            batches: Family::default(),
+            batch_seconds_sum: Family::default(),
+            writers: Mutex::default(),
         };
         let registry = &mut m.registry;
         // Counter names are registered without `_total`: the encoder adds it.
@@ -324,6 +437,17 @@ impl Metrics {
             "Stream pipelines: messages between the stored offset and the stream's end, by stream partition (measured every 5 s while the pipeline runs).",
             m.stream_lag.clone(),
         );
+        registry.register_collector(Box::new(ProcessCollector {
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }));
+        registry.register_with_unit(
+            "queue_ready",
+            "Messages ready in the pipeline's queue (not yet delivered to a consumer), as RabbitMQ reported it last (every 2 s while consuming).",
+            Unit::Other("messages".into()),
+            m.queue_ready.clone(),
+        );
         Arc::new(m)
     }
 
@@ -364,9 +488,61 @@ impl Metrics {
             acked: self.acked.get_or_create_owned(&labels),
             batch_size: self.batch_size.get_or_create_owned(&labels),
             batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
+            batches: self.batches.get_or_create_owned(&labels),
+            batch_seconds_sum: self.batch_seconds_sum.get_or_create_owned(&labels),
             reconnects: self.reconnects.get_or_create_owned(&labels),
             name: Arc::from(pipeline),
             metrics: self.clone(),
+        }
+    }
+
+    /// `pipeline`'s counters as they stand (zero for a pipeline never seen).
+    pub fn counts(&self, pipeline: &str) -> PipelineCounts {
+        let labels = PipelineLabels {
+            pipeline: pipeline.to_owned(),
+        };
+        let stage = |stage: &str| StageLabels {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+        };
+        let counter = |family: &Family<StageLabels, Counter>, s: &str| {
+            family.get(&stage(s)).map_or(0, |c| c.get())
+        };
+        let writers = self
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+            .cloned()
+            .unwrap_or_default();
+        let by_writer = |family: &Family<WriterLabels, Counter>| {
+            writers
+                .iter()
+                .map(|w| {
+                    let labels = WriterLabels {
+                        pipeline: pipeline.to_owned(),
+                        writer: w.clone(),
+                    };
+                    (w.clone(), family.get(&labels).map_or(0, |c| c.get()))
+                })
+                .collect()
+        };
+        PipelineCounts {
+            received: self.received.get(&labels).map_or(0, |c| c.get()),
+            acked: self.acked.get(&labels).map_or(0, |c| c.get()),
+            dead_lettered: STAGES
+                .iter()
+                .map(|s| (s.to_string(), counter(&self.dead_lettered, s)))
+                .collect(),
+            retries: STAGES
+                .iter()
+                .map(|s| (s.to_string(), counter(&self.retries, s)))
+                .collect(),
+            rows_written: by_writer(&self.rows_written),
+            rows_rejected: by_writer(&self.rows_rejected),
+            batches: self.batches.get(&labels).map_or(0, |c| c.get()),
+            batch_seconds_sum: self.batch_seconds_sum.get(&labels).map_or(0.0, |c| c.get()),
+            queue_ready: self.queue_ready.get(&labels).map(|g| g.get()),
         }
     }
 
@@ -414,6 +590,8 @@ pub struct PipelineMetrics {
     acked: Counter,
     batch_size: Histogram,
     batch_seconds: Histogram,
+    batches: Counter,
+    batch_seconds_sum: Counter<f64, std::sync::atomic::AtomicU64>,
     reconnects: Counter,
 }
 
@@ -467,6 +645,13 @@ impl PipelineMetrics {
     /// Counts rows `writer` committed.
     pub fn rows_written(&self, writer: &str, rows: u64) {
         self.metrics
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.name.to_string())
+            .or_default()
+            .insert(writer.to_owned());
+        self.metrics
             .rows_written
             .get_or_create(&self.writer(writer))
             .inc_by(rows);
@@ -485,6 +670,8 @@ impl PipelineMetrics {
     pub fn batch(&self, messages: usize, elapsed: Duration) {
         self.batch_size.observe(messages as f64);
         self.batch_seconds.observe(elapsed.as_secs_f64());
+        self.batches.inc();
+        self.batch_seconds_sum.inc_by(elapsed.as_secs_f64());
     }
 
     /// Records the time of one call of `plugin`'s function `func`.
@@ -519,14 +706,18 @@ impl PipelineMetrics {
     }
 
     /// Sets whether consumer `consumer`'s RabbitMQ session is open and consuming.
+    /// Its stalled gauge starts at 0 with it, so that alerts see it before its
+    /// first stall.
     pub fn connected(&self, consumer: usize, up: bool) {
+        let labels = ConsumerLabels {
+            pipeline: self.name.to_string(),
+            consumer,
+        };
         self.metrics
             .connected
-            .get_or_create(&ConsumerLabels {
-                pipeline: self.name.to_string(),
-                consumer,
-            })
+            .get_or_create(&labels)
             .set(i64::from(up));
+        let _ = self.metrics.stalled.get_or_create(&labels);
     }
 
     /// Sets whether consumer `consumer` is stalled; `stage` is where a stall
@@ -542,6 +733,17 @@ impl PipelineMetrics {
         if let Some(stage) = stage {
             self.metrics.stalls.get_or_create(&self.stage(stage)).inc();
         }
+    }
+
+    /// Sets how many messages are ready in the pipeline's queue, as the broker
+    /// just said.
+    pub fn queue_ready(&self, messages: u32) {
+        self.metrics
+            .queue_ready
+            .get_or_create(&PipelineLabels {
+                pipeline: self.name.to_string(),
+            })
+            .set(i64::from(messages));
     }
 
     /// Counts one RabbitMQ session reopened after being lost.
@@ -694,6 +896,7 @@ mod tests {
                 "# TYPE sluice_amqp_connected gauge",
                 r#"sluice_amqp_connected{pipeline="cdr",consumer="0"} 1"#,
                 r#"sluice_amqp_connected{pipeline="cdr",consumer="1"} 0"#,
+                r#"sluice_consumer_stalled{pipeline="cdr",consumer="0"} 0"#,
             ],
         );
     }
@@ -723,7 +926,7 @@ mod tests {
     fn a_new_pipeline_starts_its_series_at_zero() {
         let metrics = Metrics::new();
         // A family without series is left out altogether.
-        assert_eq!(metrics.render(), "# EOF\n");
+        assert!(!metrics.render().contains("sluice_messages_received"));
         metrics.pipeline("cdr");
         assert_lines(
             &metrics.render(),
@@ -737,6 +940,70 @@ mod tests {
                 r#"sluice_batch_size_messages_count{pipeline="cdr"} 0"#,
                 r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="reason"} 0"#,
                 r#"sluice_dead_letters_cut_total{pipeline="cdr",kind="headers"} 0"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn renders_the_process_cpu_and_memory() {
+        // Burn some CPU, so the process has used at least a clock tick.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let text = Metrics::new().render();
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("sluice_process_cpu_seconds_total") > 0.0);
+        // More than a megabyte: this test process, at least.
+        assert!(value("sluice_process_resident_memory_bytes") > 1e6);
+        assert!(value("sluice_process_start_time_seconds") > 1.6e9);
+        assert!(
+            text.contains("# TYPE sluice_process_cpu_seconds counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn counts_read_back_what_was_counted() {
+        let metrics = Metrics::new();
+        let zero = metrics.counts("cdr");
+        assert_eq!(
+            (zero.received, zero.batches, zero.queue_ready),
+            (0, 0, None)
+        );
+        assert_eq!(zero.dead_lettered["write"], 0);
+        let cdr = metrics.pipeline("cdr");
+        cdr.received(10);
+        cdr.acked(9);
+        cdr.dead_lettered("write", 2);
+        cdr.rows_written("postgres-writer@0.1.0", 7);
+        cdr.rows_rejected("postgres-writer@0.1.0", 1);
+        cdr.retry("write");
+        cdr.batch(9, Duration::from_millis(500));
+        cdr.queue_ready(42);
+        metrics.pipeline("sms").received(5);
+
+        let counts = metrics.counts("cdr");
+        assert_eq!((counts.received, counts.acked), (10, 9));
+        assert_eq!(counts.dead_lettered["write"], 2);
+        assert_eq!(counts.dead_lettered["decode"], 0);
+        assert_eq!(counts.retries["write"], 1);
+        assert_eq!(counts.rows_written["postgres-writer@0.1.0"], 7);
+        assert_eq!(counts.rows_rejected["postgres-writer@0.1.0"], 1);
+        assert_eq!((counts.batches, counts.batch_seconds_sum), (1, 0.5));
+        assert_eq!(counts.queue_ready, Some(42));
+        assert_lines(
+            &metrics.render(),
+            &[
+                "# TYPE sluice_queue_ready_messages gauge",
+                r#"sluice_queue_ready_messages{pipeline="cdr"} 42"#,
             ],
         );
     }

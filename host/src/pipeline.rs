@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::batch::{RowSpans, merge_decoded};
-use crate::admin::Health;
+use crate::admin::{Health, PluginInUse};
 use crate::config::PipelineConfig;
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{
@@ -71,6 +71,10 @@ pub struct Reporting {
 
 /// How often an idle consumer tells the health state it is alive.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
+
+/// How often consumer 0 asks the broker how many messages wait in the queue
+/// (`sluice_queue_ready_messages`, `/status`).
+const DEPTH_EVERY: Duration = Duration::from_secs(2);
 
 /// Starts the pipeline's consumers. They stop when `shutdown` turns true, after
 /// finishing (and acking) the batch in hand.
@@ -318,6 +322,13 @@ impl Worker {
             config.source.config.to_string(),
         );
         let backoff = Backoff::new(config.retry.initial_backoff, config.retry.max_backoff);
+        report_plugins(
+            &report,
+            &config.name,
+            index,
+            &plugins.source,
+            &plugins.writers,
+        );
         Self {
             config,
             runtime,
@@ -423,6 +434,13 @@ impl Worker {
                 }
             }
         }
+        report_plugins(
+            &self.report,
+            &self.config.name,
+            self.index,
+            self.source.plugin(),
+            &self.writer_plugins,
+        );
         for (old, error) in &kept {
             tracing::error!(
                 pipeline = %self.config.name,
@@ -497,6 +515,9 @@ impl Worker {
         }
         let retry_in = self.backoff.peek();
         self.report.metrics.retry(stage);
+        self.report
+            .health
+            .backing_off(&self.config.name, self.index, retry_in);
         let why = format!("{stage}: {what} failed: {error}");
         self.report
             .health
@@ -778,6 +799,9 @@ impl Worker {
     ) -> Result<(), Stop> {
         let started = Instant::now();
         self.report.metrics.received(messages.len() as u64);
+        self.report
+            .health
+            .holding(&self.config.name, self.index, messages.len());
         let (decoded, mut refusals, spans) = loop {
             let (decoded, refusals) = self.decode(messages, shutdown).await?;
             match RowSpans::new(&self.types, &decoded.rows) {
@@ -886,6 +910,7 @@ impl Worker {
         }
         self.report.metrics.acked(messages.len() as u64);
         self.report.metrics.batch(messages.len(), started.elapsed());
+        self.report.health.holding(&self.config.name, self.index, 0);
         self.report.health.beat(&self.config.name, self.index);
         tracing::debug!(
             pipeline = %self.config.name,
@@ -939,6 +964,47 @@ fn record_letters<'a>(
         }));
     }
     letters
+}
+
+/// Tells the health state which plugins consumer `index` runs.
+fn report_plugins(
+    report: &Reporting,
+    pipeline: &str,
+    index: usize,
+    source: &LoadedPlugin,
+    writers: &[Arc<LoadedPlugin>],
+) {
+    let in_use = |role: &str, p: &LoadedPlugin| PluginInUse {
+        role: role.to_owned(),
+        name: p.info.name.clone(),
+        version: p.info.version.clone(),
+        sha256: p.sha256.clone(),
+    };
+    let plugins = std::iter::once(in_use("source", source))
+        .chain(writers.iter().map(|w| in_use("writer", w)))
+        .collect();
+    report.health.plugins_in_use(pipeline, index, plugins);
+}
+
+/// Consumer 0 reads the queue's depth when it is due (never more than once per
+/// [`DEPTH_EVERY`]); a failure is only logged: it is the session's to notice.
+/// (A `Worker` is not `Sync`: this takes only what it reads.)
+async fn read_depth(
+    (config, index, metrics): (&PipelineConfig, usize, &PipelineMetrics),
+    session: &Session,
+    due: &mut tokio::time::Instant,
+) {
+    let now = tokio::time::Instant::now();
+    if index != 0 || now < *due {
+        return;
+    }
+    *due = now + DEPTH_EVERY;
+    match session.queue_ready(&config.queue.name).await {
+        Ok(ready) => metrics.queue_ready(ready),
+        Err(e) => {
+            tracing::debug!(pipeline = %config.name, error = %format!("{e:#}"), "could not read the queue's depth")
+        }
+    }
 }
 
 /// Resolves once shutdown is asked for.
@@ -1226,10 +1292,15 @@ async fn batches(
 ) -> Result<(), Stop> {
     let max_wait = worker.config.batch.max_wait;
     let mut lag_due = tokio::time::Instant::now();
+    let mut depth_due = tokio::time::Instant::now();
     loop {
         if input.stream().is_some() && tokio::time::Instant::now() >= lag_due {
             input.measure_lag(&worker.report.metrics).await;
             lag_due = tokio::time::Instant::now() + LAG_EVERY;
+        }
+        if let Input::Queue(session) = &*input {
+            let reader = (&*worker.config, worker.index, &worker.report.metrics);
+            read_depth(reader, session, &mut depth_due).await;
         }
         // Wait for the first message of a batch, or for shutdown, telling the
         // health state now and then that an idle consumer is alive.

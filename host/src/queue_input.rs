@@ -213,6 +213,32 @@ impl Session {
         Ok((consume, publish, consumer_tag, stream))
     }
 
+    /// How many messages are ready in `queue` (not delivered to any consumer
+    /// yet), by a passive declare on a channel of its own: an error there (the
+    /// queue deleted under us) closes that channel, not the session's.
+    pub async fn queue_ready(&self, queue: &str) -> anyhow::Result<u32> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .context("opening a channel to read the queue's depth")?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "depth read".into()).await;
+        }
+        let declared = declared.with_context(|| format!("reading the depth of queue `{queue}`"))?;
+        Ok(declared.message_count())
+    }
+
     /// Acks every delivery up to and including `tag` on the consuming channel.
     pub async fn ack_through(&self, tag: u64) -> anyhow::Result<()> {
         self.consume

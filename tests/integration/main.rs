@@ -11,6 +11,7 @@ mod fan_out;
 mod grants;
 mod hot_reload;
 mod multi_record;
+mod observability;
 mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;
@@ -22,6 +23,7 @@ mod service;
 mod signing;
 mod stalls;
 mod streams;
+mod top;
 mod trust;
 
 use std::sync::Arc;
