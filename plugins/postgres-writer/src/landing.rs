@@ -16,6 +16,12 @@
 //!   nothing: when a later piece fails for good, the earlier ones are not
 //!   committed either.
 //!
+//! - **Straight to staging after a duplicate.** Redelivered batches come in runs
+//!   (everything unacked when a consumer died comes back), and on the fast path
+//!   each of them costs a whole COPY that fails on its first row. So after a
+//!   duplicate key the next [`STAGE_AFTER_DUPLICATE`] batches go straight to the
+//!   slow path; the one after tries the fast path again.
+//!
 //! The control flow talks to Postgres through [`Session`] so that it is tested
 //! against a fake; `lib.rs` implements it for the host's connection.
 
@@ -28,6 +34,11 @@ use sluice_plugin_sdk::postgres::PgError;
 /// How many refused rows a piece rejects by their line number, each costing one
 /// more COPY of the piece, before the rest is isolated by bisection instead.
 pub const LINE_RETRIES: u32 = 16;
+
+/// How many batches after one with a duplicate key skip the fast path. The slow
+/// path is correct for any batch, only slower for fresh keys: at worst this many
+/// fresh batches are staged needlessly after a lone duplicate.
+pub const STAGE_AFTER_DUPLICATE: u32 = 16;
 
 /// The calls to Postgres that landing a batch makes.
 pub trait Session {
@@ -60,6 +71,9 @@ pub struct Lander {
     stage_ready: bool,
     /// The tuples still to write; kept to reuse its allocation.
     tuples: Vec<u32>,
+    /// How many more batches go straight to the slow path (see
+    /// [`STAGE_AFTER_DUPLICATE`]).
+    stage_first: u32,
 }
 
 impl Lander {
@@ -69,6 +83,7 @@ impl Lander {
             statements,
             stage_ready: false,
             tuples: Vec::new(),
+            stage_first: 0,
         }
     }
 
@@ -94,7 +109,12 @@ impl Lander {
         let mut tuples = std::mem::take(&mut self.tuples);
         tuples.clear();
         tuples.extend(0..stream.len() as u32);
-        let result = self.fast(session, stream, &mut tuples, rejections);
+        let result = if self.stage_first > 0 && !tuples.is_empty() {
+            self.stage_first -= 1;
+            Ok(false)
+        } else {
+            self.fast(session, stream, &mut tuples, rejections)
+        };
         let result = match result {
             Ok(true) if tuples.is_empty() => Ok(Path::Empty),
             Ok(true) => Ok(Path::Fast),
@@ -124,6 +144,7 @@ impl Lander {
                 Err(e) => e,
             };
             if refusal::is_unique_violation(&error) {
+                self.stage_first = STAGE_AFTER_DUPLICATE;
                 return Ok(false);
             }
             if !refusal::is_refused_row(&error) {
@@ -638,6 +659,7 @@ mod tests {
                 name: "t".into(),
             },
             &schema,
+            &["c0"],
         );
         Setup {
             server: FakeServer::new(&statements),
@@ -710,8 +732,24 @@ mod tests {
             s.write(&[4, 5]).unwrap(),
             (Path::Slow { pieces: 1 }, vec![])
         );
-        assert_eq!(s.server.calls[1], "BEGIN");
+        // Straight to the staging table: no COPY into the table first.
+        assert_eq!(s.server.calls[0], "BEGIN");
         assert_eq!(s.server.table_keys(), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn after_a_duplicate_the_next_batches_go_straight_to_staging_then_fast_again() {
+        let mut s = setup();
+        s.write(&[1]).unwrap();
+        assert_eq!(s.write(&[1, 2]).unwrap().0, Path::Slow { pieces: 1 });
+        assert_eq!(s.server.copies(), 2, "the failed COPY, then the stage's");
+        for batch in 0..STAGE_AFTER_DUPLICATE as i64 {
+            let key = 100 + batch;
+            assert_eq!(s.write(&[key]).unwrap().0, Path::Slow { pieces: 1 });
+            assert_eq!(s.server.copies(), 1, "only the stage's COPY");
+        }
+        assert_eq!(s.write(&[500]).unwrap(), (Path::Fast, vec![]));
+        assert_eq!(s.server.table.len(), 2 + STAGE_AFTER_DUPLICATE as usize + 1);
     }
 
     #[test]
