@@ -10,6 +10,7 @@ mod dead_letters;
 mod fan_out;
 mod grants;
 mod hot_reload;
+mod partitions;
 mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;
