@@ -9,8 +9,10 @@
 //!   beyond that, the slow path bisects.
 //! - **Slow path**, taken on a duplicate key (a redelivered or retried batch, or a
 //!   key twice in the batch) or a refusal without a line number: in one
-//!   transaction, `COPY` into a temporary staging table, then `INSERT … SELECT
-//!   DISTINCT ON (keys) … ON CONFLICT (keys) DO NOTHING`. A refused piece is undone
+//!   transaction, `COPY` into a temporary staging table, then `INSERT … SELECT …
+//!   ON CONFLICT (keys) DO NOTHING` and `COMMIT` in one round trip: three round
+//!   trips for a redelivered batch. Only when Postgres refuses a row is the batch
+//!   rolled back and landed again in pieces: a refused piece is undone
 //!   to its savepoint and split in two until the refused rows stand alone.
 //!   Savepoints (rather than a transaction per piece) keep the batch all or
 //!   nothing: when a later piece fails for good, the earlier ones are not
@@ -164,8 +166,65 @@ impl Lander {
         }
     }
 
-    /// The slow path, in one transaction.
+    /// The slow path, in one transaction: the whole batch at once, else in pieces.
     fn slow<S: Session>(
+        &mut self,
+        session: &mut S,
+        stream: &mut CopyStream,
+        tuples: Vec<u32>,
+        rejections: &mut Vec<RowRejection>,
+    ) -> Result<Path, PgError> {
+        if self.slow_whole(session, stream, &tuples)? {
+            return Ok(Path::Slow { pieces: 1 });
+        }
+        self.slow_in_pieces(session, stream, tuples, rejections)
+            .map(|path| match path {
+                // The whole batch was staged once before.
+                Path::Slow { pieces } => Path::Slow { pieces: pieces + 1 },
+                other => other,
+            })
+    }
+
+    /// The whole batch through the staging table, without a savepoint. `Ok(false)`:
+    /// Postgres refused a row, the transaction was rolled back, and the batch
+    /// must land in pieces.
+    fn slow_whole<S: Session>(
+        &mut self,
+        session: &mut S,
+        stream: &mut CopyStream,
+        tuples: &[u32],
+    ) -> Result<bool, PgError> {
+        let statements = &self.statements;
+        let begin = if self.stage_ready {
+            statements.begin
+        } else {
+            statements.begin_and_create_stage.as_str()
+        };
+        let result = session
+            .batch_execute(begin)
+            .and_then(|()| session.copy_in(&statements.copy_stage, stream.stream(tuples)))
+            .and_then(|_| session.batch_execute(&statements.insert_and_commit));
+        match result {
+            Ok(()) => {
+                self.stage_ready = true;
+                Ok(true)
+            }
+            Err(error) => {
+                // Best effort, as in `slow_in_pieces`. A staging table created by
+                // this transaction is gone with it: `stage_ready` is still false.
+                let _ = session.batch_execute(statements.rollback);
+                if refusal::is_refused_row(&error) {
+                    Ok(false)
+                } else {
+                    self.stage_ready = false;
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// The slow path in pieces under savepoints, isolating refused rows.
+    fn slow_in_pieces<S: Session>(
         &mut self,
         session: &mut S,
         stream: &mut CopyStream,
@@ -753,6 +812,21 @@ mod tests {
     }
 
     #[test]
+    fn a_clean_redelivery_takes_three_round_trips_and_no_savepoint() {
+        let mut s = setup();
+        s.write(&[1, 2]).unwrap();
+        s.write(&[2, 3]).unwrap();
+        assert_eq!(s.server.calls.len(), 4, "{:?}", s.server.calls);
+        assert_eq!(s.write(&[3, 4]).unwrap(), (Path::Slow { pieces: 1 }, vec![]));
+        let st = s.lander.statements();
+        assert_eq!(
+            s.server.calls,
+            ["BEGIN", st.copy_stage.as_str(), st.insert_and_commit.as_str()]
+        );
+        assert_eq!(s.server.table_keys(), [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn a_key_twice_in_one_batch_lands_once() {
         let mut s = setup();
         assert_eq!(
@@ -872,10 +946,12 @@ mod tests {
         let mut s = setup();
         s.write(&[1]).unwrap();
         s.server.faults.insert(3, Fault::Deferred);
-        // Calls: COPY t (duplicate), BEGIN+CREATE, SAVEPOINT, COPY stage, INSERT
-        // (refused: bisect), undo, then the first half commits to its savepoint
-        // (SAVEPOINT, COPY, INSERT), then the second half's SAVEPOINT fails.
-        s.server.lose_connection_at = Some(10);
+        // Calls: COPY t (duplicate); the whole batch: BEGIN+CREATE, COPY stage,
+        // INSERT+COMMIT (refused), ROLLBACK; in pieces: BEGIN+CREATE, SAVEPOINT,
+        // COPY stage, INSERT (refused: bisect), undo, then the first half commits
+        // to its savepoint (SAVEPOINT, COPY, INSERT), then the second half's
+        // SAVEPOINT fails.
+        s.server.lose_connection_at = Some(14);
         let error = s.write(&[1, 2, 3]).unwrap_err();
         assert_eq!(error.kind, PgErrorKind::Retriable);
         assert_eq!(

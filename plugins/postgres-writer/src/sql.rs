@@ -231,6 +231,8 @@ pub struct Statements {
     /// Moves the staged rows into the table, once per key, skipping keys already
     /// there; then ends the piece.
     pub insert_from_stage: String,
+    /// The same, then commits: a whole batch staged without a savepoint.
+    pub insert_and_commit: String,
     /// Undoes a refused piece (the transaction goes on).
     pub undo_piece: &'static str,
     /// Ends a slow-path transaction.
@@ -265,12 +267,16 @@ impl Statements {
             savepoint: "SAVEPOINT sluice_piece",
             savepoint_and_clear_stage: format!("SAVEPOINT {SAVEPOINT}; TRUNCATE {stage}"),
             copy_stage: format!("COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"),
-            // DISTINCT ON: a batch may carry one key twice (a message redelivered
-            // within the batch); ON CONFLICT DO NOTHING cannot take the same key
-            // twice in one statement.
+            // A batch may carry one key twice (a message redelivered within the
+            // batch): DO NOTHING skips the second as it skips keys already there,
+            // so the first in the batch wins, with no sort (DISTINCT ON) needed.
             insert_from_stage: format!(
-                "INSERT INTO {target} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM {stage} \
+                "INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} \
                  ON CONFLICT ({keys}) DO NOTHING; RELEASE SAVEPOINT {SAVEPOINT}"
+            ),
+            insert_and_commit: format!(
+                "INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} \
+                 ON CONFLICT ({keys}) DO NOTHING; COMMIT"
             ),
             undo_piece: "ROLLBACK TO SAVEPOINT sluice_piece; RELEASE SAVEPOINT sluice_piece",
             commit: "COMMIT",
@@ -441,7 +447,11 @@ mod tests {
         );
         assert_eq!(
             s.insert_from_stage,
-            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT DISTINCT ON ("id", "site") "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; RELEASE SAVEPOINT sluice_piece"#
+            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; RELEASE SAVEPOINT sluice_piece"#
+        );
+        assert_eq!(
+            s.insert_and_commit,
+            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; COMMIT"#
         );
         assert_eq!(
             s.savepoint_and_clear_stage,
