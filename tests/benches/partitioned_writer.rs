@@ -21,6 +21,10 @@
 //! rounds), the order of the two tables alternating, with a `CHECKPOINT` before
 //! each measurement; each writes into its own schema, dropped afterwards.
 //!
+//! `SLUICE_BENCH_BASELINE=FILE.wasm` also measures another build of
+//! `postgres-writer` in the same rounds (as `sluice before`), e.g. the previous
+//! version, so that a change is compared under the same load.
+//!
 //! Run: `cargo bench -p sluice-tests --bench partitioned_writer --profile dev`
 //! (the dev profile optimises dependencies, so the runtime and Postgres client are
 //! fast; the plugin is built by `sluice plugin build` as always).
@@ -167,6 +171,8 @@ impl Table {
 struct Bench {
     rt: Arc<PluginRuntime>,
     writer: Arc<LoadedPlugin>,
+    /// Another build measured beside it (`SLUICE_BENCH_BASELINE`).
+    baseline: Option<Arc<LoadedPlugin>>,
     admin: Client,
     rows: Arc<Vec<Cdr>>,
     batches: Arc<Vec<RowBatch>>,
@@ -202,6 +208,14 @@ async fn run() -> anyhow::Result<()> {
             .await
             .context("loading postgres-writer")?,
     );
+    let baseline = match std::env::var_os("SLUICE_BENCH_BASELINE") {
+        Some(path) => Some(Arc::new(
+            rt.load(std::path::Path::new(&path))
+                .await
+                .with_context(|| format!("loading the baseline {}", path.display()))?,
+        )),
+        None => None,
+    };
     let admin = connect().await?;
     // Yesterday's midnight by the database's clock: rows from yesterday to
     // tomorrow, inside the writer's default accepted times (7 days back, 1 ahead).
@@ -218,6 +232,7 @@ async fn run() -> anyhow::Result<()> {
     let bench = Bench {
         rt,
         writer,
+        baseline,
         admin,
         rows: Arc::new(rows),
         batches: Arc::new(batches),
@@ -233,7 +248,14 @@ async fn run() -> anyhow::Result<()> {
             [Table::Partitioned, Table::Plain]
         };
         for table in order {
-            bench.sluice(table, &mut figures).await?;
+            bench
+                .sluice("sluice", &bench.writer, table, &mut figures)
+                .await?;
+            if let Some(baseline) = &bench.baseline {
+                bench
+                    .sluice("sluice before", baseline, table, &mut figures)
+                    .await?;
+            }
             bench.plain(table, &mut figures).await?;
         }
         println!("round {} done {}", round + 1, common::machine_line());
@@ -277,7 +299,12 @@ impl Bench {
     }
 
     /// A writer instance, opened (its table and partitions made) before timing.
-    async fn writer(&self, schema: &str, table: Table) -> anyhow::Result<WriterInstance> {
+    async fn writer(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        schema: &str,
+        table: Table,
+    ) -> anyhow::Result<WriterInstance> {
         let partition = match table {
             Table::Plain => String::new(),
             Table::Partitioned => {
@@ -287,14 +314,11 @@ impl Bench {
         let config = format!(r#"{{"connection":"main","schema":"{schema}"{partition}}}"#);
         let grants = Grants::none().with_postgres(
             "main",
-            PostgresGrant::from_url(&format!(
-                "{}?application_name={schema}",
-                postgres_url()
-            ))?,
+            PostgresGrant::from_url(&format!("{}?application_name={schema}", postgres_url()))?,
         );
         let mut w = WriterInstance::new(
             self.rt.clone(),
-            self.writer.clone(),
+            plugin.clone(),
             "bench",
             config,
             cdr_schema(),
@@ -319,20 +343,29 @@ impl Bench {
         .await?
     }
 
-    async fn sluice(&self, table: Table, f: &mut Figures) -> anyhow::Result<()> {
+    async fn sluice(
+        &self,
+        who: &str,
+        plugin: &Arc<LoadedPlugin>,
+        table: Table,
+        f: &mut Figures,
+    ) -> anyhow::Result<()> {
         let schema = self.fresh_schema().await?;
-        let writer = self.writer(&schema, table).await?;
+        let writer = self.writer(plugin, &schema, table).await?;
         self.checkpoint().await?;
         let fresh = self.write_all(writer).await?;
         ensure!(self.count(&schema).await? == self.n, "fresh rows missing");
-        f.push(&label("sluice", "fresh", table), rate(self.n as u64, fresh));
+        f.push(&label(who, "fresh", table), rate(self.n as u64, fresh));
         // A new instance, as after a crash: the same rows again.
-        let writer = self.writer(&schema, table).await?;
+        let writer = self.writer(plugin, &schema, table).await?;
         self.checkpoint().await?;
         let again = self.write_all(writer).await?;
-        ensure!(self.count(&schema).await? == self.n, "redelivery changed the rows");
+        ensure!(
+            self.count(&schema).await? == self.n,
+            "redelivery changed the rows"
+        );
         f.push(
-            &label("sluice", "redelivered", table),
+            &label(who, "redelivered", table),
             rate(self.n as u64, again),
         );
         if table == Table::Partitioned {
@@ -389,7 +422,10 @@ impl Bench {
             copy_rows(&client, &copy, chunk).await?;
         }
         let fresh = started.elapsed();
-        ensure!(self.count(&schema).await? == self.n, "plain COPY rows missing");
+        ensure!(
+            self.count(&schema).await? == self.n,
+            "plain COPY rows missing"
+        );
         f.push(&label("plain", "fresh", table), rate(self.n as u64, fresh));
 
         client
@@ -414,7 +450,10 @@ impl Bench {
             client.batch_execute(&insert).await?;
         }
         let again = started.elapsed();
-        ensure!(self.count(&schema).await? == self.n, "plain redelivery changed the rows");
+        ensure!(
+            self.count(&schema).await? == self.n,
+            "plain redelivery changed the rows"
+        );
         f.push(
             &label("plain", "redelivered (staging)", table),
             rate(self.n as u64, again),
@@ -471,11 +510,15 @@ fn report(f: &Figures, n: usize) {
     for table in [Table::Plain, Table::Partitioned] {
         for (who, what) in [
             ("sluice", "fresh"),
+            ("sluice before", "fresh"),
             ("plain", "fresh"),
             ("sluice", "redelivered"),
+            ("sluice before", "redelivered"),
             ("plain", "redelivered (staging)"),
         ] {
-            line(&label(who, what, table));
+            if !f.get(&label(who, what, table)).is_empty() {
+                line(&label(who, what, table));
+            }
         }
     }
     let share = |a: &str, b: &str| f.median(a) / f.median(b);
@@ -489,14 +532,21 @@ fn report(f: &Figures, n: usize) {
             "  sluice {what}: partitioned at {:.0}% of plain (target ≥ {:.0}%): {}",
             s * 100.0,
             TARGET_PARTITIONED_SHARE * 100.0,
-            if s >= TARGET_PARTITIONED_SHARE { "met" } else { "MISSED" }
+            if s >= TARGET_PARTITIONED_SHARE {
+                "met"
+            } else {
+                "MISSED"
+            }
         );
     }
     for table in [Table::Plain, Table::Partitioned] {
         println!(
             "  sluice fresh, {}: {:.0}% of the plain client's COPY",
             table.name(),
-            share(&label("sluice", "fresh", table), &label("plain", "fresh", table)) * 100.0
+            share(
+                &label("sluice", "fresh", table),
+                &label("plain", "fresh", table)
+            ) * 100.0
         );
         let r = f.median(&label("sluice", "redelivered", table));
         println!(
@@ -508,7 +558,11 @@ fn report(f: &Figures, n: usize) {
                 &label("plain", "redelivered (staging)", table)
             ) * 100.0,
             thousands(TARGET_REDELIVERY),
-            if r >= TARGET_REDELIVERY { "met" } else { "MISSED" }
+            if r >= TARGET_REDELIVERY {
+                "met"
+            } else {
+                "MISSED"
+            }
         );
     }
 }

@@ -274,7 +274,9 @@ async fn rows_outside_the_accepted_times_are_dead_lettered_with_the_reason() {
         let reason = header(headers, "x-sluice-reason");
         assert!(
             reason.contains("column started_at:")
-                && reason.contains("is outside the times this table accepts (7 days before to 1 day after"),
+                && reason.contains(
+                    "is outside the times this table accepts (7 days before to 1 day after"
+                ),
             "{reason}"
         );
     }
@@ -328,7 +330,8 @@ async fn retention_drops_an_old_partition_while_writes_continue() {
     w.broker
         .publish(&w.setup, (2_000..4_000).map(|i| cdr_on(&today, i)))
         .await;
-    w.wait_rows(4_002, "every new row and the kept partition's").await;
+    w.wait_rows(4_002, "every new row and the kept partition's")
+        .await;
     w.wait_drained().await;
     daemon.stop_cleanly();
 
@@ -337,20 +340,27 @@ async fn retention_drops_an_old_partition_while_writes_continue() {
         [(partition_of(&kept), 2), (partition_of(&today), 4_000)]
     );
     // The dropped partition is gone as a table, not only detached.
-    let gone: Option<String> = w
-        .db
-        .client
-        .query_one(
-            "SELECT to_regclass($1)::text",
-            &[&format!("{}.{}", w.db.name, partition_of(&old))],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let gone: Option<String> =
+        w.db.client
+            .query_one(
+                "SELECT to_regclass($1)::text",
+                &[&format!("{}.{}", w.db.name, partition_of(&old))],
+            )
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(gone, None);
     let log = daemon.log();
-    let line = format!("dropped partition \\\"{}\\\".\\\"{}\\\"", w.db.name, partition_of(&old));
-    let plain = format!("dropped partition \"{}\".\"{}\"", w.db.name, partition_of(&old));
+    let line = format!(
+        "dropped partition \\\"{}\\\".\\\"{}\\\"",
+        w.db.name,
+        partition_of(&old)
+    );
+    let plain = format!(
+        "dropped partition \"{}\".\"{}\"",
+        w.db.name,
+        partition_of(&old)
+    );
     assert!(log.contains(&line) || log.contains(&plain), "{log}");
     assert!(log.contains("older than the retention of 10 days"), "{log}");
     w.finish().await;
@@ -378,24 +388,30 @@ async fn a_plain_table_under_a_partitioned_config_is_refused_with_what_to_do() {
     configure(&w.setup, DAILY, 1, 1, "");
     w.broker.publish(&w.setup, super::daemon::cdrs(0..10)).await;
     let daemon = start(&w.setup, "daemon");
-    wait_log(&daemon, "exists as a plain table, but this writer's config partitions it by").await;
+    wait_log(
+        &daemon,
+        "exists as a plain table, but this writer's config partitions it by",
+    )
+    .await;
     let log = daemon.log();
     assert!(log.contains("Sluice does not convert tables"), "{log}");
-    assert!(log.contains("remove `partition` from the writer's config"), "{log}");
+    assert!(
+        log.contains("remove `partition` from the writer's config"),
+        "{log}"
+    );
     drop(daemon);
     // Nothing written, nothing converted, nothing lost.
     assert_eq!(w.rows().await, 0);
     wait_ready(&w, 10).await;
-    let kind: String = w
-        .db
-        .client
-        .query_one(
-            "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)",
-            &[&format!("{}.cdr", w.db.name)],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let kind: String =
+        w.db.client
+            .query_one(
+                "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)",
+                &[&format!("{}.cdr", w.db.name)],
+            )
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(kind, "r");
     w.finish().await;
 }
@@ -407,7 +423,11 @@ async fn a_partitioned_table_under_a_plain_config_is_refused_with_what_to_do() {
     // The setup's own config: the writer without `partition`.
     w.broker.publish(&w.setup, super::daemon::cdrs(0..10)).await;
     let daemon = start(&w.setup, "daemon");
-    wait_log(&daemon, "is partitioned (by started_at), but this writer's config has no `partition`").await;
+    wait_log(
+        &daemon,
+        "is partitioned (by started_at), but this writer's config has no `partition`",
+    )
+    .await;
     drop(daemon);
     assert_eq!(w.rows().await, 0);
     wait_ready(&w, 10).await;
@@ -424,7 +444,10 @@ async fn a_new_nullable_column_appears_in_every_partition() {
     }
     let v1 = days.clone();
     w.broker
-        .publish(&w.setup, (0..300u64).map(move |i| cdr_on(&v1[(i % 3) as usize], i)))
+        .publish(
+            &w.setup,
+            (0..300u64).map(move |i| cdr_on(&v1[(i % 3) as usize], i)),
+        )
         .await;
     let mut daemon = start(&w.setup, "v1");
     w.wait_rows(300, "the version 1 rows").await;
@@ -437,8 +460,11 @@ async fn a_new_nullable_column_appears_in_every_partition() {
         .publish(
             &w.setup,
             (300..600u64).map(move |i| {
-                cdr_on(&v2[(i % 3) as usize], i)
-                    .replacen('{', &format!(r#"{{"imsi":"20801{i:010}","#), 1)
+                cdr_on(&v2[(i % 3) as usize], i).replacen(
+                    '{',
+                    &format!(r#"{{"imsi":"20801{i:010}","#),
+                    1,
+                )
             }),
         )
         .await;

@@ -206,15 +206,24 @@ mod tests {
         assert_eq!(config.partition.unwrap().column, "started_at");
         let long = "x".repeat(52);
         let error = Config::parse(
-            &format!(r#"{{"table": "{long}", "partition": {{"column": "at", "interval": "1 week"}}}}"#),
+            &format!(
+                r#"{{"table": "{long}", "partition": {{"column": "at", "interval": "1 week"}}}}"#
+            ),
             "cdr",
         )
         .unwrap_err();
-        assert!(error.contains("`partition.interval`: \"1 week\" is not a length of time"), "{error}");
+        assert!(
+            error.contains("`partition.interval`: \"1 week\" is not a length of time"),
+            "{error}"
+        );
         assert!(error.contains("`connection` is required"), "{error}");
-        assert!(error.contains("is too long to name its partitions"), "{error}");
+        assert!(
+            error.contains("is too long to name its partitions"),
+            "{error}"
+        );
         assert!(error.contains("at most 51 bytes"), "{error}");
-        let error = Config::parse(r#"{"connection": "main", "partition": "daily"}"#, "cdr").unwrap_err();
+        let error =
+            Config::parse(r#"{"connection": "main", "partition": "daily"}"#, "cdr").unwrap_err();
         assert!(error.contains("`partition` must be a table"), "{error}");
     }
 

@@ -726,21 +726,40 @@ pub(crate) mod tests {
     fn points_are_recorded_and_retain_leaves_tuples_out() {
         let types = [ColumnType::Int32, ColumnType::Timestamp, ColumnType::Date];
         let rows: Vec<Vec<Value>> = (0..5)
-            .map(|i| vec![Value::Int32(i), Value::Timestamp(i64::from(i) * 1_000), Value::Date(i)])
+            .map(|i| {
+                vec![
+                    Value::Int32(i),
+                    Value::Timestamp(i64::from(i) * 1_000),
+                    Value::Date(i),
+                ]
+            })
             .collect();
         let cols = columns(&types);
         let mut rejections = Vec::new();
         let mut by_time = CopyStream::with_points(1);
-        by_time.encode(&cols, &types, &batch(&rows), &mut rejections).unwrap();
-        assert_eq!((0..5).map(|t| by_time.point(t)).collect::<Vec<_>>(), [0, 1_000, 2_000, 3_000, 4_000]);
+        by_time
+            .encode(&cols, &types, &batch(&rows), &mut rejections)
+            .unwrap();
+        assert_eq!(
+            (0..5).map(|t| by_time.point(t)).collect::<Vec<_>>(),
+            [0, 1_000, 2_000, 3_000, 4_000]
+        );
         let mut by_date = CopyStream::with_points(2);
-        by_date.encode(&cols, &types, &batch(&rows), &mut rejections).unwrap();
+        by_date
+            .encode(&cols, &types, &batch(&rows), &mut rejections)
+            .unwrap();
         assert_eq!(by_date.point(3), 3 * MICROS_PER_DAY);
 
         by_time.retain(|t| t % 2 == 0);
         assert_eq!(by_time.len(), 3);
-        assert_eq!((0..3).map(|t| by_time.row(t)).collect::<Vec<_>>(), [0, 2, 4]);
-        assert_eq!((0..3).map(|t| by_time.point(t)).collect::<Vec<_>>(), [0, 2_000, 4_000]);
+        assert_eq!(
+            (0..3).map(|t| by_time.row(t)).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        assert_eq!(
+            (0..3).map(|t| by_time.point(t)).collect::<Vec<_>>(),
+            [0, 2_000, 4_000]
+        );
         let keys: Vec<i32> = parse(by_time.stream(&[0, 1, 2]))
             .iter()
             .map(|t| i32::from_be_bytes(t[0].clone().unwrap().try_into().unwrap()))

@@ -817,11 +817,18 @@ mod tests {
         s.write(&[1, 2]).unwrap();
         s.write(&[2, 3]).unwrap();
         assert_eq!(s.server.calls.len(), 4, "{:?}", s.server.calls);
-        assert_eq!(s.write(&[3, 4]).unwrap(), (Path::Slow { pieces: 1 }, vec![]));
+        assert_eq!(
+            s.write(&[3, 4]).unwrap(),
+            (Path::Slow { pieces: 1 }, vec![])
+        );
         let st = s.lander.statements();
         assert_eq!(
             s.server.calls,
-            ["BEGIN", st.copy_stage.as_str(), st.insert_and_commit.as_str()]
+            [
+                "BEGIN",
+                st.copy_stage.as_str(),
+                st.insert_and_commit.as_str()
+            ]
         );
         assert_eq!(s.server.table_keys(), [1, 2, 3, 4]);
     }

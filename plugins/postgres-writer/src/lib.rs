@@ -48,7 +48,11 @@ impl Writer for PostgresWriter {
     fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
         let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
         let mut problems = table::schema_problems(schema);
-        if let Some(problem) = config.partition.as_ref().and_then(|p| p.column_problem(schema)) {
+        if let Some(problem) = config
+            .partition
+            .as_ref()
+            .and_then(|p| p.column_problem(schema))
+        {
             problems.push(problem);
         }
         if !problems.is_empty() {
@@ -62,11 +66,11 @@ impl Writer for PostgresWriter {
         let partition_column = config.partition.as_ref().map(|p| p.column.as_str());
         let keys = sql::table_keys(schema, partition_column);
         let statements = Statements::new(&config.table, schema, &keys);
-        let point_column = partition_column
-            .and_then(|name| schema.columns.iter().position(|c| c.name == name));
+        let point_column =
+            partition_column.and_then(|name| schema.columns.iter().position(|c| c.name == name));
         let partitioner = config.partition.clone().map(|p| {
-            let date_column = point_column
-                .is_some_and(|i| schema.columns[i].ty == ColumnType::Date);
+            let date_column =
+                point_column.is_some_and(|i| schema.columns[i].ty == ColumnType::Date);
             Partitioner::new(p, config.table.clone(), date_column)
         });
         let mut writer = PostgresWriter {
@@ -95,7 +99,7 @@ impl Writer for PostgresWriter {
                 .map_err(|e| plugin_error("reading the database's clock", e))?;
             partitioner
                 .premake(connection, now)
-                .map_err(|(doing, e)| plugin_error(&doing, e))?;
+                .map_err(|failed| plugin_error(&failed.0, failed.1))?;
         }
         Ok(writer)
     }
@@ -218,7 +222,7 @@ fn route(
     }
     partitioner
         .ensure(connection, starts)
-        .map_err(|(doing, e)| RoutingError::new(&doing, e))
+        .map_err(|failed| RoutingError::new(&failed.0, failed.1))
 }
 
 /// A failed step of [`route`], as the plugin error it becomes, with the kind of

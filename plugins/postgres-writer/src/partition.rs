@@ -87,7 +87,12 @@ impl Span {
 
     /// The span in microseconds.
     pub fn micros(&self) -> i64 {
-        i64::from(self.count) * if self.days { MICROS_PER_DAY } else { MICROS_PER_HOUR }
+        i64::from(self.count)
+            * if self.days {
+                MICROS_PER_DAY
+            } else {
+                MICROS_PER_HOUR
+            }
     }
 }
 
@@ -149,7 +154,12 @@ fn unknown_keys(object: &Map<String, Value>, known: &[&str], at: &str, problems:
     }
 }
 
-fn span(object: &Map<String, Value>, key: &str, at: &str, problems: &mut Vec<String>) -> Option<Option<Span>> {
+fn span(
+    object: &Map<String, Value>,
+    key: &str,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Option<Option<Span>> {
     match object.get(key) {
         None | Some(Value::Null) => Some(None),
         Some(Value::String(text)) => match Span::parse(text) {
@@ -160,7 +170,9 @@ fn span(object: &Map<String, Value>, key: &str, at: &str, problems: &mut Vec<Str
             }
         },
         Some(other) => {
-            problems.push(format!("`{at}.{key}` must be a string like \"1 day\", not {other}"));
+            problems.push(format!(
+                "`{at}.{key}` must be a string like \"1 day\", not {other}"
+            ));
             None
         }
     }
@@ -180,11 +192,16 @@ impl Partitioning {
         let column = match object.get("column") {
             Some(Value::String(c)) if !c.is_empty() => Some(c.clone()),
             None | Some(Value::Null) => {
-                problems.push("`partition.column` is required: the timestamp or date column to partition by".into());
+                problems.push(
+                    "`partition.column` is required: the timestamp or date column to partition by"
+                        .into(),
+                );
                 None
             }
             Some(other) => {
-                problems.push(format!("`partition.column` must be a column name, not {other}"));
+                problems.push(format!(
+                    "`partition.column` must be a column name, not {other}"
+                ));
                 None
             }
         };
@@ -202,9 +219,13 @@ impl Partitioning {
         }
         let premake = match object.get("premake") {
             None | Some(Value::Null) => 2,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1000) => n.as_u64().unwrap_or(0) as u32,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1000) => {
+                n.as_u64().unwrap_or(0) as u32
+            }
             Some(other) => {
-                problems.push(format!("`partition.premake` must be a whole number from 0 to 1000, not {other}"));
+                problems.push(format!(
+                    "`partition.premake` must be a whole number from 0 to 1000, not {other}"
+                ));
                 2
             }
         };
@@ -239,12 +260,20 @@ impl Partitioning {
             Some(Value::String(s)) if s == "drop" => Expired::Drop,
             Some(Value::String(s)) if s == "detach" => Expired::Detach,
             Some(other) => {
-                problems.push(format!("`partition.expired` must be \"drop\" or \"detach\", not {other}"));
+                problems.push(format!(
+                    "`partition.expired` must be \"drop\" or \"detach\", not {other}"
+                ));
                 Expired::Drop
             }
         };
-        let past = past.unwrap_or(Span { count: 7, days: true });
-        let future = future.unwrap_or(Span { count: 1, days: true });
+        let past = past.unwrap_or(Span {
+            count: 7,
+            days: true,
+        });
+        let future = future.unwrap_or(Span {
+            count: 1,
+            days: true,
+        });
         if let (Some(retention), Some(interval)) = (&retention, &interval)
             && retention.micros() <= past.micros() + interval.micros()
         {
@@ -275,7 +304,12 @@ impl Partitioning {
                 "`partition.column` {:?} is not a column of schema {} (columns: {})",
                 self.column,
                 schema.name,
-                schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                schema
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         };
         match column.ty {
@@ -330,16 +364,19 @@ impl Partitioning {
             return None;
         }
         let number = |range: std::ops::Range<usize>| digits[range].parse::<i64>().ok();
-        let days = sluice_plugin_sdk::time::days_from_civil(number(0..4)?, number(4..6)?, number(6..8)?);
+        let days =
+            sluice_plugin_sdk::time::days_from_civil(number(0..4)?, number(4..6)?, number(6..8)?);
         let hour = if want == 10 { number(8..10)? } else { 0 };
         let start = days * MICROS_PER_DAY + hour * MICROS_PER_HOUR;
         // A name this writer would give that range, not one of another interval.
-        (self.range_start(start) == start && self.partition_name(table, start) == name).then_some(start)
+        (self.range_start(start) == start && self.partition_name(table, start) == name)
+            .then_some(start)
     }
 
     /// Whether a row at `micros` is within the accepted times around `now`.
     pub fn accepts(&self, micros: i64, now: i64) -> bool {
-        micros >= now.saturating_sub(self.past.micros()) && micros < now.saturating_add(self.future.micros())
+        micros >= now.saturating_sub(self.past.micros())
+            && micros < now.saturating_add(self.future.micros())
     }
 
     /// The reason a row at `micros` is rejected for being out of bounds.
@@ -468,17 +505,34 @@ impl Partitioner {
 
     /// Creates the default partition if configured, and the current range's
     /// partition and `premake` after it.
-    pub fn premake(&mut self, connection: &Connection, now: i64) -> Result<(), (String, PgError)> {
+    pub fn premake(
+        &mut self,
+        connection: &Connection,
+        now: i64,
+    ) -> Result<(), Box<(String, PgError)>> {
         if self.config.outside == Outside::Default {
             let sql = self.config.create_default(&self.table);
             connection
                 .batch_execute(&sql)
-                .or_else(|e| if created_by_another(&e) { Ok(()) } else { Err(e) })
-                .map_err(|e| (format!("creating the default partition of {}", self.table), e))?;
+                .or_else(|e| {
+                    if created_by_another(&e) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| {
+                    (
+                        format!("creating the default partition of {}", self.table),
+                        e,
+                    )
+                })?;
         }
         let first = self.config.range_start(now);
         let step = self.config.interval.micros();
-        let starts: Vec<i64> = (0..=i64::from(self.config.premake)).map(|i| first + i * step).collect();
+        let starts: Vec<i64> = (0..=i64::from(self.config.premake))
+            .map(|i| first + i * step)
+            .collect();
         self.ensure(connection, starts)
     }
 
@@ -488,21 +542,29 @@ impl Partitioner {
         &mut self,
         connection: &Connection,
         starts: impl IntoIterator<Item = i64>,
-    ) -> Result<(), (String, PgError)> {
+    ) -> Result<(), Box<(String, PgError)>> {
         for start in starts {
             if self.known.contains(&start) {
                 continue;
             }
             let name = self.config.partition_name(&self.table.name, start);
-            match connection.batch_execute(&self.config.create_partition(&self.table, start, self.date_column)) {
+            match connection.batch_execute(&self.config.create_partition(
+                &self.table,
+                start,
+                self.date_column,
+            )) {
                 Ok(()) => {}
                 // Several consumers and daemons create the same partition at once.
                 Err(e) if created_by_another(&e) => {}
                 Err(e) => {
-                    return Err((
-                        format!("creating partition {} of {}", quote_ident(&name), self.table),
+                    return Err(Box::new((
+                        format!(
+                            "creating partition {} of {}",
+                            quote_ident(&name),
+                            self.table
+                        ),
                         e,
-                    ));
+                    )));
                 }
             }
             self.known.insert(start);
@@ -544,7 +606,9 @@ impl Partitioner {
         let rows = connection.query(PARTITIONS, &[PgValue::Text(self.table.quoted())])?;
         let mut log = Vec::new();
         for row in rows {
-            let (Some(PgValue::Text(name)), Some(PgValue::Boolean(pending))) = (row.first(), row.get(1)) else {
+            let (Some(PgValue::Text(name)), Some(PgValue::Boolean(pending))) =
+                (row.first(), row.get(1))
+            else {
                 continue;
             };
             let Some(start) = self.config.range_of_name(&self.table.name, name) else {
@@ -560,24 +624,32 @@ impl Partitioner {
             // detach locks the whole table); Postgres allows it only without a
             // default partition.
             let detach = if *pending {
-                format!("ALTER TABLE {} DETACH PARTITION {partition} FINALIZE", self.table)
+                format!(
+                    "ALTER TABLE {} DETACH PARTITION {partition} FINALIZE",
+                    self.table
+                )
             } else if self.config.outside == Outside::Default {
                 format!("ALTER TABLE {} DETACH PARTITION {partition}", self.table)
             } else {
-                format!("ALTER TABLE {} DETACH PARTITION {partition} CONCURRENTLY", self.table)
+                format!(
+                    "ALTER TABLE {} DETACH PARTITION {partition} CONCURRENTLY",
+                    self.table
+                )
             };
             let result = match self.config.expired {
                 Expired::Detach => connection.batch_execute(&detach),
                 // Detached first, then dropped without touching the parent again.
-                Expired::Drop => connection
-                    .batch_execute(&detach)
-                    .and_then(|()| connection.batch_execute(&format!("DROP TABLE IF EXISTS {partition}"))),
+                Expired::Drop => connection.batch_execute(&detach).and_then(|()| {
+                    connection.batch_execute(&format!("DROP TABLE IF EXISTS {partition}"))
+                }),
             };
             match result {
                 Ok(()) => {}
                 // Another writer retired it meanwhile (42P01: gone; 42809/42P17:
                 // no longer a partition).
-                Err(e) if matches!(e.code.as_deref(), Some("42P01" | "42809" | "42P17")) => continue,
+                Err(e) if matches!(e.code.as_deref(), Some("42P01" | "42809" | "42P17")) => {
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
             self.known.remove(&start);
@@ -618,8 +690,20 @@ mod tests {
     fn defaults() {
         let p = daily();
         assert_eq!(p.premake, 2);
-        assert_eq!(p.past, Span { count: 7, days: true });
-        assert_eq!(p.future, Span { count: 1, days: true });
+        assert_eq!(
+            p.past,
+            Span {
+                count: 7,
+                days: true
+            }
+        );
+        assert_eq!(
+            p.future,
+            Span {
+                count: 1,
+                days: true
+            }
+        );
         assert_eq!(p.outside, Outside::Reject);
         assert_eq!(p.retention, None);
         assert_eq!(p.expired, Expired::Drop);
@@ -650,7 +734,10 @@ mod tests {
     fn retention_must_outlast_the_accepted_past() {
         let problems =
             parse(r#"{"column": "at", "interval": "1 day", "retention": "7 days"}"#).unwrap_err();
-        assert!(problems[0].contains("must be longer than `partition.accept.past` (7 days)"), "{problems:?}");
+        assert!(
+            problems[0].contains("must be longer than `partition.accept.past` (7 days)"),
+            "{problems:?}"
+        );
         assert!(parse(r#"{"column": "at", "interval": "1 day", "retention": "9 days"}"#).is_ok());
     }
 
@@ -658,7 +745,9 @@ mod tests {
     fn names_show_the_range() {
         let p = daily();
         // 2026-11-27 13:45 UTC
-        let t = sluice_plugin_sdk::time::days_from_civil(2026, 11, 27) * MICROS_PER_DAY + 13 * MICROS_PER_HOUR + 45 * 60_000_000;
+        let t = sluice_plugin_sdk::time::days_from_civil(2026, 11, 27) * MICROS_PER_DAY
+            + 13 * MICROS_PER_HOUR
+            + 45 * 60_000_000;
         let start = p.range_start(t);
         assert_eq!(p.partition_name("cdr", start), "cdr_p20261127");
         assert_eq!(p.range_of_name("cdr", "cdr_p20261127"), Some(start));
@@ -670,11 +759,25 @@ mod tests {
         assert_eq!(hourly.partition_name("cdr", start), "cdr_p2026112713");
         assert_eq!(hourly.range_of_name("cdr", "cdr_p2026112713"), Some(start));
         assert_eq!(
-            hourly.create_partition(&TableName { schema: Some("s".into()), name: "cdr".into() }, start, false),
+            hourly.create_partition(
+                &TableName {
+                    schema: Some("s".into()),
+                    name: "cdr".into()
+                },
+                start,
+                false
+            ),
             r#"CREATE TABLE IF NOT EXISTS "s"."cdr_p2026112713" PARTITION OF "s"."cdr" FOR VALUES FROM ('2026-11-27T13:00:00.000000Z') TO ('2026-11-27T14:00:00.000000Z')"#
         );
         assert_eq!(
-            p.create_partition(&TableName { schema: None, name: "cdr".into() }, p.range_start(t), true),
+            p.create_partition(
+                &TableName {
+                    schema: None,
+                    name: "cdr".into()
+                },
+                p.range_start(t),
+                true
+            ),
             r#"CREATE TABLE IF NOT EXISTS "cdr_p20261127" PARTITION OF "cdr" FOR VALUES FROM ('2026-11-27') TO ('2026-11-28')"#
         );
         // Before the epoch, too.
@@ -690,7 +793,10 @@ mod tests {
         assert!(!p.accepts(now - 7 * MICROS_PER_DAY - 1, now));
         assert!(!p.accepts(now + MICROS_PER_DAY, now));
         assert!(!p.accepts(0, now));
-        assert!(p.outside_reason(0, now).contains("1970-01-01T00:00:00.000000Z is outside"));
+        assert!(
+            p.outside_reason(0, now)
+                .contains("1970-01-01T00:00:00.000000Z is outside")
+        );
     }
 
     #[test]
@@ -699,18 +805,49 @@ mod tests {
             name: "cdr".into(),
             version: 1,
             columns: vec![
-                Column { name: "id".into(), ty: ColumnType::Int64, nullable: false, key: true },
-                Column { name: "at".into(), ty, nullable, key: false },
+                Column {
+                    name: "id".into(),
+                    ty: ColumnType::Int64,
+                    nullable: false,
+                    key: true,
+                },
+                Column {
+                    name: "at".into(),
+                    ty,
+                    nullable,
+                    key: false,
+                },
             ],
         };
         let p = daily();
-        assert_eq!(p.column_problem(&schema(ColumnType::Timestamp, false)), None);
+        assert_eq!(
+            p.column_problem(&schema(ColumnType::Timestamp, false)),
+            None
+        );
         assert_eq!(p.column_problem(&schema(ColumnType::Date, false)), None);
-        assert!(p.column_problem(&schema(ColumnType::Text, false)).unwrap().contains("timestamp or date"));
-        assert!(p.column_problem(&schema(ColumnType::Timestamp, true)).unwrap().contains("nullable"));
+        assert!(
+            p.column_problem(&schema(ColumnType::Text, false))
+                .unwrap()
+                .contains("timestamp or date")
+        );
+        assert!(
+            p.column_problem(&schema(ColumnType::Timestamp, true))
+                .unwrap()
+                .contains("nullable")
+        );
         let hourly = parse(r#"{"column": "at", "interval": "2 hours"}"#).unwrap();
-        assert!(hourly.column_problem(&schema(ColumnType::Date, false)).unwrap().contains("in days"));
+        assert!(
+            hourly
+                .column_problem(&schema(ColumnType::Date, false))
+                .unwrap()
+                .contains("in days")
+        );
         let other = parse(r#"{"column": "nope", "interval": "1 day"}"#).unwrap();
-        assert!(other.column_problem(&schema(ColumnType::Date, false)).unwrap().contains("not a column"));
+        assert!(
+            other
+                .column_problem(&schema(ColumnType::Date, false))
+                .unwrap()
+                .contains("not a column")
+        );
     }
 }

@@ -115,12 +115,13 @@ pub fn prepare(
     connection
         .batch_execute("BEGIN")
         .map_err(|e| failure("starting the table setup", e))?;
-    let result = prepare_in_transaction(connection, table, schema, keys, partition).and_then(|warnings| {
-        connection
-            .batch_execute("COMMIT")
-            .map(|()| warnings)
-            .map_err(|e| failure("committing the table setup", e))
-    });
+    let result =
+        prepare_in_transaction(connection, table, schema, keys, partition).and_then(|warnings| {
+            connection
+                .batch_execute("COMMIT")
+                .map(|()| warnings)
+                .map_err(|e| failure("committing the table setup", e))
+        });
     if result.is_err() {
         // Best effort: a broken connection has no transaction left to roll back.
         let _ = connection.batch_execute("ROLLBACK");
@@ -416,7 +417,16 @@ mod tests {
         let columns = [existing("id", "int8", true), existing("site", "text", true)];
         assert!(plan(&table(), &s, &keys(&s), &columns, &["id".into()]).is_err());
         assert!(plan(&table(), &s, &keys(&s), &columns, &["id,site,x".into()]).is_err());
-        assert!(plan(&table(), &s, &keys(&s), &columns, &["id".into(), "id,site".into()]).is_ok());
+        assert!(
+            plan(
+                &table(),
+                &s,
+                &keys(&s),
+                &columns,
+                &["id".into(), "id,site".into()]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -459,7 +469,11 @@ mod tests {
         let refused = kind_problem(&table(), Some(&by_at), None).unwrap();
         assert!(refused.contains(r#"is partitioned (by at), but this writer's config has no `partition`: add `partition = { column = "at""#), "{refused}");
         let refused = kind_problem(&table(), Some(&by_id), Some(&partition)).unwrap();
-        assert!(refused.contains("is partitioned by id, but this writer's config partitions it by \"at\""), "{refused}");
+        assert!(
+            refused
+                .contains("is partitioned by id, but this writer's config partitions it by \"at\""),
+            "{refused}"
+        );
     }
 
     #[test]
