@@ -21,6 +21,10 @@
 //! rounds), the order of the two tables alternating, with a `CHECKPOINT` before
 //! each measurement; each writes into its own schema, dropped afterwards.
 //!
+//! `SLUICE_BENCH_PRELOAD=20000000` first fills each table with that many rows
+//! spread over the 30 days before (server-side, `generate_series`; the partitions
+//! named as the writer names them), then measures the same writes into the grown
+//! table; the plain client then writes into the same table with other keys.
 //! `SLUICE_BENCH_BASELINE=FILE.wasm` also measures another build of
 //! `postgres-writer` in the same rounds (as `sluice before`), e.g. the previous
 //! version, so that a change is compared under the same load.
@@ -179,6 +183,8 @@ struct Bench {
     batch: usize,
     n: usize,
     first_day: i64,
+    /// Rows put in each table before measuring.
+    preload: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -198,6 +204,7 @@ async fn run() -> anyhow::Result<()> {
     let n = env_usize("SLUICE_BENCH_ROWS", 1_000_000);
     let batch = env_usize("SLUICE_BENCH_BATCH", 1000);
     let rounds = env_usize("SLUICE_BENCH_ROUNDS", 1);
+    let preload = env_usize("SLUICE_BENCH_PRELOAD", 0);
     println!(
         "partitioned_writer: {n} CDR rows over 3 days in batches of {batch}, {rounds} round(s)"
     );
@@ -239,7 +246,11 @@ async fn run() -> anyhow::Result<()> {
         batch,
         n,
         first_day,
+        preload,
     };
+    if preload > 0 {
+        println!("each table first holds {preload} rows over the 30 days before");
+    }
     let mut figures = Figures::default();
     for round in 0..rounds {
         let order = if round % 2 == 0 {
@@ -248,13 +259,21 @@ async fn run() -> anyhow::Result<()> {
             [Table::Partitioned, Table::Plain]
         };
         for table in order {
-            bench
+            let schema = bench
                 .sluice("sluice", &bench.writer, table, &mut figures)
                 .await?;
+            if bench.preload > 0 {
+                // The plain client into the same grown table, with other keys.
+                bench.plain_into(&schema, table, true, &mut figures).await?;
+                bench.drop_schema(&schema).await?;
+                continue;
+            }
+            bench.drop_schema(&schema).await?;
             if let Some(baseline) = &bench.baseline {
-                bench
+                let schema = bench
                     .sluice("sluice before", baseline, table, &mut figures)
                     .await?;
+                bench.drop_schema(&schema).await?;
             }
             bench.plain(table, &mut figures).await?;
         }
@@ -343,25 +362,70 @@ impl Bench {
         .await?
     }
 
+    /// Fills the table (made by the writer) with `preload` rows over the 30 days
+    /// before the measured ones, in partitions named as the writer names them.
+    async fn preload(&self, schema: &str, table: Table) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let oldest = self.first_day - 31 * DAY_MICROS;
+        if table == Table::Partitioned {
+            for day in 0..30 {
+                let from = oldest + day * DAY_MICROS;
+                let (y, m, d) = sluice_plugin_sdk::time::civil_from_days(from / DAY_MICROS);
+                self.admin
+                    .batch_execute(&format!(
+                        "CREATE TABLE {schema}.cdr_p{y:04}{m:02}{d:02} PARTITION OF {schema}.cdr \
+                         FOR VALUES FROM (to_timestamp({})) TO (to_timestamp({}))",
+                        from / 1_000_000,
+                        (from + DAY_MICROS) / 1_000_000
+                    ))
+                    .await?;
+            }
+        }
+        self.admin
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.cdr ({COLUMNS}) SELECT 'h-' || lpad(g::text, 12, '0'), \
+                 '+3361' || lpad((g % 10000000)::text, 7, '0'), '+3362' || lpad((g * 7 % 10000000)::text, 7, '0'), \
+                 to_timestamp({} + (g * 7919) % (30 * 86400)), (g % 3600)::int, 'FR-PAR-' || (g % 5000), \
+                 (g % 1000) / 100.0, 'voice', g % 7 = 0 \
+                 FROM generate_series(1, {}) g; ANALYZE {schema}.cdr",
+                oldest / 1_000_000,
+                self.preload
+            ))
+            .await?;
+        println!(
+            "  {} preloaded with {} rows in {:.0} s",
+            table.name(),
+            self.preload,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Measures `plugin` writing the rows fresh, then again; returns the schema
+    /// holding its table (for the caller to drop).
     async fn sluice(
         &self,
         who: &str,
         plugin: &Arc<LoadedPlugin>,
         table: Table,
         f: &mut Figures,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let schema = self.fresh_schema().await?;
         let writer = self.writer(plugin, &schema, table).await?;
+        if self.preload > 0 {
+            self.preload(&schema, table).await?;
+        }
+        let expected = self.preload + self.n;
         self.checkpoint().await?;
         let fresh = self.write_all(writer).await?;
-        ensure!(self.count(&schema).await? == self.n, "fresh rows missing");
+        ensure!(self.count(&schema).await? == expected, "fresh rows missing");
         f.push(&label(who, "fresh", table), rate(self.n as u64, fresh));
         // A new instance, as after a crash: the same rows again.
         let writer = self.writer(plugin, &schema, table).await?;
         self.checkpoint().await?;
         let again = self.write_all(writer).await?;
         ensure!(
-            self.count(&schema).await? == self.n,
+            self.count(&schema).await? == expected,
             "redelivery changed the rows"
         );
         f.push(
@@ -377,19 +441,24 @@ impl Bench {
                 )
                 .await?
                 .get(0);
-            ensure!(partitions == 3, "{partitions} partitions, expected 3");
+            let expected = if self.preload > 0 { 33 } else { 3 };
+            ensure!(
+                partitions == expected,
+                "{partitions} partitions, expected {expected}"
+            );
         }
-        self.drop_schema(&schema).await
+        Ok(schema)
     }
 
     /// The plain client: the table as the writer makes it, a binary COPY per
     /// batch; then the redelivery through a staging table.
     async fn plain(&self, table: Table, f: &mut Figures) -> anyhow::Result<()> {
         let schema = self.fresh_schema().await?;
-        let (key, partition_by) = match table {
-            Table::Plain => ("call_id", ""),
-            Table::Partitioned => ("call_id, started_at", " PARTITION BY RANGE (started_at)"),
+        let partition_by = match table {
+            Table::Plain => "",
+            Table::Partitioned => " PARTITION BY RANGE (started_at)",
         };
+        let key = key_of(table);
         self.admin
             .batch_execute(&format!(
                 "CREATE TABLE {schema}.cdr (call_id text NOT NULL, caller text NOT NULL, callee text NOT NULL, \
@@ -410,6 +479,22 @@ impl Bench {
                     .await?;
             }
         }
+        self.plain_into(&schema, table, false, f).await?;
+        self.drop_schema(&schema).await
+    }
+
+    /// The plain client's writes into the table in `schema`; with `other_keys`,
+    /// rows keyed `q-…` (the table already holds the writer's `c-…` rows).
+    async fn plain_into(
+        &self,
+        schema: &str,
+        table: Table,
+        other_keys: bool,
+        f: &mut Figures,
+    ) -> anyhow::Result<()> {
+        let key = key_of(table);
+        let before = self.count(schema).await?;
+        let prefix = other_keys.then_some('q');
         let client = connect().await?;
         let copy = client
             .prepare(&format!(
@@ -419,11 +504,11 @@ impl Bench {
         self.checkpoint().await?;
         let started = Instant::now();
         for chunk in self.rows.chunks(self.batch) {
-            copy_rows(&client, &copy, chunk).await?;
+            copy_rows(&client, &copy, chunk, prefix).await?;
         }
         let fresh = started.elapsed();
         ensure!(
-            self.count(&schema).await? == self.n,
+            self.count(schema).await? == before + self.n,
             "plain COPY rows missing"
         );
         f.push(&label("plain", "fresh", table), rate(self.n as u64, fresh));
@@ -446,20 +531,27 @@ impl Bench {
         let started = Instant::now();
         for chunk in self.rows.chunks(self.batch) {
             client.batch_execute("BEGIN").await?;
-            copy_rows(&client, &stage, chunk).await?;
+            copy_rows(&client, &stage, chunk, prefix).await?;
             client.batch_execute(&insert).await?;
         }
         let again = started.elapsed();
         ensure!(
-            self.count(&schema).await? == self.n,
+            self.count(schema).await? == before + self.n,
             "plain redelivery changed the rows"
         );
         f.push(
             &label("plain", "redelivered (staging)", table),
             rate(self.n as u64, again),
         );
-        drop(client);
-        self.drop_schema(&schema).await
+        Ok(())
+    }
+}
+
+/// The table's key as the writer makes it.
+fn key_of(table: Table) -> &'static str {
+    match table {
+        Table::Plain => "call_id",
+        Table::Partitioned => "call_id, started_at",
     }
 }
 
@@ -468,6 +560,7 @@ async fn copy_rows(
     client: &Client,
     statement: &tokio_postgres::Statement,
     rows: &[Cdr],
+    prefix: Option<char>,
 ) -> anyhow::Result<()> {
     let sink = client.copy_in(statement).await?;
     let writer = BinaryCopyInWriter::new(sink, &TYPES);
@@ -478,8 +571,12 @@ async fn copy_rows(
         let cell = Some(r.cell.as_str());
         let call_type = Some(r.call_type);
         let roaming = Some(r.roaming);
+        let call_id = match prefix {
+            Some(p) => format!("{p}{}", &r.call_id[1..]),
+            None => r.call_id.clone(),
+        };
         let values: [&(dyn ToSql + Sync); 9] = [
-            &r.call_id,
+            &call_id,
             &r.caller,
             &r.callee,
             &started_at,
