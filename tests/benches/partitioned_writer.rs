@@ -387,7 +387,7 @@ impl Bench {
                  '+3361' || lpad((g % 10000000)::text, 7, '0'), '+3362' || lpad((g * 7 % 10000000)::text, 7, '0'), \
                  to_timestamp({} + (g * 7919) % (30 * 86400)), (g % 3600)::int, 'FR-PAR-' || (g % 5000), \
                  (g % 1000) / 100.0, 'voice', g % 7 = 0 \
-                 FROM generate_series(1, {}) g; ANALYZE {schema}.cdr",
+                 FROM generate_series(1::int8, {}) g; ANALYZE {schema}.cdr",
                 oldest / 1_000_000,
                 self.preload
             ))
