@@ -12,6 +12,7 @@ mod grants;
 mod hot_reload;
 mod multi_record;
 mod observability;
+mod partitions;
 mod pinning;
 mod plugin_deadlines;
 mod plugin_limits;

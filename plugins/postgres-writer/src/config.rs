@@ -21,13 +21,17 @@
 //!   tables.
 //! - `schema`: the Postgres schema holding the table; it must exist. Without it,
 //!   the table is created in the first schema of the connection's `search_path`.
+//! - `partition`: makes the table partitioned by time; see [`crate::partition`]
+//!   for its keys (`column`, `interval`, `premake`, `accept`, `retention`,
+//!   `expired`).
 
 use serde_json::Value;
 
-use crate::sql::{TableName, identifier_problem};
+use crate::partition::{PARTITION_NAME_SUFFIX_MAX, Partitioning};
+use crate::sql::{IDENTIFIER_MAX_BYTES, TableName, identifier_problem};
 
 /// The keys a configuration may hold.
-const KEYS: [&str; 3] = ["connection", "table", "schema"];
+const KEYS: [&str; 4] = ["connection", "table", "schema", "partition"];
 
 /// The writer's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,8 @@ pub struct Config {
     pub connection: String,
     /// The table rows land in.
     pub table: TableName,
+    /// How the table is partitioned by time; `None` for a plain table.
+    pub partition: Option<Partitioning>,
 }
 
 impl Config {
@@ -99,6 +105,20 @@ impl Config {
         if let Some(why) = schema.as_deref().and_then(identifier_problem) {
             problems.push(format!("`schema` {why}"));
         }
+        let partition = match object.get("partition") {
+            None | Some(Value::Null) => None,
+            Some(value) => Partitioning::parse(value, &mut problems),
+        };
+        let table_name = table.clone().unwrap_or_else(|| default_table.to_string());
+        if object.get("partition").is_some_and(|v| !v.is_null())
+            && table_name.len() + PARTITION_NAME_SUFFIX_MAX > IDENTIFIER_MAX_BYTES
+        {
+            problems.push(format!(
+                "table name {table_name:?} is too long to name its partitions \
+                 (`{table_name}_p2026112713` must fit in {IDENTIFIER_MAX_BYTES} bytes): use a name of at most {} bytes",
+                IDENTIFIER_MAX_BYTES - PARTITION_NAME_SUFFIX_MAX
+            ));
+        }
 
         if !problems.is_empty() {
             return Err(format!(
@@ -110,8 +130,9 @@ impl Config {
             connection: connection.unwrap_or_default(),
             table: TableName {
                 schema,
-                name: table.unwrap_or_else(|| default_table.to_string()),
+                name: table_name,
             },
+            partition,
         })
     }
 }
@@ -134,7 +155,8 @@ mod tests {
                 table: TableName {
                     schema: Some("public".into()),
                     name: "cdr".into()
-                }
+                },
+                partition: None,
             }
         );
     }
@@ -160,8 +182,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             error,
-            "invalid postgres-writer config: unknown key `extra` (known keys: connection, table, schema); \
-             unknown key `tabel` (known keys: connection, table, schema); `schema` must be a string, not 5; \
+            "invalid postgres-writer config: unknown key `extra` (known keys: connection, table, schema, partition); \
+             unknown key `tabel` (known keys: connection, table, schema, partition); `schema` must be a string, not 5; \
              `connection` is required: the name of a postgres grant of this writer; `table` is empty"
         );
     }
@@ -172,6 +194,37 @@ mod tests {
         let error = Config::parse(r#"{"connection": "main"}"#, &long).unwrap_err();
         assert!(error.contains("set `table`"), "{error}");
         assert!(Config::parse(r#"{"connection": "main", "table": "t"}"#, &long).is_ok());
+    }
+
+    #[test]
+    fn partition_problems_are_reported_with_the_others() {
+        let config = Config::parse(
+            r#"{"connection": "main", "partition": {"column": "started_at", "interval": "1 day"}}"#,
+            "cdr",
+        )
+        .unwrap();
+        assert_eq!(config.partition.unwrap().column, "started_at");
+        let long = "x".repeat(52);
+        let error = Config::parse(
+            &format!(
+                r#"{{"table": "{long}", "partition": {{"column": "at", "interval": "1 week"}}}}"#
+            ),
+            "cdr",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("`partition.interval`: \"1 week\" is not a length of time"),
+            "{error}"
+        );
+        assert!(error.contains("`connection` is required"), "{error}");
+        assert!(
+            error.contains("is too long to name its partitions"),
+            "{error}"
+        );
+        assert!(error.contains("at most 51 bytes"), "{error}");
+        let error =
+            Config::parse(r#"{"connection": "main", "partition": "daily"}"#, "cdr").unwrap_err();
+        assert!(error.contains("`partition` must be a table"), "{error}");
     }
 
     #[test]

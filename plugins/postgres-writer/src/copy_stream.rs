@@ -32,6 +32,7 @@ const NULL: [u8; 4] = (-1i32).to_be_bytes();
 /// 1970-01-01 to 2000-01-01 (Postgres's epoch), in microseconds and in days.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const POSTGRES_EPOCH_DAYS: i32 = 10_957;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Postgres refuses a field longer than 1 GB; refusing it here names the row.
 const FIELD_MAX_BYTES: usize = (1 << 30) - 1;
 /// `jsonb`'s binary format: a version byte, then the JSON text.
@@ -68,12 +69,27 @@ pub struct CopyStream {
     rows: Vec<u32>,
     /// A stream of some of the tuples only (see [`CopyStream::stream`]).
     subset: Vec<u8>,
+    /// The column whose time each tuple records in `points` (the partition
+    /// column), if any.
+    point_column: Option<usize>,
+    /// For each tuple, the time in `point_column` in µs since the epoch (a date
+    /// at its midnight UTC; `i64::MIN` for a null).
+    points: Vec<i64>,
 }
 
 impl CopyStream {
     /// An empty stream.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty stream that records, for each tuple, the time in column `column`
+    /// (see [`CopyStream::point`]).
+    pub fn with_points(column: usize) -> Self {
+        CopyStream {
+            point_column: Some(column),
+            ..Self::default()
+        }
     }
 
     /// Encodes every row of `batch`, replacing what the stream held. A row with a
@@ -90,6 +106,7 @@ impl CopyStream {
         self.buf.clear();
         self.starts.clear();
         self.rows.clear();
+        self.points.clear();
         self.buf.reserve(
             HEADER.len() + batch.data.len() + count * tuple_overhead(types) + TRAILER.len(),
         );
@@ -147,7 +164,15 @@ impl CopyStream {
             let start = self.buf.len();
             self.buf.extend_from_slice(&field_count);
             let mut refused = None;
+            let mut point = i64::MIN;
             for (column, value) in row.iter().enumerate() {
+                if Some(column) == self.point_column {
+                    point = match value {
+                        Value::Timestamp(micros) => micros,
+                        Value::Date(days) => i64::from(days) * MICROS_PER_DAY,
+                        _ => i64::MIN,
+                    };
+                }
                 if let Err(why) = push_value(&mut self.buf, value) {
                     refused = Some((column, why, value));
                     break;
@@ -157,6 +182,9 @@ impl CopyStream {
                 None => {
                     self.starts.push(start);
                     self.rows.push(index);
+                    if self.point_column.is_some() {
+                        self.points.push(point);
+                    }
                 }
                 Some((column, why, value)) => {
                     self.buf.truncate(start);
@@ -178,6 +206,39 @@ impl CopyStream {
     /// The index in the batch of the row encoded as tuple `tuple`.
     pub fn row(&self, tuple: u32) -> u32 {
         self.rows[tuple as usize]
+    }
+
+    /// The time the tuple `tuple` holds in the point column (µs since the epoch).
+    /// Only for a stream made [`with_points`](CopyStream::with_points).
+    pub fn point(&self, tuple: u32) -> i64 {
+        self.points[tuple as usize]
+    }
+
+    /// Leaves out the tuples for which `keep` (given the tuple) is false, as if
+    /// they had never been encoded.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        let mut buf = Vec::with_capacity(self.buf.len());
+        buf.extend_from_slice(&HEADER);
+        let mut kept = 0;
+        for tuple in 0..self.len() {
+            if !keep(tuple as u32) {
+                continue;
+            }
+            let (from, to) = (self.starts[tuple], self.starts[tuple + 1]);
+            self.starts[kept] = buf.len();
+            buf.extend_from_slice(&self.buf[from..to]);
+            self.rows[kept] = self.rows[tuple];
+            if self.point_column.is_some() {
+                self.points[kept] = self.points[tuple];
+            }
+            kept += 1;
+        }
+        self.starts.truncate(kept);
+        self.starts.push(buf.len());
+        buf.extend_from_slice(&TRAILER);
+        self.rows.truncate(kept);
+        self.points.truncate(kept.min(self.points.len()));
+        self.buf = buf;
     }
 
     /// A complete stream of the given tuples. `tuples` must be increasing; all of
@@ -659,6 +720,53 @@ pub(crate) mod tests {
         assert_eq!(keys(stream.stream(&[5])), [5]);
         assert_eq!(keys(stream.stream(&[0, 2, 4])), [0, 2, 4]);
         assert_eq!(keys(stream.stream(&[])), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn points_are_recorded_and_retain_leaves_tuples_out() {
+        let types = [ColumnType::Int32, ColumnType::Timestamp, ColumnType::Date];
+        let rows: Vec<Vec<Value>> = (0..5)
+            .map(|i| {
+                vec![
+                    Value::Int32(i),
+                    Value::Timestamp(i64::from(i) * 1_000),
+                    Value::Date(i),
+                ]
+            })
+            .collect();
+        let cols = columns(&types);
+        let mut rejections = Vec::new();
+        let mut by_time = CopyStream::with_points(1);
+        by_time
+            .encode(&cols, &types, &batch(&rows), &mut rejections)
+            .unwrap();
+        assert_eq!(
+            (0..5).map(|t| by_time.point(t)).collect::<Vec<_>>(),
+            [0, 1_000, 2_000, 3_000, 4_000]
+        );
+        let mut by_date = CopyStream::with_points(2);
+        by_date
+            .encode(&cols, &types, &batch(&rows), &mut rejections)
+            .unwrap();
+        assert_eq!(by_date.point(3), 3 * MICROS_PER_DAY);
+
+        by_time.retain(|t| t % 2 == 0);
+        assert_eq!(by_time.len(), 3);
+        assert_eq!(
+            (0..3).map(|t| by_time.row(t)).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        assert_eq!(
+            (0..3).map(|t| by_time.point(t)).collect::<Vec<_>>(),
+            [0, 2_000, 4_000]
+        );
+        let keys: Vec<i32> = parse(by_time.stream(&[0, 1, 2]))
+            .iter()
+            .map(|t| i32::from_be_bytes(t[0].clone().unwrap().try_into().unwrap()))
+            .collect();
+        assert_eq!(keys, [0, 2, 4]);
+        assert_eq!(parse(by_time.stream(&[1])).len(), 1);
+        assert!(rejections.is_empty());
     }
 
     #[test]

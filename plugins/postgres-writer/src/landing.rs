@@ -9,12 +9,20 @@
 //!   beyond that, the slow path bisects.
 //! - **Slow path**, taken on a duplicate key (a redelivered or retried batch, or a
 //!   key twice in the batch) or a refusal without a line number: in one
-//!   transaction, `COPY` into a temporary staging table, then `INSERT … SELECT
-//!   DISTINCT ON (keys) … ON CONFLICT (keys) DO NOTHING`. A refused piece is undone
+//!   transaction, `COPY` into a temporary staging table, then `INSERT … SELECT …
+//!   ON CONFLICT (keys) DO NOTHING` and `COMMIT` in one round trip: three round
+//!   trips for a redelivered batch. Only when Postgres refuses a row is the batch
+//!   rolled back and landed again in pieces: a refused piece is undone
 //!   to its savepoint and split in two until the refused rows stand alone.
 //!   Savepoints (rather than a transaction per piece) keep the batch all or
 //!   nothing: when a later piece fails for good, the earlier ones are not
 //!   committed either.
+//!
+//! - **Straight to staging after a duplicate.** Redelivered batches come in runs
+//!   (everything unacked when a consumer died comes back), and on the fast path
+//!   each of them costs a whole COPY that fails on its first row. So after a
+//!   duplicate key the next [`STAGE_AFTER_DUPLICATE`] batches go straight to the
+//!   slow path; the one after tries the fast path again.
 //!
 //! The control flow talks to Postgres through [`Session`] so that it is tested
 //! against a fake; `lib.rs` implements it for the host's connection.
@@ -28,6 +36,11 @@ use sluice_plugin_sdk::postgres::PgError;
 /// How many refused rows a piece rejects by their line number, each costing one
 /// more COPY of the piece, before the rest is isolated by bisection instead.
 pub const LINE_RETRIES: u32 = 16;
+
+/// How many batches after one with a duplicate key skip the fast path. The slow
+/// path is correct for any batch, only slower for fresh keys: at worst this many
+/// fresh batches are staged needlessly after a lone duplicate.
+pub const STAGE_AFTER_DUPLICATE: u32 = 16;
 
 /// The calls to Postgres that landing a batch makes.
 pub trait Session {
@@ -60,6 +73,9 @@ pub struct Lander {
     stage_ready: bool,
     /// The tuples still to write; kept to reuse its allocation.
     tuples: Vec<u32>,
+    /// How many more batches go straight to the slow path (see
+    /// [`STAGE_AFTER_DUPLICATE`]).
+    stage_first: u32,
 }
 
 impl Lander {
@@ -69,6 +85,7 @@ impl Lander {
             statements,
             stage_ready: false,
             tuples: Vec::new(),
+            stage_first: 0,
         }
     }
 
@@ -94,7 +111,12 @@ impl Lander {
         let mut tuples = std::mem::take(&mut self.tuples);
         tuples.clear();
         tuples.extend(0..stream.len() as u32);
-        let result = self.fast(session, stream, &mut tuples, rejections);
+        let result = if self.stage_first > 0 && !tuples.is_empty() {
+            self.stage_first -= 1;
+            Ok(false)
+        } else {
+            self.fast(session, stream, &mut tuples, rejections)
+        };
         let result = match result {
             Ok(true) if tuples.is_empty() => Ok(Path::Empty),
             Ok(true) => Ok(Path::Fast),
@@ -124,6 +146,7 @@ impl Lander {
                 Err(e) => e,
             };
             if refusal::is_unique_violation(&error) {
+                self.stage_first = STAGE_AFTER_DUPLICATE;
                 return Ok(false);
             }
             if !refusal::is_refused_row(&error) {
@@ -143,8 +166,65 @@ impl Lander {
         }
     }
 
-    /// The slow path, in one transaction.
+    /// The slow path, in one transaction: the whole batch at once, else in pieces.
     fn slow<S: Session>(
+        &mut self,
+        session: &mut S,
+        stream: &mut CopyStream,
+        tuples: Vec<u32>,
+        rejections: &mut Vec<RowRejection>,
+    ) -> Result<Path, PgError> {
+        if self.slow_whole(session, stream, &tuples)? {
+            return Ok(Path::Slow { pieces: 1 });
+        }
+        self.slow_in_pieces(session, stream, tuples, rejections)
+            .map(|path| match path {
+                // The whole batch was staged once before.
+                Path::Slow { pieces } => Path::Slow { pieces: pieces + 1 },
+                other => other,
+            })
+    }
+
+    /// The whole batch through the staging table, without a savepoint. `Ok(false)`:
+    /// Postgres refused a row, the transaction was rolled back, and the batch
+    /// must land in pieces.
+    fn slow_whole<S: Session>(
+        &mut self,
+        session: &mut S,
+        stream: &mut CopyStream,
+        tuples: &[u32],
+    ) -> Result<bool, PgError> {
+        let statements = &self.statements;
+        let begin = if self.stage_ready {
+            statements.begin
+        } else {
+            statements.begin_and_create_stage.as_str()
+        };
+        let result = session
+            .batch_execute(begin)
+            .and_then(|()| session.copy_in(&statements.copy_stage, stream.stream(tuples)))
+            .and_then(|_| session.batch_execute(&statements.insert_and_commit));
+        match result {
+            Ok(()) => {
+                self.stage_ready = true;
+                Ok(true)
+            }
+            Err(error) => {
+                // Best effort, as in `slow_in_pieces`. A staging table created by
+                // this transaction is gone with it: `stage_ready` is still false.
+                let _ = session.batch_execute(statements.rollback);
+                if refusal::is_refused_row(&error) {
+                    Ok(false)
+                } else {
+                    self.stage_ready = false;
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// The slow path in pieces under savepoints, isolating refused rows.
+    fn slow_in_pieces<S: Session>(
         &mut self,
         session: &mut S,
         stream: &mut CopyStream,
@@ -638,6 +718,7 @@ mod tests {
                 name: "t".into(),
             },
             &schema,
+            &["c0"],
         );
         Setup {
             server: FakeServer::new(&statements),
@@ -710,8 +791,46 @@ mod tests {
             s.write(&[4, 5]).unwrap(),
             (Path::Slow { pieces: 1 }, vec![])
         );
-        assert_eq!(s.server.calls[1], "BEGIN");
+        // Straight to the staging table: no COPY into the table first.
+        assert_eq!(s.server.calls[0], "BEGIN");
         assert_eq!(s.server.table_keys(), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn after_a_duplicate_the_next_batches_go_straight_to_staging_then_fast_again() {
+        let mut s = setup();
+        s.write(&[1]).unwrap();
+        assert_eq!(s.write(&[1, 2]).unwrap().0, Path::Slow { pieces: 1 });
+        assert_eq!(s.server.copies(), 2, "the failed COPY, then the stage's");
+        for batch in 0..STAGE_AFTER_DUPLICATE as i64 {
+            let key = 100 + batch;
+            assert_eq!(s.write(&[key]).unwrap().0, Path::Slow { pieces: 1 });
+            assert_eq!(s.server.copies(), 1, "only the stage's COPY");
+        }
+        assert_eq!(s.write(&[500]).unwrap(), (Path::Fast, vec![]));
+        assert_eq!(s.server.table.len(), 2 + STAGE_AFTER_DUPLICATE as usize + 1);
+    }
+
+    #[test]
+    fn a_clean_redelivery_takes_three_round_trips_and_no_savepoint() {
+        let mut s = setup();
+        s.write(&[1, 2]).unwrap();
+        s.write(&[2, 3]).unwrap();
+        assert_eq!(s.server.calls.len(), 4, "{:?}", s.server.calls);
+        assert_eq!(
+            s.write(&[3, 4]).unwrap(),
+            (Path::Slow { pieces: 1 }, vec![])
+        );
+        let st = s.lander.statements();
+        assert_eq!(
+            s.server.calls,
+            [
+                "BEGIN",
+                st.copy_stage.as_str(),
+                st.insert_and_commit.as_str()
+            ]
+        );
+        assert_eq!(s.server.table_keys(), [1, 2, 3, 4]);
     }
 
     #[test]
@@ -834,10 +953,12 @@ mod tests {
         let mut s = setup();
         s.write(&[1]).unwrap();
         s.server.faults.insert(3, Fault::Deferred);
-        // Calls: COPY t (duplicate), BEGIN+CREATE, SAVEPOINT, COPY stage, INSERT
-        // (refused: bisect), undo, then the first half commits to its savepoint
-        // (SAVEPOINT, COPY, INSERT), then the second half's SAVEPOINT fails.
-        s.server.lose_connection_at = Some(10);
+        // Calls: COPY t (duplicate); the whole batch: BEGIN+CREATE, COPY stage,
+        // INSERT+COMMIT (refused), ROLLBACK; in pieces: BEGIN+CREATE, SAVEPOINT,
+        // COPY stage, INSERT (refused: bisect), undo, then the first half commits
+        // to its savepoint (SAVEPOINT, COPY, INSERT), then the second half's
+        // SAVEPOINT fails.
+        s.server.lose_connection_at = Some(14);
         let error = s.write(&[1, 2, 3]).unwrap_err();
         assert_eq!(error.kind, PgErrorKind::Retriable);
         assert_eq!(

@@ -110,16 +110,27 @@ fn push_ident_list<'a>(out: &mut String, names: impl IntoIterator<Item = &'a str
     }
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for `schema`, keyed on its key columns.
-pub fn create_table(table: &TableName, schema: &Schema) -> String {
+/// `CREATE TABLE IF NOT EXISTS` for `schema`, keyed on `keys`, and partitioned
+/// by range of the column `partition_by` when given.
+pub fn create_table(
+    table: &TableName,
+    schema: &Schema,
+    keys: &[&str],
+    partition_by: Option<&str>,
+) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {table} (");
     for column in &schema.columns {
         push_column_definition(&mut sql, column);
         sql.push_str(", ");
     }
     sql.push_str("PRIMARY KEY (");
-    push_ident_list(&mut sql, key_names(schema));
+    push_ident_list(&mut sql, keys.iter().copied());
     sql.push_str("))");
+    if let Some(column) = partition_by {
+        sql.push_str(" PARTITION BY RANGE (");
+        push_ident(&mut sql, column);
+        sql.push(')');
+    }
     sql
 }
 
@@ -176,6 +187,27 @@ pub fn key_names(schema: &Schema) -> impl Iterator<Item = &str> {
         .map(|c| c.name.as_str())
 }
 
+/// The table's key: the schema's key columns, then the partition column when it
+/// is not one of them (Postgres requires it in a partitioned table's keys).
+pub fn table_keys<'a>(schema: &'a Schema, partition_column: Option<&'a str>) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = key_names(schema).collect();
+    if let Some(column) = partition_column
+        && !keys.contains(&column)
+    {
+        keys.push(column);
+    }
+    keys
+}
+
+/// What the table is, as `pg_class` says: `r` a plain table, `p` a partitioned
+/// one (anything else is not a table), with the partition key's columns. No row
+/// when it does not exist. `$1` is the quoted table name.
+pub const TABLE_KIND: &str = "SELECT c.relkind::text, \
+     (SELECT string_agg(a.attname::text, ',') FROM pg_partitioned_table p \
+      JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = ANY (p.partattrs::int2[]) \
+      WHERE p.partrelid = c.oid) \
+     FROM pg_class c WHERE c.oid = to_regclass($1::text)";
+
 /// The statements `write` runs, built once per `open`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statements {
@@ -199,6 +231,8 @@ pub struct Statements {
     /// Moves the staged rows into the table, once per key, skipping keys already
     /// there; then ends the piece.
     pub insert_from_stage: String,
+    /// The same, then commits: a whole batch staged without a savepoint.
+    pub insert_and_commit: String,
     /// Undoes a refused piece (the transaction goes on).
     pub undo_piece: &'static str,
     /// Ends a slow-path transaction.
@@ -208,14 +242,15 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// The statements for landing rows of `schema` in `table`.
-    pub fn new(table: &TableName, schema: &Schema) -> Self {
+    /// The statements for landing rows of `schema` in `table`, whose key is `keys`.
+    pub fn new(table: &TableName, schema: &Schema, keys: &[&str]) -> Self {
         let target = table.quoted();
         let stage = format!("pg_temp.{}", quote_ident(&stage_name(&table.name)));
         let mut columns = String::new();
         push_ident_list(&mut columns, schema.columns.iter().map(|c| c.name.as_str()));
-        let mut keys = String::new();
-        push_ident_list(&mut keys, key_names(schema));
+        let mut key_list = String::new();
+        push_ident_list(&mut key_list, keys.iter().copied());
+        let keys = key_list;
 
         Statements {
             copy_table: format!("COPY {target} ({columns}) FROM STDIN (FORMAT binary)"),
@@ -232,12 +267,16 @@ impl Statements {
             savepoint: "SAVEPOINT sluice_piece",
             savepoint_and_clear_stage: format!("SAVEPOINT {SAVEPOINT}; TRUNCATE {stage}"),
             copy_stage: format!("COPY {stage} ({columns}) FROM STDIN (FORMAT binary)"),
-            // DISTINCT ON: a batch may carry one key twice (a message redelivered
-            // within the batch); ON CONFLICT DO NOTHING cannot take the same key
-            // twice in one statement.
+            // A batch may carry one key twice (a message redelivered within the
+            // batch): DO NOTHING skips the second as it skips keys already there,
+            // so the first in the batch wins, with no sort (DISTINCT ON) needed.
             insert_from_stage: format!(
-                "INSERT INTO {target} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM {stage} \
+                "INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} \
                  ON CONFLICT ({keys}) DO NOTHING; RELEASE SAVEPOINT {SAVEPOINT}"
+            ),
+            insert_and_commit: format!(
+                "INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} \
+                 ON CONFLICT ({keys}) DO NOTHING; COMMIT"
             ),
             undo_piece: "ROLLBACK TO SAVEPOINT sluice_piece; RELEASE SAVEPOINT sluice_piece",
             commit: "COMMIT",
@@ -360,9 +399,17 @@ mod tests {
             name: "cdr".into(),
         };
         assert_eq!(
-            create_table(&table, &schema()),
+            create_table(&table, &schema(), &["id", "site"], None),
             r#"CREATE TABLE IF NOT EXISTS "ops"."cdr" ("id" bigint NOT NULL, "site" text NOT NULL, "amount" numeric, "at" timestamptz NOT NULL, PRIMARY KEY ("id", "site"))"#
         );
+        let s = schema();
+        let keys = table_keys(&s, Some("at"));
+        assert_eq!(keys, ["id", "site", "at"]);
+        assert_eq!(
+            create_table(&table, &s, &keys, Some("at")),
+            r#"CREATE TABLE IF NOT EXISTS "ops"."cdr" ("id" bigint NOT NULL, "site" text NOT NULL, "amount" numeric, "at" timestamptz NOT NULL, PRIMARY KEY ("id", "site", "at")) PARTITION BY RANGE ("at")"#
+        );
+        assert_eq!(table_keys(&s, Some("id")), ["id", "site"]);
     }
 
     #[test]
@@ -385,7 +432,7 @@ mod tests {
             schema: Some("ops".into()),
             name: "cdr".into(),
         };
-        let s = Statements::new(&table, &schema());
+        let s = Statements::new(&table, &schema(), &["id", "site"]);
         assert_eq!(
             s.copy_table,
             r#"COPY "ops"."cdr" ("id", "site", "amount", "at") FROM STDIN (FORMAT binary)"#
@@ -400,7 +447,11 @@ mod tests {
         );
         assert_eq!(
             s.insert_from_stage,
-            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT DISTINCT ON ("id", "site") "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; RELEASE SAVEPOINT sluice_piece"#
+            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; RELEASE SAVEPOINT sluice_piece"#
+        );
+        assert_eq!(
+            s.insert_and_commit,
+            r#"INSERT INTO "ops"."cdr" ("id", "site", "amount", "at") SELECT "id", "site", "amount", "at" FROM pg_temp."sluice_stage_cdr" ON CONFLICT ("id", "site") DO NOTHING; COMMIT"#
         );
         assert_eq!(
             s.savepoint_and_clear_stage,

@@ -1,6 +1,7 @@
 //! Creating the table for a schema, and evolving it when the schema gains
 //! columns: what `open` does before any row is written.
 
+use crate::partition::Partitioning;
 use crate::sql::{self, TableName, identifier_problem, pg_type};
 use sluice_plugin_sdk::postgres::{Connection, PgError, PgValue};
 use sluice_plugin_sdk::{Column, PluginError, Schema};
@@ -48,6 +49,7 @@ pub fn schema_problems(schema: &Schema) -> Vec<String> {
 pub fn plan<'a>(
     table: &TableName,
     schema: &'a Schema,
+    keys: &[&str],
     columns: &[TableColumn],
     unique_keys: &[String],
 ) -> Result<Evolution<'a>, Vec<String>> {
@@ -84,7 +86,7 @@ pub fn plan<'a>(
             ));
         }
     }
-    let mut keys: Vec<&str> = sql::key_names(schema).collect();
+    let mut keys = keys.to_vec();
     keys.sort_unstable();
     let keys = keys.join(",");
     if !unique_keys.contains(&keys) {
@@ -107,16 +109,19 @@ pub fn prepare(
     connection: &Connection,
     table: &TableName,
     schema: &Schema,
+    keys: &[&str],
+    partition: Option<&Partitioning>,
 ) -> Result<Vec<String>, PluginError> {
     connection
         .batch_execute("BEGIN")
         .map_err(|e| failure("starting the table setup", e))?;
-    let result = prepare_in_transaction(connection, table, schema).and_then(|warnings| {
-        connection
-            .batch_execute("COMMIT")
-            .map(|()| warnings)
-            .map_err(|e| failure("committing the table setup", e))
-    });
+    let result =
+        prepare_in_transaction(connection, table, schema, keys, partition).and_then(|warnings| {
+            connection
+                .batch_execute("COMMIT")
+                .map(|()| warnings)
+                .map_err(|e| failure("committing the table setup", e))
+        });
     if result.is_err() {
         // Best effort: a broken connection has no transaction left to roll back.
         let _ = connection.batch_execute("ROLLBACK");
@@ -128,21 +133,38 @@ fn prepare_in_transaction(
     connection: &Connection,
     table: &TableName,
     schema: &Schema,
+    keys: &[&str],
+    partition: Option<&Partitioning>,
 ) -> Result<Vec<String>, PluginError> {
     let lock = [PgValue::Text(sql::lock_key(table))];
     connection
         .execute(sql::LOCK_TABLE_SETUP, &lock)
         .map_err(|e| failure("locking the table setup", e))?;
+    let kind = table_kind(connection, table)?;
+    if let Some(problem) = kind_problem(table, kind.as_ref(), partition) {
+        return Err(PluginError::InvalidConfig(problem));
+    }
     let mut columns = table_columns(connection, table)?;
-    if columns.is_empty() {
+    if kind.is_none() {
+        let partition_by = partition.map(|p| p.column.as_str());
         connection
-            .batch_execute(&sql::create_table(table, schema))
+            .batch_execute(&sql::create_table(table, schema, keys, partition_by))
             .map_err(|e| failure(&format!("creating table {table}"), e))?;
-        sluice_plugin_sdk::info!(
-            "created table {table} for schema {} version {}",
-            schema.name,
-            schema.version
-        );
+        match partition {
+            None => sluice_plugin_sdk::info!(
+                "created table {table} for schema {} version {}",
+                schema.name,
+                schema.version
+            ),
+            Some(p) => sluice_plugin_sdk::info!(
+                "created table {table} for schema {} version {}, partitioned by range of {:?} every {}, keyed on ({})",
+                schema.name,
+                schema.version,
+                p.column,
+                p.interval,
+                keys.join(", ")
+            ),
+        }
         columns = table_columns(connection, table)?;
     }
     let unique_keys = connection
@@ -154,7 +176,7 @@ fn prepare_in_transaction(
             _ => None,
         })
         .collect::<Vec<_>>();
-    let evolution = plan(table, schema, &columns, &unique_keys).map_err(|problems| {
+    let evolution = plan(table, schema, keys, &columns, &unique_keys).map_err(|problems| {
         PluginError::InvalidConfig(format!(
             "table {table} cannot take schema {} version {}: {}",
             schema.name,
@@ -177,6 +199,63 @@ fn prepare_in_transaction(
         }
     }
     Ok(evolution.warnings)
+}
+
+/// What an existing table is: its `relkind` (`r` plain, `p` partitioned) and the
+/// columns of its partition key, comma-separated. `None` when it does not exist.
+fn table_kind(
+    connection: &Connection,
+    table: &TableName,
+) -> Result<Option<(String, Option<String>)>, PluginError> {
+    let rows = connection
+        .query(sql::TABLE_KIND, &[PgValue::Text(table.quoted())])
+        .map_err(|e| failure(&format!("reading what {table} is"), e))?;
+    Ok(rows.into_iter().next().map(|row| {
+        let mut values = row.into_iter();
+        let kind = match values.next() {
+            Some(PgValue::Text(kind)) => kind,
+            _ => String::new(),
+        };
+        let key = match values.next() {
+            Some(PgValue::Text(key)) => Some(key),
+            _ => None,
+        };
+        (kind, key)
+    }))
+}
+
+/// Why an existing table (`kind`, from [`table_kind`]) does not fit the
+/// configuration: a plain table under a partitioned config, or the reverse.
+/// Nothing is converted behind the operator's back.
+pub fn kind_problem(
+    table: &TableName,
+    kind: Option<&(String, Option<String>)>,
+    partition: Option<&Partitioning>,
+) -> Option<String> {
+    let (kind, key) = kind?;
+    match (kind.as_str(), partition) {
+        ("r", Some(p)) => Some(format!(
+            "table {table} exists as a plain table, but this writer's config partitions it by {:?}: Sluice does not \
+             convert tables. Either remove `partition` from the writer's config to keep writing the plain table, or \
+             set `table` to a new name for the partitioned table (and copy the old rows into it yourself, e.g. \
+             INSERT INTO new SELECT * FROM old)",
+            p.column
+        )),
+        ("p", None) => Some(format!(
+            "table {table} is partitioned (by {}), but this writer's config has no `partition`: add \
+             `partition = {{ column = \"{}\", interval = \"…\" }}` to the writer's config as the table is \
+             partitioned, or set `table` to another table",
+            key.as_deref().unwrap_or("an expression"),
+            key.as_deref().unwrap_or("…"),
+        )),
+        ("p", Some(p)) if key.as_deref() != Some(p.column.as_str()) => Some(format!(
+            "table {table} is partitioned by {}, but this writer's config partitions it by {:?}: set \
+             `partition.column` to how the table is partitioned, or set `table` to another table",
+            key.as_deref().unwrap_or("an expression"),
+            p.column
+        )),
+        _ => None,
+    }
 }
 
 /// The table's columns; none when the table does not exist.
@@ -246,6 +325,10 @@ mod tests {
         }
     }
 
+    fn keys(schema: &Schema) -> Vec<&str> {
+        sql::key_names(schema).collect()
+    }
+
     fn table() -> TableName {
         TableName {
             schema: None,
@@ -267,7 +350,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            plan(&table(), &s, &columns, &["id".into()]),
+            plan(&table(), &s, &keys(&s), &columns, &["id".into()]),
             Ok(Evolution::default())
         );
     }
@@ -282,6 +365,7 @@ mod tests {
         let evolution = plan(
             &table(),
             &s,
+            &keys(&s),
             &[existing("id", "int8", true)],
             &["id".into()],
         )
@@ -312,7 +396,7 @@ mod tests {
                 ..existing("amount", "numeric", false)
             },
         ];
-        let problems = plan(&table(), &s, &columns, &["id".into()]).unwrap_err();
+        let problems = plan(&table(), &s, &keys(&s), &columns, &["id".into()]).unwrap_err();
         assert_eq!(
             problems,
             [
@@ -331,9 +415,18 @@ mod tests {
             column("id", ColumnType::Int64, false, true),
         ]);
         let columns = [existing("id", "int8", true), existing("site", "text", true)];
-        assert!(plan(&table(), &s, &columns, &["id".into()]).is_err());
-        assert!(plan(&table(), &s, &columns, &["id,site,x".into()]).is_err());
-        assert!(plan(&table(), &s, &columns, &["id".into(), "id,site".into()]).is_ok());
+        assert!(plan(&table(), &s, &keys(&s), &columns, &["id".into()]).is_err());
+        assert!(plan(&table(), &s, &keys(&s), &columns, &["id,site,x".into()]).is_err());
+        assert!(
+            plan(
+                &table(),
+                &s,
+                &keys(&s),
+                &columns,
+                &["id".into(), "id,site".into()]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -351,10 +444,36 @@ mod tests {
                 ..existing("created", "timestamptz", true)
             },
         ];
-        let evolution = plan(&table(), &s, &columns, &["id".into()]).unwrap();
+        let evolution = plan(&table(), &s, &keys(&s), &columns, &["id".into()]).unwrap();
         assert_eq!(evolution.warnings.len(), 2, "{:?}", evolution.warnings);
         assert!(evolution.warnings[0].contains(r#""note""#));
         assert!(evolution.warnings[1].contains(r#""legacy""#));
+    }
+
+    #[test]
+    fn an_existing_table_of_the_other_kind_is_refused_with_what_to_do() {
+        let partition = crate::partition::Partitioning::parse(
+            &serde_json::json!({"column": "at", "interval": "1 day"}),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let plain = ("r".to_string(), None);
+        let by_at = ("p".to_string(), Some("at".to_string()));
+        let by_id = ("p".to_string(), Some("id".to_string()));
+        assert_eq!(kind_problem(&table(), None, Some(&partition)), None);
+        assert_eq!(kind_problem(&table(), Some(&plain), None), None);
+        assert_eq!(kind_problem(&table(), Some(&by_at), Some(&partition)), None);
+        let refused = kind_problem(&table(), Some(&plain), Some(&partition)).unwrap();
+        assert!(refused.starts_with(r#"table "cdr" exists as a plain table, but this writer's config partitions it by "at""#), "{refused}");
+        assert!(refused.contains("remove `partition`"), "{refused}");
+        let refused = kind_problem(&table(), Some(&by_at), None).unwrap();
+        assert!(refused.contains(r#"is partitioned (by at), but this writer's config has no `partition`: add `partition = { column = "at""#), "{refused}");
+        let refused = kind_problem(&table(), Some(&by_id), Some(&partition)).unwrap();
+        assert!(
+            refused
+                .contains("is partitioned by id, but this writer's config partitions it by \"at\""),
+            "{refused}"
+        );
     }
 
     #[test]
