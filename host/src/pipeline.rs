@@ -48,7 +48,9 @@ use crate::plugin_runtime::{
     CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
     RowBatch, SourceInstance, WriterInstance,
 };
-use crate::queue_input::{DeadLetter, Publisher, Received, RecordLetter, Session, SharedConnection};
+use crate::queue_input::{
+    DeadLetter, Publisher, Received, RecordLetter, Session, SharedConnection,
+};
 use crate::stream_input::{StreamDeliveries, StreamSession};
 
 /// The plugins a pipeline runs.
@@ -1256,7 +1258,6 @@ async fn consume(
     worker.consuming(&stream);
     let mut input = Input::Stream(&mut session, &publisher);
     let outcome = batches(worker, &mut input, &mut deliveries, shutdown, reconnect).await;
-    drop(input);
     // What was settled is stored; what was not is read again after a restart
     // or a reconnect.
     session.close().await;

@@ -572,7 +572,7 @@ fn receive(stream: &Arc<str>, offset: u64, message: StreamMessage) -> (Received,
         .map(message_id_text);
     let timestamp = properties
         .and_then(|p| p.creation_time.as_ref())
-        .and_then(|t| debug_seconds(t));
+        .and_then(debug_seconds);
     let mut amqp = BasicProperties::default().with_headers(table);
     if let Some(t) = &content_type {
         amqp = amqp.with_content_type(t.as_str().into());

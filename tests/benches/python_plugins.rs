@@ -77,6 +77,7 @@ fn message(body: String) -> Message {
         routing_key: "cdr.voice".into(),
         headers: Vec::new(),
         content_type: None,
+        content_encoding: None,
         message_id: None,
         timestamp: None,
         redelivered: false,
