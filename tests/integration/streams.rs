@@ -385,3 +385,43 @@ async fn a_stream_session_hands_out_every_message_once_with_the_offset_a_plain_r
     streams.delete(&stream).await;
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+#[tokio::test]
+async fn sigterm_mid_stream_exits_promptly_with_the_offset_of_what_was_written_stored() {
+    let sw = StreamWorld::new("stream-term").await;
+    let stream = sw.stream();
+    sw.streams.create(&stream).await;
+    sw.streams.publish(&stream, cdrs(0..50_000)).await;
+    sw.write_config("batch = { max_messages = 1000, max_wait = \"50ms\" }", "");
+    let mut daemon = start(&sw.w.setup, "daemon-1");
+    sw.w.wait_rows(5_000, "some rows before SIGTERM").await;
+    let asked = std::time::Instant::now();
+    sigterm_and_wait(&mut daemon);
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "exited {took:?} after SIGTERM"
+    );
+    let rows = sw.w.rows().await;
+    assert!(rows < 50_000, "SIGTERM came mid-stream ({rows} rows)");
+    let stored = sw
+        .streams
+        .stored_offset(&sw.consumer_name(), &stream)
+        .await
+        .expect("an offset is stored");
+    // Every message up to the stored offset has its row, and nothing past the
+    // last batch in hand was written.
+    let read = sw.streams.read(&stream, 50_000).await;
+    let settled = read.iter().take_while(|(o, _)| *o <= stored).count() as i64;
+    assert!(
+        settled <= rows && rows <= settled + 1_000,
+        "{rows} rows, {settled} messages up to stored offset {stored}"
+    );
+
+    let mut daemon = start(&sw.w.setup, "daemon-2");
+    sw.w.wait_rows(50_000, "the rest after a restart").await;
+    assert_eq!(sw.w.distinct_rows().await, 50_000);
+    sigterm_and_wait(&mut daemon);
+    assert_eq!(sw.w.rows().await, 50_000);
+    sw.finish(&[stream]).await;
+}
