@@ -163,9 +163,13 @@ pub struct StreamSession {
     consumer_name: String,
     /// The offset last stored, if any.
     stored: Option<u64>,
-    config: StreamConfig,
-    /// The connection that asks where the stream ends, once opened.
-    probe: Option<(Client, Arc<EndProbe>)>,
+    /// The second connection: offsets are stored and the stream's end is
+    /// probed on it. Not on the reading one: a store written right after a
+    /// credit waits there for the broker's delayed ACK (Nagle's algorithm,
+    /// which the crate does not turn off), and the next chunk with it: 40 ms
+    /// pauses every few batches, measured (BENCHMARKS.md, section 9).
+    control: Client,
+    probe: Arc<EndProbe>,
 }
 
 /// The messages of a subscription, in offset order.
@@ -337,14 +341,20 @@ impl StreamSession {
             start = ?spec,
             "reading stream"
         );
+        let control = connect(config).await?;
+        let probe = Arc::new(EndProbe {
+            end: AtomicU64::new(0),
+            arrived: tokio::sync::Notify::new(),
+        });
+        control.set_handler(probe.clone().handler()).await;
         let session = Self {
             reader_client,
             client,
             stream: stream.to_string(),
             consumer_name: config.consumer_name.clone(),
             stored,
-            config: config.clone(),
-            probe: None,
+            control,
+            probe,
         };
         let deliveries = StreamDeliveries {
             events: rx,
@@ -371,7 +381,7 @@ impl StreamSession {
     pub async fn store_offset(&mut self, offset: u64) -> anyhow::Result<()> {
         timed(
             &format!("storing offset {offset} on stream `{}`", self.stream),
-            self.client
+            self.control
                 .store_offset(&self.consumer_name, &self.stream, offset),
         )
         .await?;
@@ -381,20 +391,11 @@ impl StreamSession {
 
     /// The offset of the stream's last message, as far as the broker tells:
     /// a short subscription at its last chunk (RabbitMQ 3.10 has no request
-    /// for it), on a connection of its own (the reading one may be waiting for
+    /// for it), on the control connection (the reading one may be waiting for
     /// the pipeline, and would not answer). `None` when the stream is empty or
     /// the broker did not answer.
     pub async fn end(&mut self) -> Option<u64> {
-        if self.probe.is_none() {
-            let client = connect(&self.config).await.ok()?;
-            let probe = Arc::new(EndProbe {
-                end: AtomicU64::new(0),
-                arrived: tokio::sync::Notify::new(),
-            });
-            client.set_handler(probe.clone().handler()).await;
-            self.probe = Some((client, probe));
-        }
-        let (client, probe) = self.probe.as_ref()?;
+        let (client, probe) = (&self.control, &self.probe);
         let subscribed = timed(
             "probing the stream's end",
             client.subscribe(
@@ -405,16 +406,9 @@ impl StreamSession {
                 HashMap::new(),
             ),
         )
-        .await;
-        let subscribed = match subscribed {
-            Ok(response) => response.is_ok(),
-            Err(_) => {
-                // A broken probe connection is opened again next time.
-                self.probe = None;
-                return None;
-            }
-        };
-        if subscribed {
+        .await
+        .ok()?;
+        if subscribed.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), probe.arrived.notified()).await;
             let _ = timed("ending the probe", client.unsubscribe(READ)).await;
         }
@@ -435,7 +429,7 @@ impl StreamSession {
             for _ in 0..50 {
                 let confirmed = timed(
                     "confirming the stored offset",
-                    self.client
+                    self.control
                         .query_offset(self.consumer_name.clone(), &self.stream),
                 )
                 .await;
@@ -467,9 +461,7 @@ impl StreamSession {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.unsubscribe(READ)).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.close()).await;
-        if let Some((probe, _)) = &self.probe {
-            let _ = tokio::time::timeout(Duration::from_secs(2), probe.close()).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.control.close()).await;
     }
 }
 
