@@ -33,24 +33,13 @@ use sluice_tests::daemon::{Daemon, Setup, http_get};
 use sluice_tests::streams::Streams;
 use sluice_tests::{TestSchema, cdr_json};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 
-use common::{daemon_binary, env_usize, parse_cdr, process_cpu, rate, rss_kib, thousands};
+use common::{
+    CDR_TYPES, daemon_binary, env_usize, parse_cdr, process_cpu, rate, rss_kib, thousands,
+};
 
 /// The customer's average load.
 const TARGET: f64 = 116_000.0;
-
-const TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::NUMERIC,
-    Type::TEXT,
-    Type::BOOL,
-];
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -209,21 +198,10 @@ async fn plain_copy(db: &TestSchema, n: usize) -> anyhow::Result<Duration> {
                 db.name
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &TYPES);
+        let writer = BinaryCopyInWriter::new(sink, &CDR_TYPES);
         futures::pin_mut!(writer);
         for r in &rows {
-            let values: [&(dyn ToSql + Sync); 9] = [
-                &r.call_id,
-                &r.caller,
-                &r.callee,
-                &r.started_at,
-                &r.duration_s,
-                &r.cell,
-                &r.cost,
-                &r.call_type,
-                &r.roaming,
-            ];
-            writer.as_mut().write(&values).await?;
+            writer.as_mut().write(&r.values()).await?;
         }
         writer.finish().await?;
         db.client.batch_execute("COMMIT").await?;

@@ -29,29 +29,14 @@ use sluice_tests::daemon::{Broker, Daemon, Setup, json_to_toml_inline};
 use sluice_tests::{TestSchema, amqp_url, cdr_json, cdr_source_config, postgres_url};
 use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 
-use common::{daemon_binary, env_usize, parse_cdr, rate, thousands};
+use common::{CDR_COLUMNS, CDR_TYPES, daemon_binary, env_usize, parse_cdr, rate, thousands};
 
 const RECORDS_PER_MESSAGE: u64 = 100;
 /// Messages per COPY (and per ack) of the plain client: 1,000 rows, the
 /// daemon's default batch of rows.
 const PLAIN_BATCH: usize = 10;
 const PREFETCH: u16 = 200;
-
-const COLUMNS: &str =
-    "call_id, caller, callee, started_at, duration_s, cell, cost, call_type, roaming";
-const TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::NUMERIC,
-    Type::TEXT,
-    Type::BOOL,
-];
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +132,7 @@ async fn plain_drain(bodies: &[Vec<u8>], rows: u64) -> anyhow::Result<Duration> 
     tokio::spawn(connection);
     let statement = client
         .prepare(&format!(
-            "COPY {}.cdr ({COLUMNS}) FROM STDIN (FORMAT binary)",
+            "COPY {}.cdr ({CDR_COLUMNS}) FROM STDIN (FORMAT binary)",
             db.name
         ))
         .await?;
@@ -175,23 +160,12 @@ async fn plain_drain(bodies: &[Vec<u8>], rows: u64) -> anyhow::Result<Duration> 
         pending.push(delivery);
         if pending.len() == PLAIN_BATCH || received == bodies.len() {
             let sink = client.copy_in(&statement).await?;
-            let writer = BinaryCopyInWriter::new(sink, &TYPES);
+            let writer = BinaryCopyInWriter::new(sink, &CDR_TYPES);
             futures::pin_mut!(writer);
             for d in &pending {
                 for line in d.data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let r = parse_cdr(line).map_err(anyhow::Error::msg)?;
-                    let values: [&(dyn ToSql + Sync); 9] = [
-                        &r.call_id,
-                        &r.caller,
-                        &r.callee,
-                        &r.started_at,
-                        &r.duration_s,
-                        &r.cell,
-                        &r.cost,
-                        &r.call_type,
-                        &r.roaming,
-                    ];
-                    writer.as_mut().write(&values).await?;
+                    writer.as_mut().write(&r.values()).await?;
                 }
             }
             writer.finish().await?;

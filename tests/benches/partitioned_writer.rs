@@ -48,29 +48,19 @@ use sluice::plugin_runtime::{
 use sluice_plugin_sdk::rows::RowWriter;
 use sluice_tests::{plugin, postgres_url, unique_name};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
-use common::{Figures, PgNumeric, PgTimestamp, env_usize, max, median, min, rate, thousands};
+use common::{
+    CDR_COLUMNS, CDR_TYPES, Figures, PgNumeric, PgTimestamp, env_usize, max, median, min, rate,
+    thousands,
+};
 
 /// The issue's target for the redelivery path.
 const TARGET_REDELIVERY: f64 = 116_000.0;
 /// Partitioned at this share of plain or better while the table is small.
 const TARGET_PARTITIONED_SHARE: f64 = 0.90;
 
-const COLUMNS: &str =
-    "call_id, caller, callee, started_at, duration_s, cell, cost, call_type, roaming";
-const TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::NUMERIC,
-    Type::TEXT,
-    Type::BOOL,
-];
 const DAY_MICROS: i64 = 86_400_000_000;
 /// 1970-01-01 to 2000-01-01, Postgres's epoch.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -383,7 +373,7 @@ impl Bench {
         }
         self.admin
             .batch_execute(&format!(
-                "INSERT INTO {schema}.cdr ({COLUMNS}) SELECT 'h-' || lpad(g::text, 12, '0'), \
+                "INSERT INTO {schema}.cdr ({CDR_COLUMNS}) SELECT 'h-' || lpad(g::text, 12, '0'), \
                  '+3361' || lpad((g % 10000000)::text, 7, '0'), '+3362' || lpad((g * 7 % 10000000)::text, 7, '0'), \
                  to_timestamp({} + (g * 7919) % (30 * 86400)), (g % 3600)::int, 'FR-PAR-' || (g % 5000), \
                  (g % 1000) / 100.0, 'voice', g % 7 = 0 \
@@ -498,7 +488,7 @@ impl Bench {
         let client = connect().await?;
         let copy = client
             .prepare(&format!(
-                "COPY {schema}.cdr ({COLUMNS}) FROM STDIN (FORMAT binary)"
+                "COPY {schema}.cdr ({CDR_COLUMNS}) FROM STDIN (FORMAT binary)"
             ))
             .await?;
         self.checkpoint().await?;
@@ -520,11 +510,11 @@ impl Bench {
             .await?;
         let stage = client
             .prepare(&format!(
-                "COPY pg_temp.bench_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"
+                "COPY pg_temp.bench_stage ({CDR_COLUMNS}) FROM STDIN (FORMAT binary)"
             ))
             .await?;
         let insert = format!(
-            "INSERT INTO {schema}.cdr ({COLUMNS}) SELECT DISTINCT ON ({key}) {COLUMNS} \
+            "INSERT INTO {schema}.cdr ({CDR_COLUMNS}) SELECT DISTINCT ON ({key}) {CDR_COLUMNS} \
              FROM pg_temp.bench_stage ON CONFLICT ({key}) DO NOTHING; COMMIT"
         );
         self.checkpoint().await?;
@@ -563,7 +553,7 @@ async fn copy_rows(
     prefix: Option<char>,
 ) -> anyhow::Result<()> {
     let sink = client.copy_in(statement).await?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &CDR_TYPES);
     futures::pin_mut!(writer);
     for r in rows {
         let started_at = PgTimestamp(r.started_at - POSTGRES_EPOCH_MICROS);

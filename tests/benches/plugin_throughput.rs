@@ -39,28 +39,15 @@ use sluice::plugin_runtime::{
 use sluice_plugin_sdk::Source as _;
 use sluice_tests::{cdr_json, cdr_source_config, plugin, postgres_url, unique_name};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use common::{Figures, env_usize, max, median, min, parse_cdr, rate, thousands};
+use common::{
+    CDR_COLUMNS, CDR_TYPES, Figures, env_usize, max, median, min, parse_cdr, rate, thousands,
+};
 
 /// The targets the issue sets for idempotent writes.
 const TARGET_ROWS_PER_SEC: f64 = 116_000.0;
 const TARGET_SHARE_OF_PLAIN: f64 = 0.70;
-
-const COLUMNS: &str =
-    "call_id, caller, callee, started_at, duration_s, cell, cost, call_type, roaming";
-const TYPES: [Type; 9] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::INT4,
-    Type::TEXT,
-    Type::NUMERIC,
-    Type::TEXT,
-    Type::BOOL,
-];
 
 fn main() -> anyhow::Result<()> {
     // Benches are run with `--bench` (and cargo passes it); ignore any filter.
@@ -235,21 +222,10 @@ async fn plain_copy_batch(
         .map_err(anyhow::Error::msg)?;
     let parse = t.elapsed();
     let sink = client.copy_in(statement).await?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &CDR_TYPES);
     futures::pin_mut!(writer);
     for r in &rows {
-        let values: [&(dyn ToSql + Sync); 9] = [
-            &r.call_id,
-            &r.caller,
-            &r.callee,
-            &r.started_at,
-            &r.duration_s,
-            &r.cell,
-            &r.cost,
-            &r.call_type,
-            &r.roaming,
-        ];
-        writer.as_mut().write(&values).await?;
+        writer.as_mut().write(&r.values()).await?;
     }
     let written = writer.finish().await?;
     ensure!(written == batch.len() as u64, "COPY wrote {written} rows");
@@ -477,7 +453,7 @@ impl Bench {
     ) -> anyhow::Result<(Duration, Duration, String)> {
         let schema = self.fresh_schema().await?;
         self.create_table(&schema, keyed).await?;
-        let sql = format!("COPY {schema}.cdr ({COLUMNS}) FROM STDIN (FORMAT binary)");
+        let sql = format!("COPY {schema}.cdr ({CDR_COLUMNS}) FROM STDIN (FORMAT binary)");
         let mut clients = Vec::new();
         for _ in 0..conns {
             let client = connect().await?;
@@ -522,11 +498,11 @@ impl Bench {
             .await?;
         let copy = client
             .prepare(&format!(
-                "COPY pg_temp.bench_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"
+                "COPY pg_temp.bench_stage ({CDR_COLUMNS}) FROM STDIN (FORMAT binary)"
             ))
             .await?;
         let insert = format!(
-            "INSERT INTO {schema}.cdr ({COLUMNS}) SELECT DISTINCT ON (call_id) {COLUMNS} \
+            "INSERT INTO {schema}.cdr ({CDR_COLUMNS}) SELECT DISTINCT ON (call_id) {CDR_COLUMNS} \
              FROM pg_temp.bench_stage ON CONFLICT (call_id) DO NOTHING; COMMIT"
         );
         let started = Instant::now();

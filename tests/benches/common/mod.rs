@@ -131,6 +131,43 @@ pub struct CdrRow<'a> {
     pub roaming: Option<bool>,
 }
 
+/// The columns of a CDR table, in the order the baselines COPY them.
+pub const CDR_COLUMNS: &str =
+    "call_id, caller, callee, started_at, duration_s, cell, cost, call_type, roaming";
+
+/// Their types, for a binary COPY.
+pub const CDR_TYPES: [tokio_postgres::types::Type; 9] = {
+    use tokio_postgres::types::Type;
+    [
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::INT4,
+        Type::TEXT,
+        Type::NUMERIC,
+        Type::TEXT,
+        Type::BOOL,
+    ]
+};
+
+impl CdrRow<'_> {
+    /// The row's values, in [`CDR_COLUMNS`] order, for a binary COPY.
+    pub fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+        [
+            &self.call_id,
+            &self.caller,
+            &self.callee,
+            &self.started_at,
+            &self.duration_s,
+            &self.cell,
+            &self.cost,
+            &self.call_type,
+            &self.roaming,
+        ]
+    }
+}
+
 /// Parses one body into its typed row; `Err` names what is wrong.
 pub fn parse_cdr(body: &[u8]) -> Result<CdrRow<'_>, String> {
     let cdr: Cdr<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
