@@ -87,6 +87,32 @@ async fn a_hundred_thousand_stream_messages_land_once_and_sigterm_stores_the_off
     sw.streams.publish(&stream, cdrs(0..100_000)).await;
     sw.w.wait_rows(100_000, "100,000 rows").await;
     assert_eq!(sw.w.distinct_rows().await, 100_000);
+    let read = sw.streams.read(&stream, 100_000).await;
+    assert_eq!(read.len(), 100_000);
+    let last = read.last().map(|(offset, _)| *offset).unwrap();
+
+    // /metrics: the stored offset, and no lag once drained (measured every 5 s).
+    let port = sw.w.setup.admin_port;
+    let pipeline = &sw.w.setup.pipeline;
+    eventually(
+        LONG,
+        "the committed offset and a zero lag in /metrics",
+        || async {
+            let (_, text) = http_get(port, "/metrics").await.unwrap_or_default();
+            let series = |name: &str| {
+                text.lines()
+                    .find(|l| {
+                        l.starts_with(name)
+                            && l.contains(&format!("pipeline=\"{pipeline}\""))
+                            && l.contains(&format!("stream=\"{stream}\""))
+                    })
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            };
+            series("sluice_stream_committed_offset") == Some(last)
+                && series("sluice_stream_lag_messages") == Some(0)
+        },
+    )
+    .await;
 
     sigterm_and_wait(&mut daemon);
     assert!(
@@ -94,11 +120,9 @@ async fn a_hundred_thousand_stream_messages_land_once_and_sigterm_stores_the_off
         "{}",
         daemon.log()
     );
-    let read = sw.streams.read(&stream, 100_000).await;
-    assert_eq!(read.len(), 100_000);
     assert_eq!(
         sw.streams.stored_offset(&sw.consumer_name(), &stream).await,
-        read.last().map(|(offset, _)| *offset),
+        Some(last),
         "the offset of the last message is stored"
     );
     assert_eq!(sw.w.rows().await, 100_000);
