@@ -64,15 +64,7 @@ impl EndProbe {
     /// The probe connection's handler.
     fn handler(
         self: Arc<Self>,
-    ) -> impl FnOnce(
-        MessageResult,
-    ) -> futures::future::BoxFuture<
-        'static,
-        rabbitmq_stream_client::RabbitMQStreamResult<()>,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
+    ) -> impl FnOnce(MessageResult) -> Handled + Clone + Send + Sync + 'static {
         move |item| {
             Box::pin(async move {
                 if let Some(Ok(response)) = item
@@ -87,6 +79,11 @@ impl EndProbe {
         }
     }
 }
+
+/// What a connection's handler returns (the crate takes closures, run for
+/// each frame in a task of their own).
+type Handled =
+    futures::future::BoxFuture<'static, rabbitmq_stream_client::RabbitMQStreamResult<()>>;
 
 /// What the connection's reader hands to the consumer.
 enum Event {
@@ -109,17 +106,7 @@ struct Reader {
 
 impl Reader {
     /// The connection's handler (the crate takes closures).
-    fn handler(
-        self,
-    ) -> impl FnOnce(
-        MessageResult,
-    ) -> futures::future::BoxFuture<
-        'static,
-        rabbitmq_stream_client::RabbitMQStreamResult<()>,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
+    fn handler(self) -> impl FnOnce(MessageResult) -> Handled + Clone + Send + Sync + 'static {
         move |item| {
             Box::pin(async move {
                 self.handle(item).await;

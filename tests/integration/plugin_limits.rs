@@ -7,13 +7,19 @@ use sluice_tests::plugin;
 use super::{message, runtime};
 
 async fn chaos() -> SourceInstance {
+    chaos_from(&plugin("chaos-source")).await
+}
+
+/// A source instance of the chaos plugin at `path` (the Rust one, or the
+/// Python one with the same behaviours), in a runtime with tight limits.
+pub(crate) async fn chaos_from(path: &std::path::Path) -> SourceInstance {
     let rt = runtime();
-    let loaded = rt.load(&plugin("chaos-source")).await.unwrap();
+    let loaded = rt.load(path).await.unwrap();
     SourceInstance::new(rt, loaded.into(), "limits-test", "{}".into())
 }
 
 /// After a failed call the instance is replaced: a normal batch decodes.
-async fn still_works(source: &mut SourceInstance) {
+pub(crate) async fn still_works(source: &mut SourceInstance) {
     let decoded = source
         .decode(&[message("ok-1"), message("ok-2")])
         .await

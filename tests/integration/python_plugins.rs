@@ -20,6 +20,7 @@ use sluice_tests::{python_plugin, python_plugins_dir, workspace_root};
 
 use super::daemon::{World, start, world};
 use super::message;
+use super::plugin_limits::{chaos_from, still_works};
 
 /// A runtime with the daemon's default memory limit (256 MiB) and a short time
 /// limit, sharing the tests' compiled-component cache (a Python component takes
@@ -234,21 +235,7 @@ async fn the_python_writer_without_its_grant_is_denied() {
 }
 
 async fn chaos() -> SourceInstance {
-    let rt = runtime();
-    let loaded = rt.load(&python_plugin("py-chaos-source")).await.unwrap();
-    SourceInstance::new(rt, loaded.into(), "py-limits", "{}".into())
-}
-
-/// After a failed call the instance is replaced: a normal batch decodes.
-async fn still_works(source: &mut SourceInstance) {
-    let decoded = source
-        .decode(&[message("ok-1"), message("ok-2")])
-        .await
-        .expect("a fresh instance decodes");
-    assert_eq!(
-        decoded.outcomes,
-        vec![MessageOutcome::Rows(1), MessageOutcome::Rows(1)]
-    );
+    chaos_from(&python_plugin("py-chaos-source")).await
 }
 
 #[tokio::test]
