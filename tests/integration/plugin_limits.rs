@@ -7,13 +7,15 @@ use sluice_tests::plugin;
 use super::{message, runtime};
 
 async fn chaos() -> SourceInstance {
-    chaos_from(&plugin("chaos-source")).await
+    chaos_from(runtime(), &plugin("chaos-source")).await
 }
 
 /// A source instance of the chaos plugin at `path` (the Rust one, or the
-/// Python one with the same behaviours), in a runtime with tight limits.
-pub(crate) async fn chaos_from(path: &std::path::Path) -> SourceInstance {
-    let rt = runtime();
+/// Python one with the same behaviours), in `rt`.
+pub(crate) async fn chaos_from(
+    rt: std::sync::Arc<sluice::plugin_runtime::PluginRuntime>,
+    path: &std::path::Path,
+) -> SourceInstance {
     let loaded = rt.load(path).await.unwrap();
     SourceInstance::new(rt, loaded.into(), "limits-test", "{}".into())
 }

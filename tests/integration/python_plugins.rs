@@ -235,7 +235,8 @@ async fn the_python_writer_without_its_grant_is_denied() {
 }
 
 async fn chaos() -> SourceInstance {
-    chaos_from(&python_plugin("py-chaos-source")).await
+    // Python's own runtime: its memory limit fits CPython.
+    chaos_from(runtime(), &python_plugin("py-chaos-source")).await
 }
 
 #[tokio::test]
