@@ -97,17 +97,19 @@ pub struct DaemonConfig {
 /// messages, and the writers that store the rows. Messages are acked only once
 /// every writer committed.
 ///
-/// `Debug` shows `amqp_url` with its password replaced by `***`.
+/// `Debug` shows `amqp_urls` with their passwords replaced by `***`.
 #[derive(Clone)]
 pub struct PipelineConfig {
     /// The pipeline's name (`name`): lowercase letters, digits, `_` and `-`, unique
     /// in the file. It labels logs and metrics and names the default dead-letter
     /// exchange and queue.
     pub name: String,
-    /// The URL of the amqp connection the pipeline names, with the password from
-    /// the connection's `password_env` applied. Holds a secret: log
+    /// The URLs of the amqp connection the pipeline names (`url`, or one per
+    /// node of a cluster with `urls`), with the password from the connection's
+    /// `password_env` applied. The daemon connects to one; when it loses it,
+    /// to the next that answers. Holds secrets: log
     /// [`PipelineConfig::amqp_url_redacted`] instead.
-    pub amqp_url: String,
+    pub amqp_urls: Vec<String>,
     /// That connection's TLS settings (its `tls` table), with the files read;
     /// `None`: the system trust store and no client certificate.
     pub amqp_tls: Option<AmqpTls>,
@@ -139,9 +141,13 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// `amqp_url` with its password, if any, replaced by `***`: safe to log.
-    pub fn amqp_url_redacted(&self) -> String {
-        amqp_url::redact(&self.amqp_url)
+    /// The `i`th of `amqp_urls` with its password, if any, replaced by `***`:
+    /// safe to log.
+    pub fn amqp_url_redacted(&self, i: usize) -> String {
+        self.amqp_urls
+            .get(i)
+            .map(|url| amqp_url::redact(url))
+            .unwrap_or_default()
     }
 }
 
@@ -149,7 +155,12 @@ impl fmt::Debug for PipelineConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineConfig")
             .field("name", &self.name)
-            .field("amqp_url", &self.amqp_url_redacted())
+            .field(
+                "amqp_urls",
+                &(0..self.amqp_urls.len())
+                    .map(|i| self.amqp_url_redacted(i))
+                    .collect::<Vec<_>>(),
+            )
             .field("amqp_tls", &self.amqp_tls)
             .field("amqp_connection", &self.amqp_connection)
             .field("queue", &self.queue)
@@ -194,8 +205,10 @@ pub struct QueueConfig {
 pub struct StreamConfig {
     /// The rabbitmq-stream connection (`connection`, required), by name.
     pub connection: String,
-    /// Its endpoint, with the password applied. `Debug` leaves the password out.
-    pub endpoint: StreamEndpoint,
+    /// Its endpoints (`url`, or one per node of a cluster with `urls`), with
+    /// the password applied. `Debug` leaves the password out. The daemon reads
+    /// through one; when it loses it, through the next that answers.
+    pub endpoints: Vec<StreamEndpoint>,
     /// The streams this daemon reads: `name`, or with `partitions = N` the
     /// partitions `name-0` … `name-<N-1>` (a super stream's), those in
     /// `assigned` only (default all).
@@ -386,6 +399,11 @@ pub struct DeadLetterConfig {
     /// consumer drops its session, the batch returns to the queue and is retried
     /// after a reconnect backoff, never dropped.
     pub queue: Option<String>,
+    /// The type `queue` is declared with (`queue_type`: `"classic"`, the
+    /// default, or `"quorum"`). On a cluster, quorum: a classic queue lives on
+    /// one node, and while that node is down dead letters cannot be published,
+    /// so the batches holding them wait.
+    pub queue_kind: QueueKind,
     /// Whether the daemon declares the exchange and queue (`declare`, default true).
     pub declare: bool,
 }

@@ -62,50 +62,75 @@ pub mod headers {
 /// read carry deliveries for both consumers, which is where a consumer's CPU goes
 /// (see BENCHMARKS.md, section 2). A consumer whose session fails asks for the
 /// connection again: the first to ask after the connection died opens a new one.
+///
+/// With several URLs (a cluster's nodes, `urls`), the connection goes to one
+/// node; once it is lost, the next connection tries the nodes in turn starting
+/// with the one after it, so a daemon leaves a node that went down at once
+/// (a refused connect costs nothing) and the first try of a fleet of daemons
+/// is spread over the nodes (each starts at a random one).
 #[derive(Clone, Default)]
-pub struct SharedConnection(Arc<Mutex<Option<Arc<Connection>>>>);
+pub struct SharedConnection(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<Arc<Connection>>,
+    /// The node (index in `amqp_urls`) of the last connection opened, `None`
+    /// before the first.
+    node: Option<usize>,
+}
+
+/// How long connecting to one node may take before the next is tried: a node
+/// whose host vanished (no refusal, only silence) must not hold the pipeline.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl SharedConnection {
     /// The live connection, opened if there is none (or the last one died).
     async fn get(&self, pipeline: &PipelineConfig) -> anyhow::Result<Arc<Connection>> {
         let mut slot = self.0.lock().await;
-        if let Some(connection) = slot.as_ref()
+        if let Some(connection) = slot.connection.as_ref()
             && connection.status().connected()
         {
             return Ok(connection.clone());
         }
-        let name = format!("sluice {}", pipeline.name);
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-        // Without a `tls` table this is what `Connection::connect` does: the
-        // system trust store, no client certificate.
-        let tls = pipeline
-            .amqp_tls
-            .as_ref()
-            .map(AmqpTls::lapin_config)
-            .unwrap_or_default();
-        let runtime = lapin::runtime::default_runtime().context("lapin's tokio runtime")?;
-        let connection = Connection::connect_with_config(&pipeline.amqp_url, props, tls, runtime)
-            .await
-            .map_err(|e| {
-                let mut context = format!(
-                    "connecting to RabbitMQ (connection `{}`",
-                    pipeline.amqp_connection
-                );
-                if let Some(tls) = &pipeline.amqp_tls {
-                    context.push_str(&format!("; TLS {}", tls.describe()));
+        let nodes = pipeline.amqp_urls.len().max(1);
+        let first = match slot.node {
+            Some(last) => last + 1,
+            None => random_index(nodes),
+        };
+        let mut failures = Vec::new();
+        for k in 0..nodes {
+            let node = (first + k) % nodes;
+            match connect_node(pipeline, node).await {
+                Ok(connection) => {
+                    if nodes > 1 {
+                        tracing::info!(
+                            pipeline = %pipeline.name,
+                            connection = %pipeline.amqp_connection,
+                            node = %pipeline.amqp_url_redacted(node),
+                            "connected to RabbitMQ"
+                        );
+                    }
+                    let connection = Arc::new(connection);
+                    slot.connection = Some(connection.clone());
+                    slot.node = Some(node);
+                    return Ok(connection);
                 }
-                context.push(')');
-                // The hint goes first: the chain ends with rustls's terse name
-                // of the failure (`UnknownIssuer`), which it explains.
-                if let Some(hint) = tls_hint(&e) {
-                    context.push_str(&format!(": {hint}"));
-                }
-                anyhow::Error::new(e).context(context)
-            })?;
-        let connection = Arc::new(connection);
-        *slot = Some(connection.clone());
-        Ok(connection)
+                Err(e) => failures.push(e),
+            }
+        }
+        // The next try starts where this one did: none of them answered.
+        slot.node = Some((first + nodes - 1) % nodes);
+        match failures.len() {
+            1 => Err(failures.pop().expect("one failure")),
+            n => {
+                let each: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+                bail!(
+                    "none of the {n} nodes of connection `{}` answered: {}",
+                    pipeline.amqp_connection,
+                    each.join("; ")
+                )
+            }
+        }
     }
 
     /// Gives back a session's handle; the last session to leave closes the
@@ -114,12 +139,69 @@ impl SharedConnection {
         let mut slot = self.0.lock().await;
         drop(connection);
         let unused = slot
+            .connection
             .as_ref()
             .is_some_and(|held| Arc::strong_count(held) == 1);
-        if unused && let Some(connection) = slot.take() {
+        if unused && let Some(connection) = slot.connection.take() {
             let _ = connection.close(200, "sluice shutting down".into()).await;
         }
     }
+}
+
+/// Connects to the `node`th of the pipeline's URLs. The error names the
+/// connection, the node (when there are several) and, for TLS, what failed.
+async fn connect_node(pipeline: &PipelineConfig, node: usize) -> anyhow::Result<Connection> {
+    let name = format!("sluice {}", pipeline.name);
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    // Without a `tls` table this is what `Connection::connect` does: the
+    // system trust store, no client certificate.
+    let tls = pipeline
+        .amqp_tls
+        .as_ref()
+        .map(AmqpTls::lapin_config)
+        .unwrap_or_default();
+    let runtime = lapin::runtime::default_runtime().context("lapin's tokio runtime")?;
+    let url = pipeline
+        .amqp_urls
+        .get(node)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let mut context = format!(
+        "connecting to RabbitMQ (connection `{}`",
+        pipeline.amqp_connection
+    );
+    if pipeline.amqp_urls.len() > 1 {
+        context.push_str(&format!(", node {}", pipeline.amqp_url_redacted(node)));
+    }
+    if let Some(tls) = &pipeline.amqp_tls {
+        context.push_str(&format!("; TLS {}", tls.describe()));
+    }
+    context.push(')');
+    let connecting = Connection::connect_with_config(url, props, tls, runtime);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => {
+            // The hint goes first: the chain ends with rustls's terse name
+            // of the failure (`UnknownIssuer`), which it explains.
+            if let Some(hint) = tls_hint(&e) {
+                context.push_str(&format!(": {hint}"));
+            }
+            Err(anyhow::Error::new(e).context(context))
+        }
+        Err(_) => bail!("{context}: no answer within {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+/// A random index below `n`: where a fleet of daemons starts trying a
+/// cluster's nodes, so that they spread over them.
+pub(crate) fn random_index(n: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    // Without randomness (it never fails on Linux), the first node.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(bytes) % n as u64) as usize
 }
 
 /// One AMQP session of one consumer, on the pipeline's shared connection: a
@@ -459,6 +541,14 @@ pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> a
             );
             if let Some(limit) = queue.delivery_limit {
                 args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(limit));
+                // A message past its limit (one that kept killing the
+                // consumers that took it: Sluice itself never rejects) goes to
+                // the pipeline's dead letters instead of being dropped.
+                let dl = &pipeline.dead_letter;
+                args.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString(dl.exchange.as_str().into()),
+                );
             }
         }
         // A stream pipeline's streams are created with the stream protocol,
@@ -507,6 +597,13 @@ pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> a
     if dl.declare {
         declare_exchange(channel, &dl.exchange, ExchangeKind::Topic).await?;
         if let Some(dlq) = &dl.queue {
+            let mut args = FieldTable::default();
+            if dl.queue_kind == QueueKind::Quorum {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
             channel
                 .queue_declare(
                     dlq.as_str().into(),
@@ -514,7 +611,7 @@ pub async fn declare_topology(channel: &Channel, pipeline: &PipelineConfig) -> a
                         durable: true,
                         ..QueueDeclareOptions::default()
                     },
-                    FieldTable::default(),
+                    args,
                 )
                 .await
                 .with_context(|| format!("declaring dead-letter queue `{dlq}`"))?;

@@ -207,9 +207,10 @@ fn creation_options(retention: &StreamRetention) -> HashMap<String, String> {
     options
 }
 
-/// Opens a stream-protocol connection to the pipeline's stream endpoint.
-pub async fn connect(stream: &StreamConfig) -> anyhow::Result<Client> {
-    let endpoint = &stream.endpoint;
+/// Opens a stream-protocol connection to the `node`th of the pipeline's
+/// stream endpoints.
+async fn connect(stream: &StreamConfig, node: usize) -> anyhow::Result<Client> {
+    let endpoint = &stream.endpoints[node];
     let options = ClientOptions::builder()
         .host(&endpoint.host)
         .port(endpoint.port)
@@ -230,6 +231,14 @@ pub async fn connect(stream: &StreamConfig) -> anyhow::Result<Client> {
 impl StreamSession {
     /// Connects, checks the stream exists, reads the stored offset and
     /// subscribes after it.
+    ///
+    /// With several endpoints (a cluster's nodes), each is tried in turn from a
+    /// random one until one connects and subscribes: a stream is read from any
+    /// node holding a replica (a follower serves only what a quorum of the
+    /// nodes has written, so nothing read there is taken back), and offsets are
+    /// stored in the stream itself, so the node read from may change at every
+    /// reconnect. Random, so that the partitions of a super stream and the
+    /// daemons of a fleet spread over the nodes.
     pub async fn open(
         pipeline: &PipelineConfig,
         stream: &str,
@@ -239,18 +248,60 @@ impl StreamSession {
             .stream
             .as_ref()
             .ok_or_else(|| anyhow!("pipeline `{}` reads no stream", pipeline.name))?;
-        let client = connect(config).await?;
-        match Self::subscribe(config, stream, client.clone(), pipeline.queue.declare).await {
-            Ok(opened) => Ok(opened),
-            Err(e) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
-                Err(e)
+        let nodes = config.endpoints.len();
+        let first = crate::queue_input::random_index(nodes);
+        let mut failures = Vec::new();
+        for k in 0..nodes {
+            let node = (first + k) % nodes;
+            let opened = match connect(config, node).await {
+                Ok(client) => {
+                    let opened = Self::subscribe(
+                        config,
+                        node,
+                        stream,
+                        client.clone(),
+                        pipeline.queue.declare,
+                    )
+                    .await;
+                    if opened.is_err() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
+                    }
+                    opened
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(opened) => {
+                    if nodes > 1 {
+                        let endpoint = &config.endpoints[node];
+                        tracing::info!(
+                            pipeline = %pipeline.name,
+                            stream,
+                            node = %format!("{}:{}", endpoint.host, endpoint.port),
+                            "reading stream through node"
+                        );
+                    }
+                    return Ok(opened);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        match failures.len() {
+            1 => Err(failures.pop().expect("one failure")),
+            n => {
+                let each: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+                bail!(
+                    "none of the {n} nodes of connection `{}` could serve stream `{stream}`: {}",
+                    config.connection,
+                    each.join("; ")
+                )
             }
         }
     }
 
     async fn subscribe(
         config: &StreamConfig,
+        node: usize,
         stream: &str,
         client: Client,
         declare: bool,
@@ -328,7 +379,7 @@ impl StreamSession {
             start = ?spec,
             "reading stream"
         );
-        let control = connect(config).await?;
+        let control = connect(config, node).await?;
         let probe = Arc::new(EndProbe {
             end: AtomicU64::new(0),
             arrived: tokio::sync::Notify::new(),

@@ -49,11 +49,14 @@ pub(super) struct RawDaemon {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(expecting = "a table with type, url and optionally password_env and tls")]
+#[serde(expecting = "a table with type, url (or urls) and optionally password_env and tls")]
 pub(super) struct RawConnection {
     #[serde(rename = "type")]
     pub kind: Option<Lenient<String>>,
     pub url: Option<Lenient<String>>,
+    /// amqp and rabbitmq-stream connections: the nodes of a cluster, instead
+    /// of `url`.
+    pub urls: Option<Lenient<Vec<String>>>,
     pub password_env: Option<Lenient<String>>,
     /// amqp connections only.
     pub tls: Option<RawAmqpTls>,
@@ -158,6 +161,7 @@ pub(super) struct RawDeadLetter {
     pub exchange: Option<Lenient<String>>,
     /// A queue name, or `false` for none.
     pub queue: Option<toml::Value>,
+    pub queue_type: Option<Lenient<String>>,
     pub declare: Option<Lenient<bool>>,
 }
 
@@ -384,7 +388,7 @@ mod tests {
         assert_eq!(fields_of::<RawBatch>(), ["max_messages", "max_wait"]);
         assert_eq!(
             fields_of::<RawConnection>(),
-            ["type", "url", "password_env", "tls"]
+            ["type", "url", "urls", "password_env", "tls"]
         );
         assert!(known_keys("connections.*.tls").is_some());
         assert!(known_keys("pipelines[].queue.bindings[]").is_some());

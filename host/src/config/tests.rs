@@ -75,7 +75,7 @@ fn root_config_toml_parses_and_validates() {
     let cdr = &config.pipelines[0];
     assert_eq!(cdr.name, "cdr");
     assert_eq!(cdr.amqp_connection, "rabbit");
-    assert_eq!(cdr.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(cdr.amqp_urls, ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
     assert_eq!((cdr.prefetch, cdr.consumers), (2000, 2));
     assert_eq!(cdr.batch.max_messages, 1000);
     assert_eq!(cdr.queue.name, "cdr");
@@ -303,6 +303,7 @@ fn applies_defaults() {
         DeadLetterConfig {
             exchange: "cdr.dead".into(),
             queue: Some("cdr.dead".into()),
+            queue_kind: QueueKind::Classic,
             declare: true
         }
     );
@@ -369,10 +370,13 @@ fn passwords_from_the_environment_reach_url_and_grant_but_never_output() {
     let config = parse_with(&text, &env).unwrap();
     let p = &config.pipelines[0];
     assert_eq!(
-        p.amqp_url,
-        "amqp://guest:s3cr%3At%2Fp%40ss@127.0.0.1:5672/%2f"
+        p.amqp_urls,
+        ["amqp://guest:s3cr%3At%2Fp%40ss@127.0.0.1:5672/%2f"]
     );
-    assert_eq!(p.amqp_url_redacted(), "amqp://guest:***@127.0.0.1:5672/%2f");
+    assert_eq!(
+        p.amqp_url_redacted(0),
+        "amqp://guest:***@127.0.0.1:5672/%2f"
+    );
     let grant = &p.writers[0].grants.postgres["warehouse"];
     assert_eq!(grant.config().get_password(), Some(secret.as_bytes()));
 
@@ -462,7 +466,7 @@ fn a_connection_key_typo_lists_the_keys_a_connection_takes() {
     let typo = at(&problems, "connections.warehouse.pasword_env");
     assert_eq!(
         typo.message,
-        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, password_env, tls",
+        "unknown key `pasword_env` (did you mean `password_env`?); expected one of: type, url, urls, password_env, tls",
         "{problems:#?}"
     );
 }
@@ -1094,11 +1098,11 @@ fn a_stream_pipeline_reads_its_assigned_partitions_through_a_stream_connection()
     assert_eq!(stream.streams, ["cdr-1", "cdr-3"]);
     assert_eq!(stream.consumer_name, "sluice-cdr");
     assert_eq!(stream.start, StreamStart::Next);
-    assert_eq!(stream.endpoint.host, "rabbit.internal");
-    assert_eq!(stream.endpoint.port, 5553);
-    assert_eq!(stream.endpoint.user, "sluice");
-    assert_eq!(stream.endpoint.password, "secret");
-    assert_eq!(stream.endpoint.vhost, "cdr/vh");
+    assert_eq!(stream.endpoints[0].host, "rabbit.internal");
+    assert_eq!(stream.endpoints[0].port, 5553);
+    assert_eq!(stream.endpoints[0].user, "sluice");
+    assert_eq!(stream.endpoints[0].password, "secret");
+    assert_eq!(stream.endpoints[0].vhost, "cdr/vh");
     assert_eq!(
         stream.retention,
         StreamRetention {
@@ -1120,7 +1124,7 @@ fn a_single_stream_starts_first_by_default_and_a_password_comes_from_the_environ
     let stream = config.pipelines[0].queue.stream.as_ref().unwrap();
     assert_eq!(stream.streams, ["cdr"]);
     assert_eq!(stream.start, StreamStart::Timestamp(1_796_083_200_000));
-    assert_eq!(stream.endpoint.password, "from-env");
+    assert_eq!(stream.endpoints[0].password, "from-env");
 }
 
 #[test]
@@ -1207,4 +1211,103 @@ fn byte_sizes_take_decimal_and_binary_units() {
     assert_eq!(parse_byte_size("1000"), Some(1000));
     assert_eq!(parse_byte_size("0"), None);
     assert_eq!(parse_byte_size("5 parsecs"), None);
+}
+
+#[test]
+fn a_cluster_connection_lists_its_nodes_each_with_the_password_applied() {
+    let text = MINIMAL.replace(
+        "url = \"amqp://guest@127.0.0.1:5672/%2f\"",
+        "urls = [\"amqp://sluice@rabbit-1:5672/%2f\", \"amqp://sluice@rabbit-2:5672/%2f\", \"amqp://sluice@rabbit-3:5672/%2f\"]\npassword_env = \"RABBIT_PW\"",
+    );
+    let text = with_stream_queue_urls(
+        &text,
+        "urls = [\"rabbitmq-stream://sluice@rabbit-1:5552/\", \"rabbitmq-stream://sluice@rabbit-2:5552/\"]",
+    );
+    let config = parse_with(&text, &[("RABBIT_PW", "pw")]).unwrap();
+    let p = &config.pipelines[0];
+    assert_eq!(
+        p.amqp_urls,
+        [
+            "amqp://sluice:pw@rabbit-1:5672/%2f",
+            "amqp://sluice:pw@rabbit-2:5672/%2f",
+            "amqp://sluice:pw@rabbit-3:5672/%2f"
+        ]
+    );
+    assert_eq!(
+        p.amqp_url_redacted(2),
+        "amqp://sluice:***@rabbit-3:5672/%2f"
+    );
+    let hosts: Vec<&str> = p
+        .queue
+        .stream
+        .as_ref()
+        .unwrap()
+        .endpoints
+        .iter()
+        .map(|e| e.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["rabbit-1", "rabbit-2"]);
+    assert!(!format!("{config:?}").contains(":pw@"));
+}
+
+/// The stream pipeline of [`with_stream_queue`] on `text`, its connection
+/// given by `url_line`.
+fn with_stream_queue_urls(text: &str, url_line: &str) -> String {
+    let text = text.replace(
+        r#"queue = { name = "cdr", bindings = [{ exchange = "cdr", routing_key = "cdr.#" }] }"#,
+        r#"queue = { type = "stream", name = "cdr", connection = "streams" }"#,
+    );
+    format!("{text}\n[connections.streams]\ntype = \"rabbitmq-stream\"\n{url_line}\n")
+}
+
+#[test]
+fn a_cluster_connections_urls_are_checked_each_at_its_own_path() {
+    let text = MINIMAL
+        .replace(
+            "url = \"amqp://guest@127.0.0.1:5672/%2f\"",
+            "urls = [\"amqp://rabbit-1/%2f\", \"http://rabbit-2/\", \"amqp://rabbit-1/%2f\", \"\"]",
+        )
+        .replace(
+            "url = \"postgres://postgres@127.0.0.1:5432/postgres\"",
+            "urls = [\"postgres://a/db\", \"postgres://b/db\"]",
+        );
+    let text = with_stream_queue_urls(
+        &text,
+        "url = \"rabbitmq-stream://rabbit-1/\"\nurls = [\"rabbitmq-stream://rabbit-1/\"]",
+    )
+    .replace(
+        "[connections.streams]",
+        "[connections.empty]\ntype = \"amqp\"\nurls = []\n\n[connections.streams]",
+    );
+    let found = problems(&text);
+    assert!(
+        at(&found, "connections.rabbit.urls[1]")
+            .message
+            .contains("invalid AMQP URL"),
+        "{found:?}"
+    );
+    assert_eq!(
+        at(&found, "connections.rabbit.urls[2]").message,
+        "repeats connections.rabbit.urls[0]"
+    );
+    assert!(
+        at(&found, "connections.rabbit.urls[3]")
+            .message
+            .starts_with("is empty")
+    );
+    assert!(
+        at(&found, "connections.warehouse.urls")
+            .message
+            .contains("a postgres connection takes one `url`")
+    );
+    assert!(
+        at(&found, "connections.streams.urls")
+            .message
+            .contains("give one")
+    );
+    assert!(
+        at(&found, "connections.empty.urls")
+            .message
+            .starts_with("is empty")
+    );
 }

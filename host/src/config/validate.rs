@@ -97,16 +97,17 @@ fn section_order(path: &str) -> (u8, usize) {
 enum Connection {
     Amqp(Option<AmqpConnection>),
     Postgres(Option<Box<PostgresGrant>>),
-    Stream(Option<StreamEndpoint>),
+    /// One endpoint per node.
+    Stream(Option<Vec<StreamEndpoint>>),
     /// Its type was missing or wrong (already reported).
     Unknown,
 }
 
-/// An amqp connection's settings: its URL, password applied, and its TLS
-/// settings with their files read.
+/// An amqp connection's settings: its URLs (one per node), password applied,
+/// and its TLS settings with their files read.
 #[derive(Clone)]
 struct AmqpConnection {
-    url: String,
+    urls: Vec<String>,
     tls: Option<AmqpTls>,
 }
 
@@ -417,7 +418,7 @@ impl Validator<'_> {
             self.name(&at, &name, "connection");
             let kind_path = format!("{at}.type");
             let kind = self.required(&kind_path, raw.kind, CONNECTION_TYPES);
-            let url = self.required(&format!("{at}.url"), raw.url, "a connection URL");
+            let urls = self.connection_urls(&at, kind.as_deref(), raw.url, raw.urls);
             let password = self.password(&at, &name, raw.password_env);
             if kind.as_deref() == Some("postgres") && raw.tls.is_some() {
                 self.report(
@@ -427,20 +428,26 @@ impl Validator<'_> {
             }
             let connection = match kind.as_deref() {
                 Some("amqp") => {
-                    // Checked even when the URL is wrong, to report both.
-                    let tls = self.amqp_tls(&at, url.as_deref(), raw.tls);
-                    let url = url.and_then(|url| {
-                        self.amqp_url(&format!("{at}.url"), &url, password.as_deref())
+                    // Checked even when a URL is wrong, to report both.
+                    let first = urls.as_ref().and_then(|u| u.first());
+                    let tls = self.amqp_tls(&at, first.map(|(_, url)| url.as_str()), raw.tls);
+                    let urls = urls.and_then(|urls| {
+                        self.each_url(urls, |v, path, url| {
+                            v.amqp_url(path, url, password.as_deref())
+                        })
                     });
-                    Connection::Amqp(match (url, tls) {
-                        (Some(url), Ok(tls)) => Some(AmqpConnection { url, tls }),
+                    Connection::Amqp(match (urls, tls) {
+                        (Some(urls), Ok(tls)) => Some(AmqpConnection { urls, tls }),
                         _ => None,
                     })
                 }
-                Some("postgres") => Connection::Postgres(url.and_then(|url| {
-                    self.postgres_grant(&format!("{at}.url"), &url, password.as_deref())
-                        .map(Box::new)
-                })),
+                Some("postgres") => Connection::Postgres(
+                    urls.and_then(|mut urls| urls.pop())
+                        .and_then(|(path, url)| {
+                            self.postgres_grant(&path, &url, password.as_deref())
+                        })
+                        .map(Box::new),
+                ),
                 Some("rabbitmq-stream") => {
                     if raw.tls.is_some() {
                         self.report(
@@ -448,8 +455,10 @@ impl Validator<'_> {
                             "is not supported on rabbitmq-stream connections yet; read streams over a private network, or use an amqp connection with TLS and a classic or quorum queue",
                         );
                     }
-                    Connection::Stream(url.and_then(|url| {
-                        self.stream_url(&format!("{at}.url"), &url, password.as_deref())
+                    Connection::Stream(urls.and_then(|urls| {
+                        self.each_url(urls, |v, path, url| {
+                            v.stream_url(path, url, password.as_deref())
+                        })
                     }))
                 }
                 Some(other) => {
@@ -464,6 +473,97 @@ impl Validator<'_> {
             out.insert(name, connection);
         }
         out
+    }
+
+    /// A connection's `url`, or its `urls` (the nodes of a RabbitMQ cluster,
+    /// amqp and rabbitmq-stream connections only): each with its key path.
+    /// `None` when wrong (reported).
+    fn connection_urls(
+        &mut self,
+        at: &str,
+        kind: Option<&str>,
+        url: Option<Lenient<String>>,
+        urls: Option<Lenient<Vec<String>>>,
+    ) -> Option<Vec<(String, String)>> {
+        let list_path = format!("{at}.urls");
+        match (url, urls) {
+            (Some(_), Some(_)) => {
+                self.report(
+                    list_path,
+                    "is given with `url`; give one: `url` for one node, `urls` for the nodes of a cluster",
+                );
+                None
+            }
+            (url, None) => {
+                let path = format!("{at}.url");
+                if url.is_none() {
+                    let expected = match kind {
+                        Some("postgres") | None => "a connection URL",
+                        Some(_) => "a connection URL (or `urls`, a list of a cluster's nodes)",
+                    };
+                    self.report(path, format!("missing; expected {expected}"));
+                    return None;
+                }
+                let url = self.required(&path, url, "a connection URL")?;
+                Some(vec![(path, url)])
+            }
+            (None, urls) => {
+                if kind == Some("postgres") {
+                    self.report(
+                        list_path,
+                        "is for amqp and rabbitmq-stream connections (the nodes of a RabbitMQ cluster); a postgres connection takes one `url`",
+                    );
+                    return None;
+                }
+                let urls = self.typed(&list_path, urls, "a list of connection URLs")?;
+                if urls.is_empty() {
+                    self.report(
+                        list_path,
+                        "is empty; expected the URLs of the cluster's nodes",
+                    );
+                    return None;
+                }
+                let mut out = Vec::new();
+                let mut ok = true;
+                for (k, url) in urls.into_iter().enumerate() {
+                    let path = format!("{list_path}[{k}]");
+                    if url.is_empty() {
+                        self.report(&path, "is empty; expected a connection URL");
+                        ok = false;
+                    } else if let Some((first, _)) = out.iter().find(|(_, u)| *u == url) {
+                        self.report(&path, format!("repeats {first}"));
+                        ok = false;
+                    } else {
+                        out.push((path, url));
+                    }
+                }
+                if !ok {
+                    // The others are still checked, to report every problem;
+                    // the connection is wrong all the same.
+                    self.each_url(out, |v, path, url| match kind {
+                        Some("amqp") => v.amqp_url(path, url, None).map(drop),
+                        Some("rabbitmq-stream") => v.stream_url(path, url, None).map(drop),
+                        _ => Some(()),
+                    });
+                    return None;
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// `check` applied to every URL of a connection: all of them when each is
+    /// valid, `None` when one is not (every problem reported).
+    fn each_url<T>(
+        &mut self,
+        urls: Vec<(String, String)>,
+        mut check: impl FnMut(&mut Self, &str, &str) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let checked: Vec<Option<T>> = urls
+            .iter()
+            .map(|(path, url)| check(self, path, url))
+            .collect();
+        checked.into_iter().collect()
     }
 
     /// The password `password_env` names, read from the environment.

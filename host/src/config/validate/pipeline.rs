@@ -207,7 +207,7 @@ impl Validator<'_> {
 
         PipelineConfig {
             name,
-            amqp_url: amqp.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
+            amqp_urls: amqp.as_ref().map(|a| a.urls.clone()).unwrap_or_default(),
             amqp_tls: amqp.and_then(|a| a.tls),
             amqp_connection,
             queue,
@@ -396,9 +396,9 @@ impl Validator<'_> {
             raw.connection,
             "the name of a rabbitmq-stream connection",
         );
-        let endpoint = match connection.as_ref().map(|c| (c, connections.get(c))) {
+        let endpoints = match connection.as_ref().map(|c| (c, connections.get(c))) {
             None => None,
-            Some((_, Some(Connection::Stream(endpoint)))) => endpoint.clone(),
+            Some((_, Some(Connection::Stream(endpoints)))) => endpoints.clone(),
             Some((_, Some(Connection::Unknown))) => None,
             Some((c, Some(other))) => {
                 self.report(
@@ -503,7 +503,7 @@ impl Validator<'_> {
         };
         Some(StreamConfig {
             connection: connection?,
-            endpoint: endpoint?,
+            endpoints: endpoints?,
             streams: Some(streams).filter(|s| !s.is_empty())?,
             consumer_name,
             start: start?,
@@ -930,10 +930,26 @@ impl Validator<'_> {
                 );
             }
         }
+        let type_path = format!("{at}.queue_type");
+        let queue_kind = match self
+            .typed(&type_path, raw.queue_type, "\"classic\" or \"quorum\"")
+            .as_deref()
+        {
+            None | Some("classic") => QueueKind::Classic,
+            Some("quorum") => QueueKind::Quorum,
+            Some(other) => {
+                self.report(
+                    type_path,
+                    format!("unknown dead-letter queue type {other:?}; expected \"classic\" or \"quorum\" (quorum on a cluster, so dead letters outlive the loss of a node)"),
+                );
+                QueueKind::Classic
+            }
+        };
         let declare = self.boolean(&format!("{at}.declare"), raw.declare, true);
         DeadLetterConfig {
             exchange,
             queue: dead_queue,
+            queue_kind,
             declare,
         }
     }
