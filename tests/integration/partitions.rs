@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable};
-use sluice_tests::daemon::{Setup, eventually, json_to_toml_inline};
+use sluice_tests::daemon::{Setup, eventually, header, json_to_toml_inline};
 use sluice_tests::{TestSchema, cdr_json, cdr_source_config};
 
 use super::daemon::{LONG, World, start, world};
@@ -87,13 +86,6 @@ async fn rows_per_partition(db: &TestSchema) -> Vec<(String, i64)> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
-}
-
-fn header(headers: &FieldTable, name: &str) -> String {
-    match headers.inner().get(name) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => panic!("header {name}: {other:?}"),
-    }
 }
 
 /// Creates `cdr` partitioned by day as the writer would, without partitions.

@@ -13,7 +13,7 @@ use sluice::plugin_runtime::{
     CallError, Column, ColumnType, MessageOutcome, PluginRuntime, RowBatch, RuntimeConfig, Schema,
     SourceInstance, WriterInstance,
 };
-use sluice_tests::daemon::{Daemon, eventually, http_get};
+use sluice_tests::daemon::{Daemon, eventually, header, http_get};
 use sluice_tests::{plugin, postgres_url, unique_name};
 
 use super::daemon::{LONG, World, start, world};
@@ -232,15 +232,6 @@ async fn metric(port: u16, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn header(headers: &lapin::types::FieldTable, key: &str) -> String {
-    match headers.inner().get(key) {
-        Some(lapin::types::AMQPValue::LongString(s)) => {
-            String::from_utf8_lossy(s.as_bytes()).into_owned()
-        }
-        other => panic!("header {key}: {other:?}"),
-    }
 }
 
 /// A world whose pipeline runs `chaos-source` under a 2 s call deadline, one

@@ -4,6 +4,7 @@
 //! Rust ones, and `sluice plugin new --lang python` on a machine where
 //! componentize-py was never installed.
 
+use sluice_tests::daemon::header;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -58,15 +59,6 @@ fn csv_body(first: u64, n: u64) -> String {
         ));
     }
     body
-}
-
-fn header(h: &lapin::types::FieldTable, k: &str) -> String {
-    match h.inner().get(k) {
-        Some(lapin::types::AMQPValue::LongString(s)) => {
-            String::from_utf8_lossy(s.as_bytes()).into_owned()
-        }
-        other => panic!("header {k}: {other:?}"),
-    }
 }
 
 /// A world whose daemon runs the Python plugins.

@@ -2,18 +2,10 @@
 //! failure that is the store's stalls the pipeline visibly, and a stall ends by
 //! itself once the store or the messages allow it.
 
-use lapin::types::{AMQPValue, FieldTable};
 use sluice_tests::cdr_json;
-use sluice_tests::daemon::{eventually, http_get};
+use sluice_tests::daemon::{eventually, header, http_get};
 
 use crate::daemon::{LONG, start, world};
-
-fn header(headers: &FieldTable, key: &str) -> String {
-    match headers.inner().get(key) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => panic!("header {key}: {other:?}"),
-    }
-}
 
 /// A CDR whose call id is `id`.
 fn cdr_with_id(i: u64, id: &str) -> String {

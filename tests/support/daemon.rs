@@ -43,6 +43,22 @@ pub struct Setup {
     /// More `[daemon]` keys, one a line (e.g. `plugin_call_deadline = "2s"`;
     /// empty by default). Call a `write_config*` method after setting it.
     pub daemon_extra: String,
+    /// The broker's AMQP URLs: the machine's broker by default, a cluster's
+    /// nodes (written as `urls`) when there are several.
+    pub amqp_urls: Vec<String>,
+    /// The broker's stream-protocol URLs, likewise.
+    pub stream_urls: Vec<String>,
+}
+
+/// `url = "…"` for one URL, `urls = ["…", …]` for several.
+fn url_line(urls: &[String]) -> String {
+    match urls {
+        [one] => format!("url = \"{one}\""),
+        many => {
+            let quoted: Vec<String> = many.iter().map(|u| format!("\"{u}\"")).collect();
+            format!("urls = [{}]", quoted.join(", "))
+        }
+    }
 }
 
 impl Setup {
@@ -68,6 +84,8 @@ impl Setup {
             ),
             extra_writers: String::new(),
             daemon_extra: String::new(),
+            amqp_urls: vec![amqp_url()],
+            stream_urls: vec![crate::stream_url()],
         };
         setup.write_config("");
         setup
@@ -146,7 +164,7 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
             r#"{daemon}
 [connections.streams]
 type = "rabbitmq-stream"
-url = "{stream_url}"
+{stream_url}
 
 [[pipelines]]
 name = "{name}"
@@ -167,7 +185,7 @@ config = {{ connection = "warehouse", schema = "{schema}", table = "{table}" }}
 {extra_writers}
 "#,
             daemon = self.daemon_tables(),
-            stream_url = crate::stream_url(),
+            stream_url = url_line(&self.stream_urls),
             name = self.pipeline,
             dead = self.dead_queue,
             schema = self.pg_schema,
@@ -193,7 +211,7 @@ plugin_call_timeout = "10s"
 
 [connections.rabbit]
 type = "amqp"
-url = "{amqp}"
+{amqp}
 
 [connections.warehouse]
 type = "postgres"
@@ -203,7 +221,7 @@ url = "{pg}?application_name={app}"
             cache = crate::workspace_root()
                 .join("target/test-component-cache")
                 .display(),
-            amqp = amqp_url(),
+            amqp = url_line(&self.amqp_urls),
             pg = postgres_url(),
             app = self.pg_app,
             admin_port = self.admin_port,
@@ -328,11 +346,22 @@ impl Daemon {
         log_name: &str,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let log = setup.dir.join(format!("{log_name}.log"));
+        Self::start_config(bin, &setup.config_path(), &setup.dir, log_name, env)
+    }
+
+    /// `<bin> run --config <config>`, logging to `<dir>/<log_name>.log`.
+    pub fn start_config(
+        bin: &str,
+        config: &Path,
+        dir: &Path,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let log = dir.join(format!("{log_name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(["run", "--config"])
-            .arg(setup.config_path())
+            .arg(config)
             .env("RUST_LOG", "info,sluice=debug")
             .env_remove("RUST_BACKTRACE")
             .env_remove("NOTIFY_SOCKET")
@@ -424,18 +453,20 @@ impl Broker {
 
     /// Connects to the broker at `url` (a test's own node).
     pub async fn connect_to(url: &str) -> Broker {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        Self::try_connect_to(url).await.unwrap()
+    }
+
+    /// Like [`connect_to`](Self::connect_to), or why not (a node that is down).
+    pub async fn try_connect_to(url: &str) -> anyhow::Result<Broker> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Broker {
+            .await?;
+        Ok(Broker {
             _connection: connection,
             channel,
-        }
+        })
     }
 
     /// Declares the setup's queue and binding the way the daemon will, so that
@@ -615,6 +646,18 @@ impl Broker {
                 .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
+    }
+}
+
+/// A text header of a message (a dead letter's `x-sluice-reason`, RabbitMQ's
+/// `x-first-death-reason`); panics, showing what is there, if it is missing
+/// or not text.
+pub fn header(headers: &FieldTable, key: &str) -> String {
+    match headers.inner().get(key) {
+        Some(lapin::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        other => panic!("header {key}: {other:?}"),
     }
 }
 

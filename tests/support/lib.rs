@@ -1,6 +1,7 @@
 //! Shared fixtures for Sluice's integration tests and benchmarks: the built
 //! plugins, a private Postgres schema per test, CDR messages.
 
+pub mod cluster;
 pub mod daemon;
 pub mod rabbit_node;
 pub mod stores;

@@ -104,7 +104,29 @@ pub struct RabbitNode {
     /// connect from anywhere on it).
     pub amqp_port: u16,
     dir: PathBuf,
+    /// The environment it was started with, to start it again.
+    env: Vec<(&'static str, std::ffi::OsString)>,
+    /// The ports it listens on once started.
+    listening: Vec<u16>,
+    /// In a process group of its own, so that it can be killed whole.
+    own_group: bool,
     child: Child,
+}
+
+/// How a node is made (see [`RabbitNode::start_with`]).
+#[derive(Default)]
+pub struct NodeOptions<'a> {
+    /// Added to its `rabbitmq.conf` (listeners, `ssl_options`, cluster settings).
+    pub extra_conf: &'a str,
+    /// Ports it must listen on, beside AMQP's, to count as started.
+    pub also_listening: &'a [u16],
+    /// Plugins enabled.
+    pub plugins: &'a [&'a str],
+    /// The Erlang cookie (nodes of one cluster share theirs); a cookie of its
+    /// own by default.
+    pub cookie: Option<&'a str>,
+    /// Starts it in a process group of its own (see [`RabbitNode::group`]).
+    pub own_group: bool,
 }
 
 impl RabbitNode {
@@ -131,6 +153,19 @@ impl RabbitNode {
         also_listening: &[u16],
         plugins: &[&str],
     ) -> RabbitNode {
+        Self::start_with(
+            tag,
+            NodeOptions {
+                extra_conf,
+                also_listening,
+                plugins,
+                ..NodeOptions::default()
+            },
+        )
+    }
+
+    /// A node made as `options` say.
+    pub fn start_with(tag: &str, options: NodeOptions<'_>) -> RabbitNode {
         let name = unique_name(tag).replace('_', "-");
         let dir = std::env::temp_dir().join(&name);
         let home = dir.join("home");
@@ -138,41 +173,97 @@ impl RabbitNode {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let cookie = home.join(".erlang.cookie");
-        std::fs::write(&cookie, format!("{name}-cookie")).unwrap();
+        let cookie_text = match options.cookie {
+            Some(shared) => shared.to_string(),
+            None => format!("{name}-cookie"),
+        };
+        std::fs::write(&cookie, cookie_text).unwrap();
         set_mode(&cookie, 0o400);
         std::fs::write(
             dir.join("enabled_plugins"),
-            format!("[{}].\n", plugins.join(",")),
+            format!("[{}].\n", options.plugins.join(",")),
         )
         .unwrap();
         let amqp_port = free_port();
-        let conf =
-            format!("listeners.tcp.default = {amqp_port}\nloopback_users = none\n{extra_conf}");
+        let conf = format!(
+            "listeners.tcp.default = {amqp_port}\nloopback_users = none\n{}",
+            options.extra_conf
+        );
         std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.join("server.out")).unwrap();
         let name = format!("{name}@localhost");
-        let child = Command::new(Path::new(RABBITMQ_BIN).join("rabbitmq-server"))
-            .envs(node_env(&dir, &name))
-            .env("RABBITMQ_NODE_PORT", amqp_port.to_string())
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting rabbitmq-server");
+        let mut env = node_env(&dir, &name);
+        env.extend([
+            ("RABBITMQ_NODE_PORT", amqp_port.to_string().into()),
+            ("RABBITMQ_DIST_PORT", free_port().to_string().into()),
+            ("RABBITMQ_MNESIA_BASE", dir.join("mnesia").into_os_string()),
+            ("RABBITMQ_LOG_BASE", dir.join("log").into_os_string()),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                dir.join("enabled_plugins").into_os_string(),
+            ),
+            (
+                "RABBITMQ_CONFIG_FILE",
+                dir.join("rabbitmq.conf").into_os_string(),
+            ),
+        ]);
+        let child = spawn(&dir, &env, options.own_group);
         let mut node = RabbitNode {
             name,
             amqp_port,
             dir,
+            env,
+            listening: [&[amqp_port], options.also_listening].concat(),
+            own_group: options.own_group,
             child,
         };
-        node.wait_listening(&[&[amqp_port], also_listening].concat());
+        let listening = node.listening.clone();
+        node.wait_listening(&listening);
         node
+    }
+
+    /// The process group the node runs in, when it has one of its own
+    /// ([`NodeOptions::own_group`]): killing it kills the node whole.
+    pub fn group(&self) -> Option<u32> {
+        self.own_group.then(|| self.child.id())
+    }
+
+    /// Stops the node (`rabbitmqctl stop`, as an operator would) and waits
+    /// until it is gone.
+    pub fn stop(&mut self) {
+        if let Err(e) = self.ctl(&["stop"]) {
+            panic!("stopping RabbitMQ node {}: {e}", self.name);
+        }
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < START_LIMIT,
+                "RabbitMQ node {} still running {START_LIMIT:?} after `rabbitmqctl stop`",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts a stopped node again, with its data, and waits until it listens.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "RabbitMQ node {} is running",
+            self.name
+        );
+        self.child = spawn(&self.dir, &self.env, self.own_group);
+        let listening = self.listening.clone();
+        self.wait_listening(&listening);
+    }
+
+    /// Its folder (data, logs, cookie).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the node's process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// The plain AMQP URL, as guest.
@@ -247,7 +338,9 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         // `stop` halts the Erlang VM; the script, our child, then exits.
-        let _ = self.ctl(&["stop"]);
+        if self.running() {
+            let _ = self.ctl(&["stop"]);
+        }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -259,6 +352,27 @@ impl Drop for RabbitNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `rabbitmq-server` with `env`, its output into `server.out`.
+fn spawn(dir: &Path, env: &[(&'static str, std::ffi::OsString)], own_group: bool) -> Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.out"))
+        .unwrap();
+    let mut command = Command::new(Path::new(RABBITMQ_BIN).join("rabbitmq-server"));
+    command
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if own_group {
+        command.process_group(0);
+    }
+    command.spawn().expect("starting rabbitmq-server")
 }
 
 /// The environment `rabbitmq-server` and `rabbitmqctl` share for one node.
