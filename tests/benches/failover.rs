@@ -12,8 +12,13 @@
 //!   random node, moving to the next node at once when it loses it;
 //! - a publisher sends about 2,000 CDRs a second through the other nodes;
 //! - after two seconds of steady flow the leader node is stopped
-//!   (`rabbitmqctl stop`), and the bench polls every 10 ms for the daemon's
-//!   next row in Postgres and the plain consumer's next delivery;
+//!   (`rabbitmqctl stop`, which takes a few seconds: the node closes its
+//!   queues and connections before it exits), while watchers note every
+//!   instant the daemon's table grows (polled every 5 ms) and the plain
+//!   consumer's count grows (every 2 ms). The figure is the longest pause in
+//!   that progress from the stop command until 15 s after the node is gone:
+//!   how long the pipeline stood still (what a consumer had prefetched keeps
+//!   it busy for a moment after the loss; its pause comes after);
 //! - the node is started again and the cluster waits for it.
 //!
 //! Whether each was connected to the stopped node is printed too: a consumer
@@ -21,12 +26,13 @@
 //! reconnects.
 //!
 //! `cargo build --release -p sluice && cargo bench -p sluice-tests --bench failover`;
-//! `SLUICE_BENCH_ROUNDS` (default 5).
+//! `SLUICE_BENCH_ROUNDS` (default 5) rounds with `rabbitmqctl stop`, then as
+//! many with the node killed (SIGKILL: a crash, no leadership handed over).
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -37,12 +43,14 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sluice_tests::cluster::{NODES, RabbitCluster, publish};
 use sluice_tests::daemon::{Daemon, Setup};
-use sluice_tests::{TestSchema, cdr_json};
+use sluice_tests::{TestSchema, cdr_json, postgres_url};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
 
 use common::{daemon_binary, env_usize, max, median};
 
-/// How long one side may take to resume before the round is a failure.
-const LIMIT: Duration = Duration::from_secs(90);
+/// How long the flow is watched after the node is gone.
+const WATCH: Duration = Duration::from_secs(15);
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +88,10 @@ async fn run() -> anyhow::Result<()> {
 
     let mut next_id = 0u64;
     let (mut daemon_times, mut plain_times) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
+    let (mut crash_daemon, mut crash_plain) = (Vec::new(), Vec::new());
+    // Half the rounds stop the node as an operator does, half kill it.
+    for round in 0..2 * rounds {
+        let crash = round >= rounds;
         let leader = cluster.leader(&setup.queue).expect("a leader");
         let plain_queue = format!("{}.plain-{round}", setup.pipeline);
         declare_plain(&urls[leader], &plain_queue, &setup.exchange).await?;
@@ -106,55 +117,155 @@ async fn run() -> anyhow::Result<()> {
         ));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let connected = connected_to(&cluster, leader, &setup.pipeline);
-        let (rows_at_stop, plain_at_stop) = (
-            db.count_or_zero("cdr").await,
-            delivered.load(Ordering::SeqCst),
-        );
+        let (rows_grew, rows_watch) = watch_rows(&setup.pg_schema).await?;
+        let (plain_grew, plain_watch) = watch_counter(delivered.clone());
         let stopped = Instant::now();
-        tokio::task::block_in_place(|| cluster.stop(leader));
-        let stop_took = stopped.elapsed();
-        let (mut daemon_took, mut plain_took) = (None, None);
-        while (daemon_took.is_none() || plain_took.is_none()) && stopped.elapsed() < LIMIT {
-            if daemon_took.is_none() && db.count_or_zero("cdr").await > rows_at_stop {
-                daemon_took = Some(stopped.elapsed());
+        tokio::task::block_in_place(|| {
+            if crash {
+                cluster.kill(leader)
+            } else {
+                cluster.stop(leader)
             }
-            if plain_took.is_none() && delivered.load(Ordering::SeqCst) > plain_at_stop {
-                plain_took = Some(stopped.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let daemon_took = daemon_took
-            .ok_or_else(|| anyhow::anyhow!("the daemon wrote no row within {LIMIT:?}"))?;
-        let plain_took = plain_took
-            .ok_or_else(|| anyhow::anyhow!("the plain consumer got nothing within {LIMIT:?}"))?;
+        });
+        let gone = Instant::now();
+        // The flow is watched for a while after the node is gone: what a
+        // consumer had prefetched keeps it busy for a moment, and its pause
+        // comes when that runs out before the new leader delivers.
+        tokio::time::sleep(WATCH).await;
+        let until = Instant::now();
+        let daemon_pause =
+            outage(&rows_grew.lock().unwrap(), stopped, gone, until).ok_or_else(|| {
+                anyhow::anyhow!("the daemon wrote nothing within {WATCH:?} of the node's loss")
+            })?;
+        let plain_pause =
+            outage(&plain_grew.lock().unwrap(), stopped, gone, until).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the plain consumer got nothing within {WATCH:?} of the node's loss"
+                )
+            })?;
         println!(
-            "round {}: leader node {leader} stopped ({} ms to stop); daemon {}: first row after {} ms; plain consumer {}: first delivery after {} ms",
+            "round {}: leader node {leader} {} ({} ms until the node was gone); \
+             daemon ({}): longest pause {} ms, from {} ms after the stop began; \
+             plain consumer ({}): longest pause {} ms, from {} ms",
             round + 1,
-            stop_took.as_millis(),
-            if connected.0 { "on it" } else { "elsewhere" },
-            daemon_took.as_millis(),
-            if connected.1 { "on it" } else { "elsewhere" },
-            plain_took.as_millis(),
+            if crash {
+                "killed (SIGKILL)"
+            } else {
+                "stopped (`rabbitmqctl stop`)"
+            },
+            (gone - stopped).as_millis(),
+            if connected.0 {
+                "connected to it"
+            } else {
+                "on another node"
+            },
+            daemon_pause.0.as_millis(),
+            daemon_pause.1.as_millis(),
+            if connected.1 {
+                "connected to it"
+            } else {
+                "on another node"
+            },
+            plain_pause.0.as_millis(),
+            plain_pause.1.as_millis(),
         );
-        daemon_times.push(daemon_took.as_secs_f64());
-        plain_times.push(plain_took.as_secs_f64());
+        let (daemon_times, plain_times) = if crash {
+            (&mut crash_daemon, &mut crash_plain)
+        } else {
+            (&mut daemon_times, &mut plain_times)
+        };
+        daemon_times.push(daemon_pause.0.as_secs_f64());
+        plain_times.push(plain_pause.0.as_secs_f64());
+        rows_watch.abort();
+        plain_watch.abort();
         publisher.abort();
         plain.abort();
         tokio::task::block_in_place(|| cluster.restart(leader));
         delete_queue(&urls[(leader + 1) % NODES], &plain_queue).await;
     }
-    println!(
-        "failover, leader stop to first row written: daemon median {:.2} s, max {:.2} s; plain consumer median {:.2} s, max {:.2} s ({rounds} rounds)",
-        median(&daemon_times),
-        max(&daemon_times),
-        median(&plain_times),
-        max(&plain_times),
-    );
+    for (how, daemon, plain) in [
+        ("stopped", &daemon_times, &plain_times),
+        ("killed", &crash_daemon, &crash_plain),
+    ] {
+        println!(
+            "failover, leader {how}: longest pause in progress: daemon median {:.2} s, max {:.2} s; plain consumer median {:.2} s, max {:.2} s ({rounds} rounds)",
+            median(daemon),
+            max(daemon),
+            median(plain),
+            max(plain),
+        );
+    }
     daemon.stop_cleanly();
     db.drop_now().await?;
     let _ = std::fs::remove_dir_all(&setup.dir);
     drop(cluster);
     Ok(())
+}
+
+/// The instants at which a count grew.
+type Progress = Arc<Mutex<Vec<Instant>>>;
+
+/// Watches the rows of `<schema>.cdr` grow (every 5 ms, on a connection of
+/// its own).
+async fn watch_rows(schema: &str) -> anyhow::Result<(Progress, JoinHandle<()>)> {
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), NoTls).await?;
+    tokio::spawn(connection);
+    let sql = format!("SELECT count(*) FROM {schema}.cdr");
+    let grew = Progress::default();
+    let progress = grew.clone();
+    let task = tokio::spawn(async move {
+        let mut last = -1i64;
+        loop {
+            if let Ok(row) = client.query_one(&sql, &[]).await {
+                let n: i64 = row.get(0);
+                if n > last {
+                    progress.lock().unwrap().push(Instant::now());
+                    last = n;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    Ok((grew, task))
+}
+
+/// Watches a counter grow (every 2 ms).
+fn watch_counter(counter: Arc<AtomicU64>) -> (Progress, JoinHandle<()>) {
+    let grew = Progress::default();
+    let progress = grew.clone();
+    let task = tokio::spawn(async move {
+        let mut last = u64::MAX;
+        loop {
+            let n = counter.load(Ordering::SeqCst);
+            if n != last {
+                progress.lock().unwrap().push(Instant::now());
+                last = n;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (grew, task)
+}
+
+/// The outage a stop caused, from the instants of progress: the longest
+/// pause between `stopped` (the stop command) and `until`, and when it began
+/// (from `stopped`). `None` when nothing progressed after the node was `gone`.
+fn outage(
+    progress: &[Instant],
+    stopped: Instant,
+    gone: Instant,
+    until: Instant,
+) -> Option<(Duration, Duration)> {
+    progress.iter().find(|&&t| t > gone && t <= until)?;
+    let mut previous = stopped;
+    let mut longest = (Duration::ZERO, Duration::ZERO);
+    for &t in progress.iter().filter(|&&t| t > stopped && t <= until) {
+        if t - previous > longest.0 {
+            longest = (t - previous, previous - stopped);
+        }
+        previous = t;
+    }
+    Some(longest)
 }
 
 /// Declares a quorum queue through the node at `url` (which then leads it),

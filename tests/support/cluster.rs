@@ -142,6 +142,11 @@ impl RabbitCluster {
         self.nodes[i].stop();
     }
 
+    /// Kills node `i` (SIGKILL): a crash, with no goodbye to the cluster.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
     /// Starts node `i` again on its data; it rejoins the cluster.
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].restart();

@@ -244,6 +244,16 @@ impl RabbitNode {
         }
     }
 
+    /// Kills the node with SIGKILL, as a crash or a power loss would (a node
+    /// in a process group of its own only: the Erlang VM is the script's
+    /// child), and waits until it is gone.
+    pub fn kill(&mut self) {
+        let group = self.group().expect("a node in a process group of its own");
+        // SAFETY: a signal to a process group of our own.
+        unsafe { libc::kill(-(group as i32), libc::SIGKILL) };
+        self.child.wait().unwrap();
+    }
+
     /// Starts a stopped node again, with its data, and waits until it listens.
     pub fn restart(&mut self) {
         assert!(
