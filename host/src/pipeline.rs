@@ -105,7 +105,7 @@ pub fn spawn(
             reporting
                 .health
                 .consumer_down(&config.name, index, "starting");
-            let mut worker = Worker::new(
+            let mut consumer = Consumer::new(
                 config.clone(),
                 runtime.clone(),
                 plugins.clone(),
@@ -113,8 +113,8 @@ pub fn spawn(
                 amqp.clone(),
                 index,
             );
-            worker.stream = stream;
-            tokio::spawn(run_consumer(worker, shutdown.clone()))
+            consumer.stream = stream;
+            tokio::spawn(run_consumer(consumer, shutdown.clone()))
         })
         .collect()
 }
@@ -266,7 +266,7 @@ impl Backoff {
 const SLOW_RETRY: Duration = Duration::from_secs(5);
 
 /// What a consumer owns: its plugin instances and its place in the pipeline.
-struct Worker {
+struct Consumer {
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
     report: Reporting,
@@ -307,7 +307,7 @@ struct Refusal {
     reason: String,
 }
 
-impl Worker {
+impl Consumer {
     fn new(
         config: Arc<PipelineConfig>,
         runtime: Arc<PluginRuntime>,
@@ -354,7 +354,7 @@ impl Worker {
     /// they are up (or shutdown).
     async fn prepare(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
         loop {
-            let result = match self.ensure_writers().await {
+            let result = match self.ensure_plugins().await {
                 Ok(()) => self.open_writers().await,
                 Err(e) => Err(e),
             };
@@ -469,8 +469,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Creates the writer instances for the source's schema (once).
-    async fn ensure_writers(&mut self) -> Result<(), CallError> {
+    /// Configures the source, which declares its schema, and creates the
+    /// writer instances for that schema (unopened). Does nothing once they
+    /// exist; [`refresh_plugins`](Self::refresh_plugins) drops them when the
+    /// schema changes.
+    async fn ensure_plugins(&mut self) -> Result<(), CallError> {
         if self.writers.len() == self.writer_plugins.len() {
             return Ok(());
         }
@@ -504,7 +507,7 @@ impl Worker {
 
     /// Waits out a failure that is not about the data: the messages stay unacked
     /// and the same batch is tried again. The first wait of a stall says so
-    /// (log, metric, `/readyz`); [`Worker::recovered`] ends it.
+    /// (log, metric, `/readyz`); [`Consumer::recovered`] ends it.
     async fn stall(
         &mut self,
         stage: &'static str,
@@ -573,7 +576,7 @@ impl Worker {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(DecodedBatch, Vec<Option<Refusal>>), Stop> {
         loop {
-            if let Err(e) = self.ensure_writers().await {
+            if let Err(e) = self.ensure_plugins().await {
                 self.stall("decode", "configuring the source", &e, shutdown)
                     .await?;
                 continue;
@@ -990,7 +993,7 @@ fn report_plugins(
 
 /// Consumer 0 reads the queue's depth when it is due (never more than once per
 /// [`DEPTH_EVERY`]); a failure is only logged: it is the session's to notice.
-/// (A `Worker` is not `Sync`: this takes only what it reads.)
+/// (A `Consumer` is not `Sync`: this takes only what it reads.)
 async fn read_depth(
     (config, index, metrics): (&PipelineConfig, usize, &PipelineMetrics),
     session: &Session,
@@ -1017,17 +1020,17 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Runs one consumer until shutdown: session after session, batch after batch.
-async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
-    let name = worker.config.name.clone();
+async fn run_consumer(mut consumer: Consumer, mut shutdown: watch::Receiver<bool>) {
+    let name = consumer.config.name.clone();
     let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     // Connect to the stores before taking messages: a daemon that reports ready
     // has its writers open.
-    if worker.prepare(&mut shutdown).await.is_ok() {
+    if consumer.prepare(&mut shutdown).await.is_ok() {
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            match consume(&mut worker, &mut shutdown, &mut reconnect).await {
+            match consume(&mut consumer, &mut shutdown, &mut reconnect).await {
                 Ok(()) | Err(Stop::Shutdown) => break,
                 Err(Stop::Inconclusive(_)) => {
                     unreachable!("consume() waits out an inconclusive batch itself")
@@ -1035,24 +1038,24 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
                 Err(Stop::Session(e)) => {
                     let error = crate::telemetry::error_chain(e.as_ref());
                     let why = format!("RabbitMQ session lost: {error}");
-                    worker
+                    consumer
                         .report
                         .health
-                        .consumer_down(&name, worker.index, &why);
-                    worker.report.metrics.connected(worker.index, false);
-                    tracing::warn!(pipeline = %name, consumer = worker.index, error, retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
-                    let health = &worker.report.health;
-                    let beat = || health.beat(&name, worker.index);
+                        .consumer_down(&name, consumer.index, &why);
+                    consumer.report.metrics.connected(consumer.index, false);
+                    tracing::warn!(pipeline = %name, consumer = consumer.index, error, retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
+                    let health = &consumer.report.health;
+                    let beat = || health.beat(&name, consumer.index);
                     if reconnect.wait(&mut shutdown, beat).await.is_err() {
                         break;
                     }
-                    worker.report.metrics.reconnected();
+                    consumer.report.metrics.reconnected();
                 }
             }
         }
     }
-    worker.report.metrics.connected(worker.index, false);
-    tracing::info!(pipeline = %name, consumer = worker.index, "consumer stopped");
+    consumer.report.metrics.connected(consumer.index, false);
+    tracing::info!(pipeline = %name, consumer = consumer.index, "consumer stopped");
 }
 
 /// How long a filling batch lets deliveries pile up after one arrives, before
@@ -1177,7 +1180,7 @@ fn push(next: (Received, Message), received: &mut Vec<Received>, messages: &mut 
 /// Fills a batch that has its first message, until it holds `max_messages`,
 /// `deadline` passes or shutdown is asked for (then returns `true`).
 async fn fill(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     deliveries: &mut impl Deliveries,
     received: &mut Vec<Received>,
     messages: &mut Vec<Message>,
@@ -1185,7 +1188,7 @@ async fn fill(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, Stop> {
     use tokio::time::{Instant, sleep_until};
-    let max = worker.config.batch.max_messages;
+    let max = consumer.config.batch.max_messages;
     let mut beat_due = Instant::now() + IDLE_BEAT;
     while messages.len() < max {
         // Take what has arrived, without asking to be woken for it.
@@ -1200,7 +1203,10 @@ async fn fill(
             break;
         }
         if now >= beat_due {
-            worker.report.health.beat(&worker.config.name, worker.index);
+            consumer
+                .report
+                .health
+                .beat(&consumer.config.name, consumer.index);
             beat_due = now + IDLE_BEAT;
         }
         // Nothing more yet: wait for the next delivery, then let others join it.
@@ -1225,16 +1231,16 @@ async fn fill(
 /// AMQP channel its dead letters go through. Consumes batches until shutdown or
 /// a session error.
 async fn consume(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let Some(stream) = worker.stream.clone() else {
-        let (session, mut consumer) =
-            Session::open(&worker.config, worker.index, &worker.amqp).await?;
-        worker.consuming(&worker.config.queue.name.clone());
+    let Some(stream) = consumer.stream.clone() else {
+        let (session, mut deliveries) =
+            Session::open(&consumer.config, consumer.index, &consumer.amqp).await?;
+        consumer.consuming(&consumer.config.queue.name.clone());
         let mut input = Input::Queue(&session);
-        let outcome = batches(worker, &mut input, &mut consumer, shutdown, reconnect).await;
+        let outcome = batches(consumer, &mut input, &mut deliveries, shutdown, reconnect).await;
         match outcome {
             Ok(()) | Err(Stop::Shutdown) => {
                 session.cancel().await.ok();
@@ -1247,17 +1253,17 @@ async fn consume(
     };
     // The stream first (created if it is declared and missing), then what is
     // bound to it and the dead-letter side.
-    let (mut session, mut deliveries) = StreamSession::open(&worker.config, &stream).await?;
-    let publisher = match Publisher::open(&worker.config, &worker.amqp).await {
+    let (mut session, mut deliveries) = StreamSession::open(&consumer.config, &stream).await?;
+    let publisher = match Publisher::open(&consumer.config, &consumer.amqp).await {
         Ok(publisher) => publisher,
         Err(e) => {
             session.close().await;
             return Err(Stop::Session(e));
         }
     };
-    worker.consuming(&stream);
+    consumer.consuming(&stream);
     let mut input = Input::Stream(&mut session, &publisher);
-    let outcome = batches(worker, &mut input, &mut deliveries, shutdown, reconnect).await;
+    let outcome = batches(consumer, &mut input, &mut deliveries, shutdown, reconnect).await;
     // What was settled is stored; what was not is read again after a restart
     // or a reconnect.
     session.close().await;
@@ -1265,7 +1271,7 @@ async fn consume(
     outcome
 }
 
-impl Worker {
+impl Consumer {
     /// A session opened: the consumer is up.
     fn consuming(&mut self, from: &str) {
         self.report
@@ -1285,22 +1291,22 @@ impl Worker {
 /// Takes batches from `deliveries` and processes them, until shutdown
 /// (`Ok`, or `Stop::Shutdown` while a batch waited) or a session error.
 async fn batches(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     input: &mut Input<'_>,
     deliveries: &mut impl Deliveries,
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let max_wait = worker.config.batch.max_wait;
+    let max_wait = consumer.config.batch.max_wait;
     let mut lag_due = tokio::time::Instant::now();
     let mut depth_due = tokio::time::Instant::now();
     loop {
         if input.stream().is_some() && tokio::time::Instant::now() >= lag_due {
-            input.measure_lag(&worker.report.metrics).await;
+            input.measure_lag(&consumer.report.metrics).await;
             lag_due = tokio::time::Instant::now() + LAG_EVERY;
         }
         if let Input::Queue(session) = &*input {
-            let reader = (&*worker.config, worker.index, &worker.report.metrics);
+            let reader = (&*consumer.config, consumer.index, &consumer.report.metrics);
             read_depth(reader, session, &mut depth_due).await;
         }
         // Wait for the first message of a batch, or for shutdown, telling the
@@ -1308,16 +1314,16 @@ async fn batches(
         let first = tokio::select! {
             d = deliveries.next() => d?,
             _ = tokio::time::sleep(IDLE_BEAT) => {
-                worker.report.health.beat(&worker.config.name, worker.index);
+                consumer.report.health.beat(&consumer.config.name, consumer.index);
                 continue;
             }
             _ = stopped(shutdown) => return Ok(()),
         };
-        let max = worker.config.batch.max_messages;
+        let max = consumer.config.batch.max_messages;
         let (mut received, mut messages) = (Vec::with_capacity(max), Vec::with_capacity(max));
         push(first, &mut received, &mut messages);
         let stopping = fill(
-            worker,
+            consumer,
             deliveries,
             &mut received,
             &mut messages,
@@ -1330,8 +1336,11 @@ async fn batches(
             input.stop_flow().await;
         }
         loop {
-            worker.refresh_plugins().await;
-            match worker.process(input, &received, &messages, shutdown).await {
+            consumer.refresh_plugins().await;
+            match consumer
+                .process(input, &received, &messages, shutdown)
+                .await
+            {
                 // Only a session that got a batch through resets the reconnect
                 // backoff: one that opens and fails on every batch backs off like
                 // a failed connection.
@@ -1341,7 +1350,7 @@ async fn batches(
                 }
                 Err(Stop::Inconclusive(error)) => {
                     let what = "writing (no row of the batch could be written alone)";
-                    worker.stall("write", what, &error, shutdown).await?;
+                    consumer.stall("write", what, &error, shutdown).await?;
                     // Take in what arrived meanwhile: rows that land show the
                     // store is fine, and the failing rows are then dead-lettered.
                     if !stopping {
