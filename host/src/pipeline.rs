@@ -7,7 +7,8 @@
 //! handles one batch at a time, so when a batch is done every earlier delivery of
 //! its channel is settled and one `ack(multiple)` covers it. Several consumers
 //! keep several batches in flight (decoding on one core while another batch is
-//! being written). Failures are handled here, in one place:
+//! being written). Failures are handled here, in one place (the rules that take
+//! a failing batch apart are in `pipeline/recovery.rs`, tested there with fakes):
 //!
 //! - a writer's retriable error, or any error that is not about the data (a store
 //!   refusing to open, an invalid configuration), is retried with backoff while
@@ -32,6 +33,7 @@
 //!   key columns keeps one copy.
 
 mod batch;
+mod recovery;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +42,13 @@ use futures::{FutureExt as _, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::batch::{RowSpans, merge_decoded};
+use self::batch::RowSpans;
 use crate::admin::{Health, PluginInUse};
 use crate::config::PipelineConfig;
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{
-    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
-    RowBatch, SourceInstance, WriterInstance,
+    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
+    SourceInstance, WriterInstance,
 };
 use crate::queue_input::{
     DeadLetter, Publisher, Received, RecordLetter, Session, SharedConnection,
@@ -133,53 +135,6 @@ enum Stop {
     /// with more messages.
     #[error("{0}")]
     Inconclusive(CallError),
-}
-
-/// How many rows may fail on their own, with nothing of the batch committed,
-/// before isolating stops: by then the failure is the store's, not the rows'
-/// (a batch of 1000 costs at most about 30 writes to tell).
-const HOPELESS_LEAVES: usize = 8;
-
-/// What taking a failing batch apart found.
-#[derive(Default)]
-struct Isolation {
-    /// Pieces that committed.
-    committed: usize,
-    /// Rows the writer rejected in committed pieces, with their reasons.
-    rejected: Vec<(u32, String)>,
-    /// Rows that failed the write on their own, with the error.
-    alone: Vec<(u32, String)>,
-}
-
-impl Isolation {
-    /// Whether splitting further is pointless: many rows failed alone and
-    /// nothing committed.
-    fn hopeless(&self) -> bool {
-        self.committed == 0 && self.alone.len() >= HOPELESS_LEAVES
-    }
-}
-
-/// Whether a call was stopped by a time limit (`plugin_call_timeout` or
-/// `plugin_call_deadline`): then a batch is taken apart one message or row at
-/// a time, since every half holding the slow one would cost a whole limit.
-fn stopped_by_a_time_limit(error: &CallError) -> bool {
-    matches!(error.kind(), "deadline" | "timeout")
-}
-
-/// Whether a writer's failure may be caused by the rows it was given: a crash,
-/// a contract breach or the plugin's own non-retriable error while writing.
-/// Failures to open, retriable errors, invalid configurations and the host's
-/// capability errors are about the store or the setup, never the rows.
-fn may_be_the_rows(error: &CallError) -> bool {
-    error.func() == "write"
-        && (error.is_crash()
-            || matches!(
-                error,
-                CallError::Failed {
-                    error: PluginError::Fatal(_),
-                    ..
-                }
-            ))
 }
 
 /// Exponential backoff between `initial` and `max`, with jitter: each wait is
@@ -569,91 +524,36 @@ impl Consumer {
         }
     }
 
-    /// Decodes a batch, isolating messages that crash the source.
+    /// Decodes a batch, isolating messages that crash the source
+    /// ([`recovery::decode`]).
     async fn decode(
         &mut self,
         messages: &[Message],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(DecodedBatch, Vec<Option<Refusal>>), Stop> {
-        loop {
-            if let Err(e) = self.ensure_plugins().await {
-                self.stall("decode", "configuring the source", &e, shutdown)
-                    .await?;
-                continue;
-            }
-            let called = Instant::now();
-            let result = self.source.decode(messages).await;
-            let plugin = self.source.plugin().info.label();
-            self.report
-                .metrics
-                .plugin_call(&plugin, "decode", called.elapsed());
-            if let Err(e) = &result {
-                self.report
-                    .metrics
-                    .plugin_failure(&plugin, e.func(), e.kind());
-            }
-            match result {
-                Ok(decoded) => {
-                    let refusals = decoded
-                        .outcomes
-                        .iter()
-                        .map(|o| match o {
-                            // A partial message's rows go on; its rejected
-                            // records become dead letters of their own
-                            // (`record_letters`).
-                            MessageOutcome::Rows(_) | MessageOutcome::Partial(_) => None,
-                            MessageOutcome::Rejected(reason) => Some(Refusal {
-                                stage: "decode",
-                                plugin: plugin.clone(),
-                                reason: reason.clone(),
-                            }),
-                        })
-                        .collect();
-                    return Ok((decoded, refusals));
-                }
-                Err(e) if e.is_crash() && e.func() == "decode" => {
-                    if messages.len() == 1 {
-                        tracing::warn!(pipeline = %self.config.name, error = %e, "a message crashes the source plugin; dead-lettering it");
-                        let refusal = Refusal {
-                            stage: "decode",
-                            plugin: self.source.plugin().info.label(),
-                            reason: e.to_string(),
-                        };
-                        let empty = DecodedBatch {
-                            outcomes: vec![MessageOutcome::Rejected(refusal.reason.clone())],
-                            rows: RowBatch {
-                                count: 0,
-                                data: Vec::new(),
-                            },
-                        };
-                        return Ok((empty, vec![Some(refusal)]));
-                    }
-                    // A slow message costs a whole time limit on every half that
-                    // holds it (a 60 s deadline and 1,000 messages: ten minutes of
-                    // halving). Taken one by one, the batch costs one fast call per
-                    // message and one limit per slow one.
-                    let pieces = if stopped_by_a_time_limit(&e) {
-                        messages.chunks(1).collect::<Vec<_>>()
-                    } else {
-                        let (left, right) = messages.split_at(messages.len() / 2);
-                        vec![left, right]
-                    };
-                    let mut whole: Option<(DecodedBatch, Vec<Option<Refusal>>)> = None;
-                    for piece in pieces {
-                        let (d, r) = Box::pin(self.decode(piece, shutdown)).await?;
-                        whole = Some(match whole {
-                            None => (d, r),
-                            Some((wd, mut wr)) => {
-                                wr.extend(r);
-                                (merge_decoded(wd, d), wr)
-                            }
-                        });
-                    }
-                    return Ok(whole.expect("a batch of two or more messages has pieces"));
-                }
-                Err(e) => self.stall("decode", "decoding", &e, shutdown).await?,
-            }
-        }
+        let mut source = ConsumerSource {
+            consumer: self,
+            shutdown,
+        };
+        recovery::decode(&mut source, messages).await
+    }
+
+    /// Writes `rows` with writer `w` until it commits, isolating rows that
+    /// fail it ([`recovery::write`]). Returns the rejected rows (indices into
+    /// `rows`) with their reasons.
+    async fn write(
+        &mut self,
+        w: usize,
+        rows: &RowBatch,
+        spans: &RowSpans,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<(u32, String)>, Stop> {
+        let mut writer = ConsumerWriter {
+            consumer: self,
+            w,
+            shutdown,
+        };
+        recovery::write(&mut writer, rows, spans).await
     }
 
     /// One call of writer `w`, measured.
@@ -674,123 +574,6 @@ impl Consumer {
                 .plugin_failure(&plugin, e.func(), e.kind());
         }
         result.map(|rejections| rejections.into_iter().map(|r| (r.row, r.reason)).collect())
-    }
-
-    /// Writes `rows` with writer `w` until it commits. Returns the rejected rows
-    /// (indices into `rows`) with their reasons: those the writer refused, and
-    /// those found to fail the write on their own (see the module's docs).
-    async fn write(
-        &mut self,
-        w: usize,
-        rows: &RowBatch,
-        spans: &RowSpans,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Vec<(u32, String)>, Stop> {
-        let mut failed_before = false;
-        loop {
-            let error = match self.call_write(w, rows).await {
-                Ok(rejected) => {
-                    self.proven[w] = true;
-                    return Ok(rejected);
-                }
-                Err(e) => e,
-            };
-            // A plugin's own error may pass (it did not say `retriable`, but a
-            // store can be wrong about that): one more try before taking the
-            // batch apart. A crash is taken apart at once.
-            let take_apart = may_be_the_rows(&error) && (error.is_crash() || failed_before);
-            failed_before = may_be_the_rows(&error);
-            if !take_apart {
-                self.stall("write", "writing", &error, shutdown).await?;
-                continue;
-            }
-            let mut found = Isolation::default();
-            if rows.count > 1 {
-                let one_by_one = stopped_by_a_time_limit(&error);
-                if let Err(e) = self
-                    .isolate(w, rows, spans, 0, one_by_one, &mut found)
-                    .await
-                {
-                    // The store went away meanwhile: what committed stays (writes
-                    // are idempotent), the whole batch is tried again.
-                    failed_before = false;
-                    self.stall("write", "writing", &e, shutdown).await?;
-                    continue;
-                }
-            } else {
-                found.alone.push((0, error.to_string()));
-            }
-            let vouched = found.committed > 0 || (found.alone.len() == 1 && self.proven[w]);
-            if !found.alone.is_empty() && !vouched {
-                return Err(Stop::Inconclusive(error));
-            }
-            self.proven[w] = found.committed > 0;
-            for (row, reason) in &found.alone {
-                tracing::warn!(pipeline = %self.config.name, consumer = self.index, row, error = %reason, "a row fails the writer on its own; dead-lettering its message");
-            }
-            let mut rejected = found.rejected;
-            rejected.append(&mut found.alone);
-            rejected.sort_by_key(|(row, _)| *row);
-            return Ok(rejected);
-        }
-    }
-
-    /// Takes apart `rows`, a piece of a batch that writer `w` failed on (rows
-    /// `offset..` of the batch): writes both halves, then splits again those
-    /// that failed in a way that may be the rows', down to single rows. Both
-    /// halves are tried before either is split, so that a half of good rows
-    /// commits (and vouches for the store) before single rows are counted
-    /// against it. `one_by_one` (the batch was stopped by a time limit) writes
-    /// the rows one at a time instead: halving would cost a whole limit on
-    /// every half that holds a slow row. Records what committed and which rows
-    /// failed alone in `found`; stops early when that is
-    /// [hopeless](Isolation::hopeless). `Err`: a failure that is not the rows'
-    /// (the store went away meanwhile).
-    async fn isolate(
-        &mut self,
-        w: usize,
-        rows: &RowBatch,
-        spans: &RowSpans,
-        offset: u32,
-        one_by_one: bool,
-        found: &mut Isolation,
-    ) -> Result<(), CallError> {
-        let mid = rows.count / 2;
-        let pieces: Vec<(u32, u32)> = if one_by_one {
-            (0..rows.count).map(|r| (r, r + 1)).collect()
-        } else {
-            vec![(0, mid), (mid, rows.count)]
-        };
-        let mut failed = Vec::new();
-        for (from, to) in pieces {
-            if one_by_one && found.hopeless() {
-                return Ok(());
-            }
-            let piece = spans.slice(rows, from, to);
-            match self.call_write(w, &piece).await {
-                Ok(rejected) => {
-                    found.committed += 1;
-                    let at = offset + from;
-                    found
-                        .rejected
-                        .extend(rejected.into_iter().map(|(r, why)| (r + at, why)));
-                }
-                Err(e) if may_be_the_rows(&e) && piece.count == 1 => {
-                    found.alone.push((offset + from, e.to_string()));
-                }
-                Err(e) if may_be_the_rows(&e) => failed.push((from, to, piece)),
-                Err(e) => return Err(e),
-            }
-        }
-        for (from, to, piece) in failed {
-            if found.hopeless() {
-                return Ok(());
-            }
-            let piece_spans = spans.sub(from, to);
-            let isolated = self.isolate(w, &piece, &piece_spans, offset + from, false, found);
-            Box::pin(isolated).await?;
-        }
-        Ok(())
     }
 
     /// Handles one batch end to end. Returns once its messages are acked (or
@@ -930,6 +713,73 @@ impl Consumer {
             "batch acked"
         );
         Ok(())
+    }
+}
+
+/// A consumer's source as the recovery rules call it: its instance, measured,
+/// and the consumer's stall.
+struct ConsumerSource<'a> {
+    consumer: &'a mut Consumer,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl recovery::Source for ConsumerSource<'_> {
+    async fn configure(&mut self) -> Result<(), CallError> {
+        self.consumer.ensure_plugins().await
+    }
+
+    async fn decode(&mut self, messages: &[Message]) -> Result<DecodedBatch, CallError> {
+        let consumer = &mut *self.consumer;
+        let called = Instant::now();
+        let result = consumer.source.decode(messages).await;
+        let plugin = consumer.source.plugin().info.label();
+        let metrics = &consumer.report.metrics;
+        metrics.plugin_call(&plugin, "decode", called.elapsed());
+        if let Err(e) = &result {
+            metrics.plugin_failure(&plugin, e.func(), e.kind());
+        }
+        result
+    }
+
+    fn label(&self) -> String {
+        self.consumer.source.plugin().info.label()
+    }
+
+    fn place(&self) -> (&str, usize) {
+        (&self.consumer.config.name, self.consumer.index)
+    }
+
+    async fn stall(&mut self, what: &str, error: &CallError) -> Result<(), Stop> {
+        self.consumer
+            .stall("decode", what, error, self.shutdown)
+            .await
+    }
+}
+
+/// A consumer's writer `w` as the recovery rules call it.
+struct ConsumerWriter<'a> {
+    consumer: &'a mut Consumer,
+    w: usize,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl recovery::Writer for ConsumerWriter<'_> {
+    async fn write(&mut self, rows: &RowBatch) -> Result<Vec<(u32, String)>, CallError> {
+        self.consumer.call_write(self.w, rows).await
+    }
+
+    fn proven(&mut self) -> &mut bool {
+        &mut self.consumer.proven[self.w]
+    }
+
+    fn place(&self) -> (&str, usize) {
+        (&self.consumer.config.name, self.consumer.index)
+    }
+
+    async fn stall(&mut self, what: &str, error: &CallError) -> Result<(), Stop> {
+        self.consumer
+            .stall("write", what, error, self.shutdown)
+            .await
     }
 }
 
@@ -1445,58 +1295,6 @@ mod tests {
                 r#"Some("m0") #3 "7" decode "record 3: bad""#,
             ]
         );
-    }
-
-    fn failed(func: &'static str, error: PluginError) -> CallError {
-        CallError::Failed {
-            plugin: "w@1".into(),
-            func,
-            error,
-        }
-    }
-
-    #[test]
-    fn only_failures_while_writing_that_are_not_the_stores_may_be_the_rows() {
-        assert!(may_be_the_rows(&failed(
-            "write",
-            PluginError::Fatal("x".into())
-        )));
-        assert!(may_be_the_rows(&CallError::Trap {
-            plugin: "w@1".into(),
-            func: "write",
-            reason: "panicked".into(),
-        }));
-        assert!(!may_be_the_rows(&failed(
-            "write",
-            PluginError::Retriable("store down".into())
-        )));
-        assert!(!may_be_the_rows(&failed(
-            "write",
-            PluginError::InvalidConfig("tabel".into())
-        )));
-        assert!(!may_be_the_rows(&failed(
-            "open",
-            PluginError::Fatal("x".into())
-        )));
-        assert!(!may_be_the_rows(&CallError::Capability {
-            plugin: "w@1".into(),
-            reason: "no directory".into(),
-        }));
-    }
-
-    #[test]
-    fn isolating_is_hopeless_only_when_many_rows_failed_alone_and_nothing_committed() {
-        let mut found = Isolation {
-            alone: (0..HOPELESS_LEAVES as u32 - 1)
-                .map(|r| (r, "e".into()))
-                .collect(),
-            ..Isolation::default()
-        };
-        assert!(!found.hopeless());
-        found.alone.push((99, "e".into()));
-        assert!(found.hopeless());
-        found.committed = 1;
-        assert!(!found.hopeless(), "a committed piece vouches for the store");
     }
 
     #[test]
