@@ -7,7 +7,8 @@
 //! handles one batch at a time, so when a batch is done every earlier delivery of
 //! its channel is settled and one `ack(multiple)` covers it. Several consumers
 //! keep several batches in flight (decoding on one core while another batch is
-//! being written). Failures are handled here, in one place:
+//! being written). Failures are handled here, in one place (the rules that take
+//! a failing batch apart are in `pipeline/recovery.rs`, tested there with fakes):
 //!
 //! - a writer's retriable error, or any error that is not about the data (a store
 //!   refusing to open, an invalid configuration), is retried with backoff while
@@ -32,6 +33,7 @@
 //!   key columns keeps one copy.
 
 mod batch;
+mod recovery;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +42,13 @@ use futures::{FutureExt as _, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use self::batch::{RowSpans, merge_decoded};
+use self::batch::RowSpans;
 use crate::admin::{Health, PluginInUse};
 use crate::config::PipelineConfig;
 use crate::metrics::PipelineMetrics;
 use crate::plugin_runtime::{
-    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginError, PluginRuntime,
-    RowBatch, SourceInstance, WriterInstance,
+    CallError, DecodedBatch, LoadedPlugin, Message, MessageOutcome, PluginRuntime, RowBatch,
+    SourceInstance, WriterInstance,
 };
 use crate::queue_input::{
     DeadLetter, Publisher, Received, RecordLetter, Session, SharedConnection,
@@ -105,7 +107,7 @@ pub fn spawn(
             reporting
                 .health
                 .consumer_down(&config.name, index, "starting");
-            let mut worker = Worker::new(
+            let mut consumer = Consumer::new(
                 config.clone(),
                 runtime.clone(),
                 plugins.clone(),
@@ -113,8 +115,8 @@ pub fn spawn(
                 amqp.clone(),
                 index,
             );
-            worker.stream = stream;
-            tokio::spawn(run_consumer(worker, shutdown.clone()))
+            consumer.stream = stream;
+            tokio::spawn(run_consumer(consumer, shutdown.clone()))
         })
         .collect()
 }
@@ -133,53 +135,6 @@ enum Stop {
     /// with more messages.
     #[error("{0}")]
     Inconclusive(CallError),
-}
-
-/// How many rows may fail on their own, with nothing of the batch committed,
-/// before isolating stops: by then the failure is the store's, not the rows'
-/// (a batch of 1000 costs at most about 30 writes to tell).
-const HOPELESS_LEAVES: usize = 8;
-
-/// What taking a failing batch apart found.
-#[derive(Default)]
-struct Isolation {
-    /// Pieces that committed.
-    committed: usize,
-    /// Rows the writer rejected in committed pieces, with their reasons.
-    rejected: Vec<(u32, String)>,
-    /// Rows that failed the write on their own, with the error.
-    alone: Vec<(u32, String)>,
-}
-
-impl Isolation {
-    /// Whether splitting further is pointless: many rows failed alone and
-    /// nothing committed.
-    fn hopeless(&self) -> bool {
-        self.committed == 0 && self.alone.len() >= HOPELESS_LEAVES
-    }
-}
-
-/// Whether a call was stopped by a time limit (`plugin_call_timeout` or
-/// `plugin_call_deadline`): then a batch is taken apart one message or row at
-/// a time, since every half holding the slow one would cost a whole limit.
-fn stopped_by_a_time_limit(error: &CallError) -> bool {
-    matches!(error.kind(), "deadline" | "timeout")
-}
-
-/// Whether a writer's failure may be caused by the rows it was given: a crash,
-/// a contract breach or the plugin's own non-retriable error while writing.
-/// Failures to open, retriable errors, invalid configurations and the host's
-/// capability errors are about the store or the setup, never the rows.
-fn may_be_the_rows(error: &CallError) -> bool {
-    error.func() == "write"
-        && (error.is_crash()
-            || matches!(
-                error,
-                CallError::Failed {
-                    error: PluginError::Fatal(_),
-                    ..
-                }
-            ))
 }
 
 /// Exponential backoff between `initial` and `max`, with jitter: each wait is
@@ -266,7 +221,7 @@ impl Backoff {
 const SLOW_RETRY: Duration = Duration::from_secs(5);
 
 /// What a consumer owns: its plugin instances and its place in the pipeline.
-struct Worker {
+struct Consumer {
     config: Arc<PipelineConfig>,
     runtime: Arc<PluginRuntime>,
     report: Reporting,
@@ -307,7 +262,7 @@ struct Refusal {
     reason: String,
 }
 
-impl Worker {
+impl Consumer {
     fn new(
         config: Arc<PipelineConfig>,
         runtime: Arc<PluginRuntime>,
@@ -354,7 +309,7 @@ impl Worker {
     /// they are up (or shutdown).
     async fn prepare(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
         loop {
-            let result = match self.ensure_writers().await {
+            let result = match self.ensure_plugins().await {
                 Ok(()) => self.open_writers().await,
                 Err(e) => Err(e),
             };
@@ -469,8 +424,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Creates the writer instances for the source's schema (once).
-    async fn ensure_writers(&mut self) -> Result<(), CallError> {
+    /// Configures the source, which declares its schema, and creates the
+    /// writer instances for that schema (unopened). Does nothing once they
+    /// exist; [`refresh_plugins`](Self::refresh_plugins) drops them when the
+    /// schema changes.
+    async fn ensure_plugins(&mut self) -> Result<(), CallError> {
         if self.writers.len() == self.writer_plugins.len() {
             return Ok(());
         }
@@ -504,7 +462,7 @@ impl Worker {
 
     /// Waits out a failure that is not about the data: the messages stay unacked
     /// and the same batch is tried again. The first wait of a stall says so
-    /// (log, metric, `/readyz`); [`Worker::recovered`] ends it.
+    /// (log, metric, `/readyz`); [`Consumer::recovered`] ends it.
     async fn stall(
         &mut self,
         stage: &'static str,
@@ -566,91 +524,36 @@ impl Worker {
         }
     }
 
-    /// Decodes a batch, isolating messages that crash the source.
+    /// Decodes a batch, isolating messages that crash the source
+    /// ([`recovery::decode`]).
     async fn decode(
         &mut self,
         messages: &[Message],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(DecodedBatch, Vec<Option<Refusal>>), Stop> {
-        loop {
-            if let Err(e) = self.ensure_writers().await {
-                self.stall("decode", "configuring the source", &e, shutdown)
-                    .await?;
-                continue;
-            }
-            let called = Instant::now();
-            let result = self.source.decode(messages).await;
-            let plugin = self.source.plugin().info.label();
-            self.report
-                .metrics
-                .plugin_call(&plugin, "decode", called.elapsed());
-            if let Err(e) = &result {
-                self.report
-                    .metrics
-                    .plugin_failure(&plugin, e.func(), e.kind());
-            }
-            match result {
-                Ok(decoded) => {
-                    let refusals = decoded
-                        .outcomes
-                        .iter()
-                        .map(|o| match o {
-                            // A partial message's rows go on; its rejected
-                            // records become dead letters of their own
-                            // (`record_letters`).
-                            MessageOutcome::Rows(_) | MessageOutcome::Partial(_) => None,
-                            MessageOutcome::Rejected(reason) => Some(Refusal {
-                                stage: "decode",
-                                plugin: plugin.clone(),
-                                reason: reason.clone(),
-                            }),
-                        })
-                        .collect();
-                    return Ok((decoded, refusals));
-                }
-                Err(e) if e.is_crash() && e.func() == "decode" => {
-                    if messages.len() == 1 {
-                        tracing::warn!(pipeline = %self.config.name, error = %e, "a message crashes the source plugin; dead-lettering it");
-                        let refusal = Refusal {
-                            stage: "decode",
-                            plugin: self.source.plugin().info.label(),
-                            reason: e.to_string(),
-                        };
-                        let empty = DecodedBatch {
-                            outcomes: vec![MessageOutcome::Rejected(refusal.reason.clone())],
-                            rows: RowBatch {
-                                count: 0,
-                                data: Vec::new(),
-                            },
-                        };
-                        return Ok((empty, vec![Some(refusal)]));
-                    }
-                    // A slow message costs a whole time limit on every half that
-                    // holds it (a 60 s deadline and 1,000 messages: ten minutes of
-                    // halving). Taken one by one, the batch costs one fast call per
-                    // message and one limit per slow one.
-                    let pieces = if stopped_by_a_time_limit(&e) {
-                        messages.chunks(1).collect::<Vec<_>>()
-                    } else {
-                        let (left, right) = messages.split_at(messages.len() / 2);
-                        vec![left, right]
-                    };
-                    let mut whole: Option<(DecodedBatch, Vec<Option<Refusal>>)> = None;
-                    for piece in pieces {
-                        let (d, r) = Box::pin(self.decode(piece, shutdown)).await?;
-                        whole = Some(match whole {
-                            None => (d, r),
-                            Some((wd, mut wr)) => {
-                                wr.extend(r);
-                                (merge_decoded(wd, d), wr)
-                            }
-                        });
-                    }
-                    return Ok(whole.expect("a batch of two or more messages has pieces"));
-                }
-                Err(e) => self.stall("decode", "decoding", &e, shutdown).await?,
-            }
-        }
+        let mut source = ConsumerSource {
+            consumer: self,
+            shutdown,
+        };
+        recovery::decode(&mut source, messages).await
+    }
+
+    /// Writes `rows` with writer `w` until it commits, isolating rows that
+    /// fail it ([`recovery::write`]). Returns the rejected rows (indices into
+    /// `rows`) with their reasons.
+    async fn write(
+        &mut self,
+        w: usize,
+        rows: &RowBatch,
+        spans: &RowSpans,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<(u32, String)>, Stop> {
+        let mut writer = ConsumerWriter {
+            consumer: self,
+            w,
+            shutdown,
+        };
+        recovery::write(&mut writer, rows, spans).await
     }
 
     /// One call of writer `w`, measured.
@@ -671,123 +574,6 @@ impl Worker {
                 .plugin_failure(&plugin, e.func(), e.kind());
         }
         result.map(|rejections| rejections.into_iter().map(|r| (r.row, r.reason)).collect())
-    }
-
-    /// Writes `rows` with writer `w` until it commits. Returns the rejected rows
-    /// (indices into `rows`) with their reasons: those the writer refused, and
-    /// those found to fail the write on their own (see the module's docs).
-    async fn write(
-        &mut self,
-        w: usize,
-        rows: &RowBatch,
-        spans: &RowSpans,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Vec<(u32, String)>, Stop> {
-        let mut failed_before = false;
-        loop {
-            let error = match self.call_write(w, rows).await {
-                Ok(rejected) => {
-                    self.proven[w] = true;
-                    return Ok(rejected);
-                }
-                Err(e) => e,
-            };
-            // A plugin's own error may pass (it did not say `retriable`, but a
-            // store can be wrong about that): one more try before taking the
-            // batch apart. A crash is taken apart at once.
-            let take_apart = may_be_the_rows(&error) && (error.is_crash() || failed_before);
-            failed_before = may_be_the_rows(&error);
-            if !take_apart {
-                self.stall("write", "writing", &error, shutdown).await?;
-                continue;
-            }
-            let mut found = Isolation::default();
-            if rows.count > 1 {
-                let one_by_one = stopped_by_a_time_limit(&error);
-                if let Err(e) = self
-                    .isolate(w, rows, spans, 0, one_by_one, &mut found)
-                    .await
-                {
-                    // The store went away meanwhile: what committed stays (writes
-                    // are idempotent), the whole batch is tried again.
-                    failed_before = false;
-                    self.stall("write", "writing", &e, shutdown).await?;
-                    continue;
-                }
-            } else {
-                found.alone.push((0, error.to_string()));
-            }
-            let vouched = found.committed > 0 || (found.alone.len() == 1 && self.proven[w]);
-            if !found.alone.is_empty() && !vouched {
-                return Err(Stop::Inconclusive(error));
-            }
-            self.proven[w] = found.committed > 0;
-            for (row, reason) in &found.alone {
-                tracing::warn!(pipeline = %self.config.name, consumer = self.index, row, error = %reason, "a row fails the writer on its own; dead-lettering its message");
-            }
-            let mut rejected = found.rejected;
-            rejected.append(&mut found.alone);
-            rejected.sort_by_key(|(row, _)| *row);
-            return Ok(rejected);
-        }
-    }
-
-    /// Takes apart `rows`, a piece of a batch that writer `w` failed on (rows
-    /// `offset..` of the batch): writes both halves, then splits again those
-    /// that failed in a way that may be the rows', down to single rows. Both
-    /// halves are tried before either is split, so that a half of good rows
-    /// commits (and vouches for the store) before single rows are counted
-    /// against it. `one_by_one` (the batch was stopped by a time limit) writes
-    /// the rows one at a time instead: halving would cost a whole limit on
-    /// every half that holds a slow row. Records what committed and which rows
-    /// failed alone in `found`; stops early when that is
-    /// [hopeless](Isolation::hopeless). `Err`: a failure that is not the rows'
-    /// (the store went away meanwhile).
-    async fn isolate(
-        &mut self,
-        w: usize,
-        rows: &RowBatch,
-        spans: &RowSpans,
-        offset: u32,
-        one_by_one: bool,
-        found: &mut Isolation,
-    ) -> Result<(), CallError> {
-        let mid = rows.count / 2;
-        let pieces: Vec<(u32, u32)> = if one_by_one {
-            (0..rows.count).map(|r| (r, r + 1)).collect()
-        } else {
-            vec![(0, mid), (mid, rows.count)]
-        };
-        let mut failed = Vec::new();
-        for (from, to) in pieces {
-            if one_by_one && found.hopeless() {
-                return Ok(());
-            }
-            let piece = spans.slice(rows, from, to);
-            match self.call_write(w, &piece).await {
-                Ok(rejected) => {
-                    found.committed += 1;
-                    let at = offset + from;
-                    found
-                        .rejected
-                        .extend(rejected.into_iter().map(|(r, why)| (r + at, why)));
-                }
-                Err(e) if may_be_the_rows(&e) && piece.count == 1 => {
-                    found.alone.push((offset + from, e.to_string()));
-                }
-                Err(e) if may_be_the_rows(&e) => failed.push((from, to, piece)),
-                Err(e) => return Err(e),
-            }
-        }
-        for (from, to, piece) in failed {
-            if found.hopeless() {
-                return Ok(());
-            }
-            let piece_spans = spans.sub(from, to);
-            let isolated = self.isolate(w, &piece, &piece_spans, offset + from, false, found);
-            Box::pin(isolated).await?;
-        }
-        Ok(())
     }
 
     /// Handles one batch end to end. Returns once its messages are acked (or
@@ -930,6 +716,73 @@ impl Worker {
     }
 }
 
+/// A consumer's source as the recovery rules call it: its instance, measured,
+/// and the consumer's stall.
+struct ConsumerSource<'a> {
+    consumer: &'a mut Consumer,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl recovery::Source for ConsumerSource<'_> {
+    async fn configure(&mut self) -> Result<(), CallError> {
+        self.consumer.ensure_plugins().await
+    }
+
+    async fn decode(&mut self, messages: &[Message]) -> Result<DecodedBatch, CallError> {
+        let consumer = &mut *self.consumer;
+        let called = Instant::now();
+        let result = consumer.source.decode(messages).await;
+        let plugin = consumer.source.plugin().info.label();
+        let metrics = &consumer.report.metrics;
+        metrics.plugin_call(&plugin, "decode", called.elapsed());
+        if let Err(e) = &result {
+            metrics.plugin_failure(&plugin, e.func(), e.kind());
+        }
+        result
+    }
+
+    fn label(&self) -> String {
+        self.consumer.source.plugin().info.label()
+    }
+
+    fn place(&self) -> (&str, usize) {
+        (&self.consumer.config.name, self.consumer.index)
+    }
+
+    async fn stall(&mut self, what: &str, error: &CallError) -> Result<(), Stop> {
+        self.consumer
+            .stall("decode", what, error, self.shutdown)
+            .await
+    }
+}
+
+/// A consumer's writer `w` as the recovery rules call it.
+struct ConsumerWriter<'a> {
+    consumer: &'a mut Consumer,
+    w: usize,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl recovery::Writer for ConsumerWriter<'_> {
+    async fn write(&mut self, rows: &RowBatch) -> Result<Vec<(u32, String)>, CallError> {
+        self.consumer.call_write(self.w, rows).await
+    }
+
+    fn proven(&mut self) -> &mut bool {
+        &mut self.consumer.proven[self.w]
+    }
+
+    fn place(&self) -> (&str, usize) {
+        (&self.consumer.config.name, self.consumer.index)
+    }
+
+    async fn stall(&mut self, what: &str, error: &CallError) -> Result<(), Stop> {
+        self.consumer
+            .stall("write", what, error, self.shutdown)
+            .await
+    }
+}
+
 /// Dead letters for the records a source rejected one by one (`partial`
 /// outcomes): each carries the record's bytes and its index, and is published
 /// (confirmed) with the batch's other dead letters, before the message is acked
@@ -990,7 +843,7 @@ fn report_plugins(
 
 /// Consumer 0 reads the queue's depth when it is due (never more than once per
 /// [`DEPTH_EVERY`]); a failure is only logged: it is the session's to notice.
-/// (A `Worker` is not `Sync`: this takes only what it reads.)
+/// (A `Consumer` is not `Sync`: this takes only what it reads.)
 async fn read_depth(
     (config, index, metrics): (&PipelineConfig, usize, &PipelineMetrics),
     session: &Session,
@@ -1017,17 +870,17 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Runs one consumer until shutdown: session after session, batch after batch.
-async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
-    let name = worker.config.name.clone();
+async fn run_consumer(mut consumer: Consumer, mut shutdown: watch::Receiver<bool>) {
+    let name = consumer.config.name.clone();
     let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     // Connect to the stores before taking messages: a daemon that reports ready
     // has its writers open.
-    if worker.prepare(&mut shutdown).await.is_ok() {
+    if consumer.prepare(&mut shutdown).await.is_ok() {
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            match consume(&mut worker, &mut shutdown, &mut reconnect).await {
+            match consume(&mut consumer, &mut shutdown, &mut reconnect).await {
                 Ok(()) | Err(Stop::Shutdown) => break,
                 Err(Stop::Inconclusive(_)) => {
                     unreachable!("consume() waits out an inconclusive batch itself")
@@ -1035,24 +888,24 @@ async fn run_consumer(mut worker: Worker, mut shutdown: watch::Receiver<bool>) {
                 Err(Stop::Session(e)) => {
                     let error = crate::telemetry::error_chain(e.as_ref());
                     let why = format!("RabbitMQ session lost: {error}");
-                    worker
+                    consumer
                         .report
                         .health
-                        .consumer_down(&name, worker.index, &why);
-                    worker.report.metrics.connected(worker.index, false);
-                    tracing::warn!(pipeline = %name, consumer = worker.index, error, retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
-                    let health = &worker.report.health;
-                    let beat = || health.beat(&name, worker.index);
+                        .consumer_down(&name, consumer.index, &why);
+                    consumer.report.metrics.connected(consumer.index, false);
+                    tracing::warn!(pipeline = %name, consumer = consumer.index, error, retry_in = ?reconnect.peek(), "RabbitMQ session lost; unacked messages return to the queue; reconnecting");
+                    let health = &consumer.report.health;
+                    let beat = || health.beat(&name, consumer.index);
                     if reconnect.wait(&mut shutdown, beat).await.is_err() {
                         break;
                     }
-                    worker.report.metrics.reconnected();
+                    consumer.report.metrics.reconnected();
                 }
             }
         }
     }
-    worker.report.metrics.connected(worker.index, false);
-    tracing::info!(pipeline = %name, consumer = worker.index, "consumer stopped");
+    consumer.report.metrics.connected(consumer.index, false);
+    tracing::info!(pipeline = %name, consumer = consumer.index, "consumer stopped");
 }
 
 /// How long a filling batch lets deliveries pile up after one arrives, before
@@ -1177,7 +1030,7 @@ fn push(next: (Received, Message), received: &mut Vec<Received>, messages: &mut 
 /// Fills a batch that has its first message, until it holds `max_messages`,
 /// `deadline` passes or shutdown is asked for (then returns `true`).
 async fn fill(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     deliveries: &mut impl Deliveries,
     received: &mut Vec<Received>,
     messages: &mut Vec<Message>,
@@ -1185,7 +1038,7 @@ async fn fill(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, Stop> {
     use tokio::time::{Instant, sleep_until};
-    let max = worker.config.batch.max_messages;
+    let max = consumer.config.batch.max_messages;
     let mut beat_due = Instant::now() + IDLE_BEAT;
     while messages.len() < max {
         // Take what has arrived, without asking to be woken for it.
@@ -1200,7 +1053,10 @@ async fn fill(
             break;
         }
         if now >= beat_due {
-            worker.report.health.beat(&worker.config.name, worker.index);
+            consumer
+                .report
+                .health
+                .beat(&consumer.config.name, consumer.index);
             beat_due = now + IDLE_BEAT;
         }
         // Nothing more yet: wait for the next delivery, then let others join it.
@@ -1225,16 +1081,16 @@ async fn fill(
 /// AMQP channel its dead letters go through. Consumes batches until shutdown or
 /// a session error.
 async fn consume(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let Some(stream) = worker.stream.clone() else {
-        let (session, mut consumer) =
-            Session::open(&worker.config, worker.index, &worker.amqp).await?;
-        worker.consuming(&worker.config.queue.name.clone());
+    let Some(stream) = consumer.stream.clone() else {
+        let (session, mut deliveries) =
+            Session::open(&consumer.config, consumer.index, &consumer.amqp).await?;
+        consumer.consuming(&consumer.config.queue.name.clone());
         let mut input = Input::Queue(&session);
-        let outcome = batches(worker, &mut input, &mut consumer, shutdown, reconnect).await;
+        let outcome = batches(consumer, &mut input, &mut deliveries, shutdown, reconnect).await;
         match outcome {
             Ok(()) | Err(Stop::Shutdown) => {
                 session.cancel().await.ok();
@@ -1247,17 +1103,17 @@ async fn consume(
     };
     // The stream first (created if it is declared and missing), then what is
     // bound to it and the dead-letter side.
-    let (mut session, mut deliveries) = StreamSession::open(&worker.config, &stream).await?;
-    let publisher = match Publisher::open(&worker.config, &worker.amqp).await {
+    let (mut session, mut deliveries) = StreamSession::open(&consumer.config, &stream).await?;
+    let publisher = match Publisher::open(&consumer.config, &consumer.amqp).await {
         Ok(publisher) => publisher,
         Err(e) => {
             session.close().await;
             return Err(Stop::Session(e));
         }
     };
-    worker.consuming(&stream);
+    consumer.consuming(&stream);
     let mut input = Input::Stream(&mut session, &publisher);
-    let outcome = batches(worker, &mut input, &mut deliveries, shutdown, reconnect).await;
+    let outcome = batches(consumer, &mut input, &mut deliveries, shutdown, reconnect).await;
     // What was settled is stored; what was not is read again after a restart
     // or a reconnect.
     session.close().await;
@@ -1265,7 +1121,7 @@ async fn consume(
     outcome
 }
 
-impl Worker {
+impl Consumer {
     /// A session opened: the consumer is up.
     fn consuming(&mut self, from: &str) {
         self.report
@@ -1285,22 +1141,22 @@ impl Worker {
 /// Takes batches from `deliveries` and processes them, until shutdown
 /// (`Ok`, or `Stop::Shutdown` while a batch waited) or a session error.
 async fn batches(
-    worker: &mut Worker,
+    consumer: &mut Consumer,
     input: &mut Input<'_>,
     deliveries: &mut impl Deliveries,
     shutdown: &mut watch::Receiver<bool>,
     reconnect: &mut Backoff,
 ) -> Result<(), Stop> {
-    let max_wait = worker.config.batch.max_wait;
+    let max_wait = consumer.config.batch.max_wait;
     let mut lag_due = tokio::time::Instant::now();
     let mut depth_due = tokio::time::Instant::now();
     loop {
         if input.stream().is_some() && tokio::time::Instant::now() >= lag_due {
-            input.measure_lag(&worker.report.metrics).await;
+            input.measure_lag(&consumer.report.metrics).await;
             lag_due = tokio::time::Instant::now() + LAG_EVERY;
         }
         if let Input::Queue(session) = &*input {
-            let reader = (&*worker.config, worker.index, &worker.report.metrics);
+            let reader = (&*consumer.config, consumer.index, &consumer.report.metrics);
             read_depth(reader, session, &mut depth_due).await;
         }
         // Wait for the first message of a batch, or for shutdown, telling the
@@ -1308,16 +1164,16 @@ async fn batches(
         let first = tokio::select! {
             d = deliveries.next() => d?,
             _ = tokio::time::sleep(IDLE_BEAT) => {
-                worker.report.health.beat(&worker.config.name, worker.index);
+                consumer.report.health.beat(&consumer.config.name, consumer.index);
                 continue;
             }
             _ = stopped(shutdown) => return Ok(()),
         };
-        let max = worker.config.batch.max_messages;
+        let max = consumer.config.batch.max_messages;
         let (mut received, mut messages) = (Vec::with_capacity(max), Vec::with_capacity(max));
         push(first, &mut received, &mut messages);
         let stopping = fill(
-            worker,
+            consumer,
             deliveries,
             &mut received,
             &mut messages,
@@ -1330,8 +1186,11 @@ async fn batches(
             input.stop_flow().await;
         }
         loop {
-            worker.refresh_plugins().await;
-            match worker.process(input, &received, &messages, shutdown).await {
+            consumer.refresh_plugins().await;
+            match consumer
+                .process(input, &received, &messages, shutdown)
+                .await
+            {
                 // Only a session that got a batch through resets the reconnect
                 // backoff: one that opens and fails on every batch backs off like
                 // a failed connection.
@@ -1341,7 +1200,7 @@ async fn batches(
                 }
                 Err(Stop::Inconclusive(error)) => {
                     let what = "writing (no row of the batch could be written alone)";
-                    worker.stall("write", what, &error, shutdown).await?;
+                    consumer.stall("write", what, &error, shutdown).await?;
                     // Take in what arrived meanwhile: rows that land show the
                     // store is fine, and the failing rows are then dead-lettered.
                     if !stopping {
@@ -1436,58 +1295,6 @@ mod tests {
                 r#"Some("m0") #3 "7" decode "record 3: bad""#,
             ]
         );
-    }
-
-    fn failed(func: &'static str, error: PluginError) -> CallError {
-        CallError::Failed {
-            plugin: "w@1".into(),
-            func,
-            error,
-        }
-    }
-
-    #[test]
-    fn only_failures_while_writing_that_are_not_the_stores_may_be_the_rows() {
-        assert!(may_be_the_rows(&failed(
-            "write",
-            PluginError::Fatal("x".into())
-        )));
-        assert!(may_be_the_rows(&CallError::Trap {
-            plugin: "w@1".into(),
-            func: "write",
-            reason: "panicked".into(),
-        }));
-        assert!(!may_be_the_rows(&failed(
-            "write",
-            PluginError::Retriable("store down".into())
-        )));
-        assert!(!may_be_the_rows(&failed(
-            "write",
-            PluginError::InvalidConfig("tabel".into())
-        )));
-        assert!(!may_be_the_rows(&failed(
-            "open",
-            PluginError::Fatal("x".into())
-        )));
-        assert!(!may_be_the_rows(&CallError::Capability {
-            plugin: "w@1".into(),
-            reason: "no directory".into(),
-        }));
-    }
-
-    #[test]
-    fn isolating_is_hopeless_only_when_many_rows_failed_alone_and_nothing_committed() {
-        let mut found = Isolation {
-            alone: (0..HOPELESS_LEAVES as u32 - 1)
-                .map(|r| (r, "e".into()))
-                .collect(),
-            ..Isolation::default()
-        };
-        assert!(!found.hopeless());
-        found.alone.push((99, "e".into()));
-        assert!(found.hopeless());
-        found.committed = 1;
-        assert!(!found.hopeless(), "a committed piece vouches for the store");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod plugin_loading;
 mod plugin_new;
 mod postgres_tls;
 mod python_plugins;
+mod recovery;
 mod service;
 mod signing;
 mod stalls;
