@@ -134,7 +134,7 @@ pub fn resolve_signed(
 /// A pipeline that is running, and what it was started from.
 struct Running {
     /// Its configuration: a change restarts it.
-    settings: String,
+    settings: PipelineConfig,
     /// The content of its plugins: a change is swapped in at a batch boundary.
     plugin_hashes: Vec<String>,
     /// Where new plugin versions are sent.
@@ -151,11 +151,12 @@ impl Running {
     }
 }
 
-/// The settings of a pipeline, to tell whether a reload changed them. The Debug
-/// form covers every setting (passwords redacted: a password change alone does
-/// not restart a pipeline).
-fn settings(config: &PipelineConfig) -> String {
-    format!("{config:?}")
+/// Whether a reload must restart a running pipeline started with `running`
+/// to apply `wanted`: any setting differs, nested ones (a writer's grants, a
+/// TLS file's contents) and passwords included, since a running pipeline
+/// keeps connecting with the settings it was started with.
+fn must_restart(running: &PipelineConfig, wanted: &PipelineConfig) -> bool {
+    running != wanted
 }
 
 fn plugin_hashes(plugins: &PipelinePlugins) -> Vec<String> {
@@ -195,7 +196,7 @@ impl Daemon {
             stopped,
         );
         let running = Running {
-            settings: settings(pipeline),
+            settings: pipeline.clone(),
             plugin_hashes: hashes,
             plugins: plugins_tx,
             stop,
@@ -250,7 +251,7 @@ impl Daemon {
             match wanted.get(&name) {
                 None => summary.removed.push(name.clone()),
                 Some((_, Err(_))) => {} // paused below
-                Some((p, Ok(_))) if settings(p) != self.running[&name].settings => {
+                Some((p, Ok(_))) if must_restart(&self.running[&name].settings, p) => {
                     summary.restarted.push(name.clone())
                 }
                 Some((_, Ok(r))) if plugin_hashes(r) != self.running[&name].plugin_hashes => {
@@ -537,4 +538,74 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let _ = exit.send(true);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TEXT: &str = r#"
+        [connections.rabbit]
+        type = "amqp"
+        url = "amqp://guest@127.0.0.1:5672/%2f"
+        [connections.warehouse]
+        type = "postgres"
+        url = "postgres://postgres@127.0.0.1:5432/postgres"
+        password_env = "PG_PASSWORD"
+        [[pipelines]]
+        name = "cdr"
+        connection = "rabbit"
+        queue = { name = "cdr" }
+        source = { plugin = "json-source", config = { fields = { id = "id" } } }
+        [[pipelines.writers]]
+        plugin = "postgres-writer"
+        grants = { postgres = ["warehouse"], tcp = ["127.0.0.1:6379"] }
+        config = { connection = "warehouse", table = "cdr" }
+    "#;
+
+    /// The one pipeline of `text`, its Postgres password `password`.
+    fn pipeline(text: &str, password: &str) -> PipelineConfig {
+        let config = Config::from_str_with_env(text, Path::new("/etc/sluice.toml"), |name| {
+            (name == "PG_PASSWORD").then(|| password.to_string())
+        })
+        .unwrap();
+        config.pipelines[0].clone()
+    }
+
+    #[test]
+    fn an_equal_configuration_read_again_does_not_restart_a_pipeline() {
+        assert!(!must_restart(
+            &pipeline(TEXT, "secret"),
+            &pipeline(TEXT, "secret")
+        ));
+    }
+
+    #[test]
+    fn a_change_in_a_nested_setting_restarts_a_pipeline() {
+        let running = pipeline(TEXT, "secret");
+        let changed = [
+            ("a writer's granted address", TEXT.replace("6379", "6380")),
+            (
+                "a value deep in the source's config",
+                TEXT.replace("id = \"id\"", "id = \"call_id\""),
+            ),
+            (
+                "a writer's config",
+                TEXT.replace("table = \"cdr\"", "table = \"calls\""),
+            ),
+        ];
+        for (what, text) in changed {
+            assert!(
+                must_restart(&running, &pipeline(&text, "secret")),
+                "{what} changed and the pipeline was not restarted"
+            );
+        }
+        // A password is not in the pipeline's Debug text, and still a setting:
+        // the running pipeline would keep connecting with the old one.
+        let rotated = pipeline(TEXT, "rotated");
+        assert_eq!(format!("{running:?}"), format!("{rotated:?}"));
+        assert!(must_restart(&running, &rotated));
+    }
 }
