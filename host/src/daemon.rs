@@ -20,7 +20,7 @@ use crate::pinning::Pin;
 use crate::pipeline::{self, PipelinePlugins, Reporting};
 use crate::plugin_runtime::{PluginKind, PluginRuntime, RuntimeConfig};
 use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
-use crate::service;
+use crate::service::Systemd;
 use crate::signing::Signer;
 
 /// Finds the plugins of pipeline `i`, or says which are missing or of the
@@ -177,6 +177,8 @@ struct Daemon {
     running: BTreeMap<String, Running>,
     /// Pipelines waiting for a plugin, with the reason.
     paused: BTreeMap<String, String>,
+    /// Where readiness and reloads are reported.
+    systemd: Systemd,
 }
 
 impl Daemon {
@@ -314,7 +316,7 @@ impl Daemon {
     /// configuration is refused as a whole (every problem logged) and the running
     /// one stays; a refused plugin file leaves the version loaded before in use.
     async fn reload(&mut self, why: &str) {
-        service::reloading();
+        self.systemd.reloading();
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(e) => {
@@ -327,7 +329,7 @@ impl Daemon {
                     problems = %problems.join("; "),
                     "reload refused; the running configuration stays"
                 );
-                service::ready(&self.status());
+                self.systemd.ready(&self.status());
                 return;
             }
         };
@@ -359,7 +361,7 @@ impl Daemon {
                     error = crate::telemetry::error_chain(e.as_ref()),
                     "reload refused; the running configuration stays"
                 );
-                service::ready(&self.status());
+                self.systemd.ready(&self.status());
                 return;
             }
         };
@@ -367,7 +369,7 @@ impl Daemon {
         self.apply(config, &mut summary).await;
         self.metrics.reload(ReloadOutcome::Applied);
         log_reload(why, &scan, &summary);
-        service::ready(&self.status());
+        self.systemd.ready(&self.status());
     }
 
     fn status(&self) -> String {
@@ -433,7 +435,7 @@ fn log_trust(config: &Config) {
 }
 
 /// Sends READY=1 once every consumer is connected to its stores and the broker.
-fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
+fn notify_when_ready(health: Arc<Health>, status: String, systemd: Systemd) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             // Paused pipelines wait for an operator to deploy a plugin; they keep
@@ -444,7 +446,7 @@ fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
             };
             if ready {
                 tracing::info!("ready: every consumer is connected");
-                service::ready(&status);
+                systemd.ready(&status);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -460,6 +462,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let systemd = Systemd::from_env();
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Metrics::new();
     let runtime = PluginRuntime::new(RuntimeConfig {
@@ -491,13 +494,14 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         registry,
         running: BTreeMap::new(),
         paused: BTreeMap::new(),
+        systemd: systemd.clone(),
     };
     let mut summary = ApplySummary::default();
     daemon.apply(config, &mut summary).await;
     log_reload("startup", &scan, &summary);
     tracing::info!(pipelines = daemon.running.len(), paused = daemon.paused.len(), config = %path.display(), "sluice running");
-    let ready = notify_when_ready(health.clone(), daemon.status());
-    let watchdog = service::spawn_watchdog(health.clone());
+    let ready = notify_when_ready(health.clone(), daemon.status(), systemd.clone());
+    let watchdog = systemd.spawn_watchdog(health.clone());
 
     let signal_name = loop {
         tokio::select! {
@@ -515,7 +519,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         }
     };
     ready.abort();
-    service::stopping();
+    systemd.stopping();
     health.set_draining(true);
     let timeout = daemon.config.daemon.shutdown_timeout;
     tracing::info!(
