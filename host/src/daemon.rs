@@ -13,123 +13,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
-use crate::capabilities;
 use crate::config::{Config, PipelineConfig};
 use crate::metrics::{Metrics, ReloadOutcome};
-use crate::pinning::Pin;
 use crate::pipeline::{self, PipelinePlugins, Reporting};
-use crate::plugin_runtime::{PluginKind, PluginRuntime, RuntimeConfig};
-use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
+use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
+use crate::reload::{PluginRegistry, ScanSummary};
+use crate::resolution::{self, Directories, PipelineResolution};
 use crate::service::Systemd;
-use crate::signing::Signer;
-
-/// Finds the plugins of pipeline `i`, or says which are missing or of the
-/// wrong world, which do not match their pin, which writers import a
-/// capability their grants don't give, and which granted directories cannot be
-/// created. A `signer` pin matches nothing here: see [`resolve_signed`].
-pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<PipelinePlugins, String> {
-    resolve_signed(config, i, plugins, &BTreeMap::new())
-}
-
-/// Like [`resolve`], with `signers`: who signed each plugin file in use (by
-/// path), when signatures are verified. A plugin that does not match its pin
-/// is not run, and logged at ERROR with what is pinned and what is there.
-pub fn resolve_signed(
-    config: &Config,
-    i: usize,
-    plugins: &PluginSet,
-    signers: &BTreeMap<PathBuf, Signer>,
-) -> Result<PipelinePlugins, String> {
-    let p = &config.pipelines[i];
-    let mut problems = Vec::new();
-    let mut find = |name: &str, kind: PluginKind, pin: &Pin, table: String| match plugins.get(name)
-    {
-        Some(plugin) if plugin.kind == kind => {
-            let mismatches = pin.check(plugin, signers.get(&plugin.path));
-            if mismatches.is_empty() {
-                return Some(plugin.clone());
-            }
-            for m in &mismatches {
-                tracing::error!(
-                    pipeline = %p.name,
-                    at = %format!("{table}.{}", m.key),
-                    plugin = name,
-                    file = %plugin.path.display(),
-                    pinned = %m.pinned,
-                    found = %m.found,
-                    "plugin does not match its pin: it is not run, and the pipeline waits until the pin or the file changes"
-                );
-            }
-            let why: Vec<String> = mismatches
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{table}.{}: plugin `{name}` ({}) does not match its pin: {m}",
-                        m.key,
-                        plugin.path.display()
-                    )
-                })
-                .collect();
-            problems.push(why.join("; "));
-            None
-        }
-        Some(plugin) => {
-            problems.push(format!(
-                "{table}.plugin: plugin `{name}` is a {} plugin, not a {kind}",
-                plugin.kind
-            ));
-            None
-        }
-        None => {
-            problems.push(format!(
-                "{table}.plugin: no plugin named `{name}` in {}",
-                config.daemon.plugin_dir.display()
-            ));
-            None
-        }
-    };
-    let source = find(
-        &p.source.plugin,
-        PluginKind::Source,
-        &p.source.pin,
-        format!("pipelines[{i}].source"),
-    );
-    let writers: Vec<_> = p
-        .writers
-        .iter()
-        .enumerate()
-        .map(|(j, w)| {
-            find(
-                &w.plugin,
-                PluginKind::Writer,
-                &w.pin,
-                format!("pipelines[{i}].writers[{j}]"),
-            )
-        })
-        .collect();
-    // A writer that imports a capability its grants don't give is refused, and
-    // its granted directory is created now, so that the pipeline does not start
-    // only to fail on first use.
-    for (j, (w, plugin)) in p.writers.iter().zip(&writers).enumerate() {
-        let at = format!("pipelines[{i}].writers[{j}]");
-        if let Some(plugin) = plugin
-            && let Err(why) = capabilities::check_writer_grants(plugin, &w.grants, &at)
-        {
-            problems.push(why);
-        }
-        if let Some(dir) = &w.grants.directory
-            && let Err(why) = capabilities::prepare_directory(dir)
-        {
-            problems.push(format!("{at}.grants.directory: {why}"));
-        }
-    }
-    match (source, writers.into_iter().collect::<Option<Vec<_>>>()) {
-        (Some(source), Some(writers)) if problems.is_empty() => {
-            Ok(PipelinePlugins { source, writers })
-        }
-        _ => Err(problems.join("; ")),
-    }
-}
 
 /// A pipeline that is running, and what it was started from.
 struct Running {
@@ -227,25 +117,15 @@ impl Daemon {
     /// settings or plugin contents changed, or paused while a plugin they need is
     /// missing (their messages wait in the queue); unchanged ones are not touched.
     async fn apply(&mut self, config: Config, summary: &mut ApplySummary) {
-        let plugins = self.registry.plugins();
-        // Who signed each file in use, for `signer` pins.
-        let signers: BTreeMap<PathBuf, Signer> = self
-            .registry
-            .status()
-            .into_iter()
-            .filter_map(|f| Some((f.plugin?.path.clone(), f.signer?)))
-            .collect();
-        let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = (0
-            ..config.pipelines.len())
-            .map(|i| {
-                (
-                    config.pipelines[i].name.clone(),
-                    (
-                        config.pipelines[i].clone(),
-                        resolve_signed(&config, i, &plugins, &signers),
-                    ),
-                )
-            })
+        let resolution = resolution::resolve(&config, &self.registry, Directories::Create);
+        for pipeline in &resolution.pipelines {
+            log_pin_mismatches(pipeline);
+        }
+        let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = config
+            .pipelines
+            .iter()
+            .zip(&resolution.pipelines)
+            .map(|(p, r)| (p.name.clone(), (p.clone(), r.plugins())))
             .collect();
         let mut names = Vec::new();
         let mut stopping = Vec::new();
@@ -391,6 +271,25 @@ struct ApplySummary {
     resumed: Vec<String>,
     paused: Vec<String>,
     unchanged: Vec<String>,
+}
+
+/// Logs each plugin of `pipeline` that does not match its pin: it is not run,
+/// and an operator must deploy the pinned file or change the pin.
+fn log_pin_mismatches(pipeline: &PipelineResolution) {
+    for slot in pipeline.slots() {
+        let Some(plugin) = &slot.plugin else { continue };
+        for m in &slot.pin_mismatches {
+            tracing::error!(
+                pipeline = %pipeline.name,
+                at = %format!("{}.{}", slot.at, m.key),
+                plugin = %plugin.info.name,
+                file = %plugin.path.display(),
+                pinned = %m.pinned,
+                found = %m.found,
+                "plugin does not match its pin: it is not run, and the pipeline waits until the pin or the file changes"
+            );
+        }
+    }
 }
 
 /// The one line a reload reports its outcome in.
