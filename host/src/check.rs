@@ -24,7 +24,9 @@ use tracing::instrument::WithSubscriber as _;
 
 use crate::capabilities::dry_run::DryRun;
 use crate::config::{Config, Problem, WriterConfig};
-use crate::plugin_runtime::{CallError, LoadedPlugin, PluginRuntime, Schema, SourceInstance, WriterInstance};
+use crate::plugin_runtime::{
+    CallError, LoadedPlugin, PluginRuntime, Schema, SourceInstance, WriterInstance,
+};
 use crate::reload::PluginRegistry;
 use crate::resolution::{self, Directories};
 
@@ -62,19 +64,20 @@ pub async fn check_with_registry(
     }
     let resolution = resolution::resolve(config, &registry, Directories::Inspect);
     let mut problems = resolution.folder;
-    for (i, (pipeline, resolved)) in config.pipelines.iter().zip(&resolution.pipelines).enumerate() {
+    for (i, (pipeline, resolved)) in config
+        .pipelines
+        .iter()
+        .zip(&resolution.pipelines)
+        .enumerate()
+    {
         let at = format!("pipelines[{i}]");
         problems.extend(resolved.source.problems.iter().cloned());
         // What the source declares, for its writers to be opened with.
         let mut schema: Option<Schema> = None;
         if let Some(plugin) = &resolved.source.plugin {
             let config_json = pipeline.source.config.to_string();
-            let mut instance = SourceInstance::new(
-                runtime.clone(),
-                plugin.clone(),
-                &pipeline.name,
-                config_json,
-            );
+            let mut instance =
+                SourceInstance::new(runtime.clone(), plugin.clone(), &pipeline.name, config_json);
             match instance.schema().await {
                 Ok(declared) => schema = Some(declared),
                 Err(e) => {

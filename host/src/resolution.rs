@@ -119,9 +119,10 @@ pub fn resolve(config: &Config, registry: &PluginRegistry, dirs: Directories) ->
         })
         .collect();
     for (name, conflict) in registry.conflicts() {
-        let named = config.pipelines.iter().any(|p| {
-            p.source.plugin == *name || p.writers.iter().any(|w| w.plugin == *name)
-        });
+        let named = config
+            .pipelines
+            .iter()
+            .any(|p| p.source.plugin == *name || p.writers.iter().any(|w| w.plugin == *name));
         // A name a pipeline uses is reported there, where it stops something.
         if !named {
             folder.push(Problem::new("daemon.plugin_dir", conflict.describe(name)));

@@ -264,7 +264,9 @@ mod tests {
         fake.systemd.stopping();
         back.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0; 64];
-        let n = back.recv(&mut buf).expect("STOPPING=1 after the socket came back");
+        let n = back
+            .recv(&mut buf)
+            .expect("STOPPING=1 after the socket came back");
         assert_eq!(&buf[..n], b"STOPPING=1\n");
     }
 

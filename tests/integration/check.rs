@@ -291,11 +291,11 @@ async fn two_files_declaring_one_name_are_reported_by_check_and_logged_by_run_an
     // `sluice run`: the same verdict, logged with both files; the pipeline is
     // paused and its messages wait.
     let daemon = crate::daemon::start(&w.setup, "daemon");
-    eventually(
-        crate::daemon::LONG,
-        "the name conflict logged",
-        || async { daemon.log().contains("declare the plugin name `json-source`") },
-    )
+    eventually(crate::daemon::LONG, "the name conflict logged", || async {
+        daemon
+            .log()
+            .contains("declare the plugin name `json-source`")
+    })
     .await;
     let log = daemon.log();
     let logged = log
@@ -321,7 +321,11 @@ async fn two_files_declaring_one_name_are_reported_by_check_and_logged_by_run_an
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(w.rows().await, 0, "a plugin ran while two files claim its name");
+    assert_eq!(
+        w.rows().await,
+        0,
+        "a plugin ran while two files claim its name"
+    );
     assert_eq!(w.broker.ready(&w.setup.queue).await, 20);
 
     // One file removed: both agree again, and the one left runs.

@@ -14,11 +14,11 @@ use std::time::Duration;
 use serde_json::json;
 use sluice::capabilities::{Capability, Grants, HttpGrant, TcpGrant};
 use sluice::config::Config;
-use sluice::reload::PluginRegistry;
-use sluice::resolution::{self, Directories};
 use sluice::plugin_runtime::{
     CallError, Column, ColumnType, LoadedPlugin, PluginRuntime, Schema, WriterInstance,
 };
+use sluice::reload::PluginRegistry;
+use sluice::resolution::{self, Directories};
 use sluice_tests::{plugin, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -35,9 +35,7 @@ pub(super) fn parse(url: &str) -> Result<AmqpUrl, String> {
     let parsed = Url::parse(url).map_err(|e| match e {
         url::ParseError::RelativeUrlWithoutBase => format!("not a URL: {EXPECTED}"),
         url::ParseError::EmptyHost => format!("the URL names no host; {EXPECTED}"),
-        url::ParseError::InvalidPort => {
-            "the port is not a number from 1 to 65535".to_string()
-        }
+        url::ParseError::InvalidPort => "the port is not a number from 1 to 65535".to_string(),
         e => format!("{e}; {EXPECTED}"),
     })?;
     // `user:password@host` without `scheme://` reads as a URL of the scheme

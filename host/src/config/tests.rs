@@ -815,7 +815,7 @@ fn trusted_keys_are_read_relative_to_the_config_and_broken_ones_are_errors() {
     assert_eq!(keys.len(), 1);
     assert_eq!(
         keys[0].path,
-        std::path::absolute(&dir).unwrap().join("keys/ci.pub")
+        std::path::absolute(dir).unwrap().join("keys/ci.pub")
     );
     assert_eq!(keys[0].id, id);
 

@@ -343,7 +343,7 @@ mod tests {
         let run = |command: &str| {
             let out = std::process::Command::new("openssl")
                 .args(command.split_whitespace())
-                .current_dir(&dir)
+                .current_dir(dir)
                 .output()
                 .expect("openssl");
             assert!(out.status.success(), "openssl {command}: {out:?}");
