@@ -208,17 +208,38 @@ impl PluginRegistry {
             .collect();
         present.sort();
         for path in &present {
-            let bytes = match std::fs::read(path) {
-                Ok(bytes) => bytes,
+            // What the file holds now: its bytes and their hash, or why it
+            // cannot be read; and what was seen, to skip a file that did not
+            // change.
+            let (content, signature, seen) = match std::fs::read(path) {
                 // Removed since the folder was listed: the next scan sees it gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     let seen = format!("unreadable: {e}");
-                    if self.files.get(path).is_some_and(|f| f.seen == seen) {
-                        continue;
-                    }
-                    let previous = self.files.get(path).and_then(|e| e.plugin.clone());
-                    let previous_signer = self.files.get(path).and_then(|e| e.signer.clone());
+                    (Err(e), None, seen)
+                }
+                Ok(bytes) => {
+                    let hash = hex::encode(Sha256::digest(&bytes));
+                    let signature = self
+                        .trusted_keys
+                        .as_ref()
+                        .map(|_| signing::read_signature(path));
+                    let seen = match &signature {
+                        None => hash.clone(),
+                        Some(Ok(text)) => format!("{hash} {}", hex::encode(Sha256::digest(text))),
+                        Some(Err(e)) => format!("{hash} {e}"),
+                    };
+                    (Ok((bytes, hash)), signature, seen)
+                }
+            };
+            if self.files.get(path).is_some_and(|e| e.seen == seen) {
+                continue;
+            }
+            let previous = self.files.get(path).and_then(|e| e.plugin.clone());
+            let previous_signer = self.files.get(path).and_then(|e| e.signer.clone());
+            let (bytes, hash) = match content {
+                Ok(content) => content,
+                Err(e) => {
                     let reason = format!("{}: cannot read the file: {e}", path.display());
                     self.refuse(
                         path,
@@ -232,21 +253,6 @@ impl PluginRegistry {
                     continue;
                 }
             };
-            let hash = hex::encode(Sha256::digest(&bytes));
-            let signature = self
-                .trusted_keys
-                .as_ref()
-                .map(|_| signing::read_signature(path));
-            let seen = match &signature {
-                None => hash.clone(),
-                Some(Ok(text)) => format!("{hash} {}", hex::encode(Sha256::digest(text))),
-                Some(Err(e)) => format!("{hash} {e}"),
-            };
-            if self.files.get(path).is_some_and(|e| e.seen == seen) {
-                continue;
-            }
-            let previous = self.files.get(path).and_then(|e| e.plugin.clone());
-            let previous_signer = self.files.get(path).and_then(|e| e.signer.clone());
             // The signature is checked against the bytes just read, and those
             // same bytes are loaded: the file cannot change in between.
             let signer = match (&self.trusted_keys, signature) {
