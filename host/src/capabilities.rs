@@ -40,6 +40,9 @@ use crate::plugin_runtime::LoadedPlugin;
 use crate::plugin_runtime::state::PluginLabel;
 
 /// The capabilities granted to one plugin instance (a writer in a pipeline).
+///
+/// Equal grants give the same capabilities; whether they run under a dry run
+/// (`sluice check`) is not part of what they grant.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     /// Postgres connections the plugin may open, by the name it asks for.
@@ -53,6 +56,24 @@ pub struct Grants {
     /// Set for `sluice check`: the grants are checked, nothing granted is
     /// reached, and what was withheld is recorded here ([`dry_run`]).
     pub(crate) dry_run: Option<Arc<DryRun>>,
+}
+
+impl PartialEq for Grants {
+    fn eq(&self, other: &Self) -> bool {
+        // Spelled out (no `..`) so a new field cannot be left out of the
+        // comparison unnoticed.
+        let Self {
+            postgres,
+            http,
+            tcp,
+            directory,
+            dry_run: _,
+        } = self;
+        *postgres == other.postgres
+            && *http == other.http
+            && *tcp == other.tcp
+            && *directory == other.directory
+    }
 }
 
 impl Grants {
@@ -292,14 +313,21 @@ pub fn check_writer_grants(plugin: &LoadedPlugin, grants: &Grants, at: &str) -> 
     }
 }
 
-/// Creates a granted directory if it is missing. The error names it.
-pub fn prepare_directory(dir: &Path) -> Result<(), String> {
+/// What can be told of a granted directory without creating it (`sluice
+/// check`): a path that exists and is not a directory cannot become one.
+pub fn check_directory(dir: &Path) -> Result<(), String> {
     if dir.exists() && !dir.is_dir() {
         return Err(format!(
             "the granted directory {} exists and is not a directory",
             dir.display()
         ));
     }
+    Ok(())
+}
+
+/// Creates a granted directory if it is missing. The error names it.
+pub fn prepare_directory(dir: &Path) -> Result<(), String> {
+    check_directory(dir)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the granted directory {}: {e}", dir.display()))
 }
@@ -374,7 +402,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_directory_that_cannot_be_created_is_named() {
-        let file = std::env::temp_dir().join(format!("sluice-grant-file-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
         std::fs::write(&file, b"x").unwrap();
         let err = prepare_directory(&file.join("sub")).unwrap_err();
         assert!(
@@ -383,6 +412,5 @@ pub(crate) mod tests {
         );
         let err = prepare_directory(&file).unwrap_err();
         assert!(err.contains("is not a directory"), "{err}");
-        std::fs::remove_file(file).unwrap();
     }
 }

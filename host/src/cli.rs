@@ -331,14 +331,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             store_call_timeout: config.daemon.store_call_timeout,
             metrics: None,
         })?;
-        let problems = crate::check::check(&config, &runtime).await;
+        let (problems, registry) = crate::check::check_with_registry(&config, &runtime).await;
         let code = if problems.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         };
         println!("{}", check_report(&config, problems));
-        print_signers(&config);
+        print_signers(&config, registry.as_ref());
         Ok(code)
     })
 }
@@ -364,7 +364,7 @@ fn check_report(config: &Config, problems: Vec<crate::config::Problem>) -> Strin
 
 /// Who signed each plugin file `sluice check` accepted (the refused ones are
 /// among its problems), or that plugins are not verified.
-fn print_signers(config: &Config) {
+fn print_signers(config: &Config, registry: Option<&crate::reload::PluginRegistry>) {
     let dir = &config.daemon.plugin_dir;
     let Some(keys) = &config.daemon.trusted_keys else {
         println!(
@@ -373,25 +373,16 @@ fn print_signers(config: &Config) {
         );
         return;
     };
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Some(registry) = registry else {
         return;
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
-        .collect();
-    files.sort();
     println!("signatures (trusted keys: {}):", key_list(keys));
-    for file in files {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Ok(signer) = std::fs::read(&file)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| signing::check(&file, &bytes, keys).map_err(|e| e.to_string()))
-        {
-            println!("  plugin_dir/{name}: signed by {signer}");
+    for file in registry.status() {
+        if let (Some(_), Some(signer)) = (&file.plugin, &file.signer) {
+            println!(
+                "  plugin_dir/{}: signed by {signer}",
+                crate::reload::file_name(&file.path)
+            );
         }
     }
 }

@@ -26,8 +26,9 @@ use crate::capabilities::Grants;
 use crate::pinning::Pin;
 use crate::queue_input::AmqpTls;
 
-/// A valid configuration.
-#[derive(Clone, Debug)]
+/// A valid configuration. Configurations compare by value (secrets included),
+/// which is how a reload tells what changed.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file it was read from, as given.
     pub file: PathBuf,
@@ -97,8 +98,10 @@ pub struct DaemonConfig {
 /// messages, and the writers that store the rows. Messages are acked only once
 /// every writer committed.
 ///
-/// `Debug` shows `amqp_urls` with their passwords replaced by `***`.
-#[derive(Clone)]
+/// `Debug` shows `amqp_urls` with their passwords replaced by `***`; `==`
+/// compares every setting, the passwords too (a reload restarts a pipeline
+/// whose settings differ, so that a new password is used).
+#[derive(Clone, PartialEq)]
 pub struct PipelineConfig {
     /// The pipeline's name (`name`): lowercase letters, digits, `_` and `-`, unique
     /// in the file. It labels logs and metrics and names the default dead-letter
@@ -370,7 +373,7 @@ pub struct SourceConfig {
 }
 
 /// A writer plugin of a pipeline (`writers[]`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WriterConfig {
     /// The plugin's name, as it reports it (`plugin`).
     pub plugin: String,

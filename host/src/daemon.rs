@@ -13,128 +13,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Health};
-use crate::capabilities;
 use crate::config::{Config, PipelineConfig};
 use crate::metrics::{Metrics, ReloadOutcome};
-use crate::pinning::Pin;
 use crate::pipeline::{self, PipelinePlugins, Reporting};
-use crate::plugin_runtime::{PluginKind, PluginRuntime, RuntimeConfig};
-use crate::reload::{PluginRegistry, PluginSet, ScanSummary};
-use crate::service;
-use crate::signing::Signer;
-
-/// Finds the plugins of pipeline `i`, or says which are missing or of the
-/// wrong world, which do not match their pin, which writers import a
-/// capability their grants don't give, and which granted directories cannot be
-/// created. A `signer` pin matches nothing here: see [`resolve_signed`].
-pub fn resolve(config: &Config, i: usize, plugins: &PluginSet) -> Result<PipelinePlugins, String> {
-    resolve_signed(config, i, plugins, &BTreeMap::new())
-}
-
-/// Like [`resolve`], with `signers`: who signed each plugin file in use (by
-/// path), when signatures are verified. A plugin that does not match its pin
-/// is not run, and logged at ERROR with what is pinned and what is there.
-pub fn resolve_signed(
-    config: &Config,
-    i: usize,
-    plugins: &PluginSet,
-    signers: &BTreeMap<PathBuf, Signer>,
-) -> Result<PipelinePlugins, String> {
-    let p = &config.pipelines[i];
-    let mut problems = Vec::new();
-    let mut find = |name: &str, kind: PluginKind, pin: &Pin, table: String| match plugins.get(name)
-    {
-        Some(plugin) if plugin.kind == kind => {
-            let mismatches = pin.check(plugin, signers.get(&plugin.path));
-            if mismatches.is_empty() {
-                return Some(plugin.clone());
-            }
-            for m in &mismatches {
-                tracing::error!(
-                    pipeline = %p.name,
-                    at = %format!("{table}.{}", m.key),
-                    plugin = name,
-                    file = %plugin.path.display(),
-                    pinned = %m.pinned,
-                    found = %m.found,
-                    "plugin does not match its pin: it is not run, and the pipeline waits until the pin or the file changes"
-                );
-            }
-            let why: Vec<String> = mismatches
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{table}.{}: plugin `{name}` ({}) does not match its pin: {m}",
-                        m.key,
-                        plugin.path.display()
-                    )
-                })
-                .collect();
-            problems.push(why.join("; "));
-            None
-        }
-        Some(plugin) => {
-            problems.push(format!(
-                "{table}.plugin: plugin `{name}` is a {} plugin, not a {kind}",
-                plugin.kind
-            ));
-            None
-        }
-        None => {
-            problems.push(format!(
-                "{table}.plugin: no plugin named `{name}` in {}",
-                config.daemon.plugin_dir.display()
-            ));
-            None
-        }
-    };
-    let source = find(
-        &p.source.plugin,
-        PluginKind::Source,
-        &p.source.pin,
-        format!("pipelines[{i}].source"),
-    );
-    let writers: Vec<_> = p
-        .writers
-        .iter()
-        .enumerate()
-        .map(|(j, w)| {
-            find(
-                &w.plugin,
-                PluginKind::Writer,
-                &w.pin,
-                format!("pipelines[{i}].writers[{j}]"),
-            )
-        })
-        .collect();
-    // A writer that imports a capability its grants don't give is refused, and
-    // its granted directory is created now, so that the pipeline does not start
-    // only to fail on first use.
-    for (j, (w, plugin)) in p.writers.iter().zip(&writers).enumerate() {
-        let at = format!("pipelines[{i}].writers[{j}]");
-        if let Some(plugin) = plugin
-            && let Err(why) = capabilities::check_writer_grants(plugin, &w.grants, &at)
-        {
-            problems.push(why);
-        }
-        if let Some(dir) = &w.grants.directory
-            && let Err(why) = capabilities::prepare_directory(dir)
-        {
-            problems.push(format!("{at}.grants.directory: {why}"));
-        }
-    }
-    match (source, writers.into_iter().collect::<Option<Vec<_>>>()) {
-        (Some(source), Some(writers)) if problems.is_empty() => {
-            Ok(PipelinePlugins { source, writers })
-        }
-        _ => Err(problems.join("; ")),
-    }
-}
+use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
+use crate::reload::{PluginRegistry, ScanSummary};
+use crate::resolution::{self, Directories, PipelineResolution};
+use crate::service::Systemd;
 
 /// A pipeline that is running, and what it was started from.
 struct Running {
     /// Its configuration: a change restarts it.
-    settings: String,
+    settings: PipelineConfig,
     /// The content of its plugins: a change is swapped in at a batch boundary.
     plugin_hashes: Vec<String>,
     /// Where new plugin versions are sent.
@@ -151,11 +41,12 @@ impl Running {
     }
 }
 
-/// The settings of a pipeline, to tell whether a reload changed them. The Debug
-/// form covers every setting (passwords redacted: a password change alone does
-/// not restart a pipeline).
-fn settings(config: &PipelineConfig) -> String {
-    format!("{config:?}")
+/// Whether a reload must restart a running pipeline started with `running`
+/// to apply `wanted`: any setting differs, nested ones (a writer's grants, a
+/// TLS file's contents) and passwords included, since a running pipeline
+/// keeps connecting with the settings it was started with.
+fn must_restart(running: &PipelineConfig, wanted: &PipelineConfig) -> bool {
+    running != wanted
 }
 
 fn plugin_hashes(plugins: &PipelinePlugins) -> Vec<String> {
@@ -176,6 +67,8 @@ struct Daemon {
     running: BTreeMap<String, Running>,
     /// Pipelines waiting for a plugin, with the reason.
     paused: BTreeMap<String, String>,
+    /// Where readiness and reloads are reported.
+    systemd: Systemd,
 }
 
 impl Daemon {
@@ -195,7 +88,7 @@ impl Daemon {
             stopped,
         );
         let running = Running {
-            settings: settings(pipeline),
+            settings: pipeline.clone(),
             plugin_hashes: hashes,
             plugins: plugins_tx,
             stop,
@@ -224,25 +117,15 @@ impl Daemon {
     /// settings or plugin contents changed, or paused while a plugin they need is
     /// missing (their messages wait in the queue); unchanged ones are not touched.
     async fn apply(&mut self, config: Config, summary: &mut ApplySummary) {
-        let plugins = self.registry.plugins();
-        // Who signed each file in use, for `signer` pins.
-        let signers: BTreeMap<PathBuf, Signer> = self
-            .registry
-            .status()
-            .into_iter()
-            .filter_map(|f| Some((f.plugin?.path.clone(), f.signer?)))
-            .collect();
-        let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = (0
-            ..config.pipelines.len())
-            .map(|i| {
-                (
-                    config.pipelines[i].name.clone(),
-                    (
-                        config.pipelines[i].clone(),
-                        resolve_signed(&config, i, &plugins, &signers),
-                    ),
-                )
-            })
+        let resolution = resolution::resolve(&config, &self.registry, Directories::Create);
+        for pipeline in &resolution.pipelines {
+            log_pin_mismatches(pipeline);
+        }
+        let wanted: BTreeMap<String, (PipelineConfig, Result<PipelinePlugins, String>)> = config
+            .pipelines
+            .iter()
+            .zip(&resolution.pipelines)
+            .map(|(p, r)| (p.name.clone(), (p.clone(), r.plugins())))
             .collect();
         let mut names = Vec::new();
         let mut stopping = Vec::new();
@@ -250,7 +133,7 @@ impl Daemon {
             match wanted.get(&name) {
                 None => summary.removed.push(name.clone()),
                 Some((_, Err(_))) => {} // paused below
-                Some((p, Ok(_))) if settings(p) != self.running[&name].settings => {
+                Some((p, Ok(_))) if must_restart(&self.running[&name].settings, p) => {
                     summary.restarted.push(name.clone())
                 }
                 Some((_, Ok(r))) if plugin_hashes(r) != self.running[&name].plugin_hashes => {
@@ -313,7 +196,7 @@ impl Daemon {
     /// configuration is refused as a whole (every problem logged) and the running
     /// one stays; a refused plugin file leaves the version loaded before in use.
     async fn reload(&mut self, why: &str) {
-        service::reloading();
+        self.systemd.reloading();
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(e) => {
@@ -326,7 +209,7 @@ impl Daemon {
                     problems = %problems.join("; "),
                     "reload refused; the running configuration stays"
                 );
-                service::ready(&self.status());
+                self.systemd.ready(&self.status());
                 return;
             }
         };
@@ -358,7 +241,7 @@ impl Daemon {
                     error = crate::telemetry::error_chain(e.as_ref()),
                     "reload refused; the running configuration stays"
                 );
-                service::ready(&self.status());
+                self.systemd.ready(&self.status());
                 return;
             }
         };
@@ -366,7 +249,7 @@ impl Daemon {
         self.apply(config, &mut summary).await;
         self.metrics.reload(ReloadOutcome::Applied);
         log_reload(why, &scan, &summary);
-        service::ready(&self.status());
+        self.systemd.ready(&self.status());
     }
 
     fn status(&self) -> String {
@@ -388,6 +271,25 @@ struct ApplySummary {
     resumed: Vec<String>,
     paused: Vec<String>,
     unchanged: Vec<String>,
+}
+
+/// Logs each plugin of `pipeline` that does not match its pin: it is not run,
+/// and an operator must deploy the pinned file or change the pin.
+fn log_pin_mismatches(pipeline: &PipelineResolution) {
+    for slot in pipeline.slots() {
+        let Some(plugin) = &slot.plugin else { continue };
+        for m in &slot.pin_mismatches {
+            tracing::error!(
+                pipeline = %pipeline.name,
+                at = %format!("{}.{}", slot.at, m.key),
+                plugin = %plugin.info.name,
+                file = %plugin.path.display(),
+                pinned = %m.pinned,
+                found = %m.found,
+                "plugin does not match its pin: it is not run, and the pipeline waits until the pin or the file changes"
+            );
+        }
+    }
 }
 
 /// The one line a reload reports its outcome in.
@@ -432,7 +334,7 @@ fn log_trust(config: &Config) {
 }
 
 /// Sends READY=1 once every consumer is connected to its stores and the broker.
-fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
+fn notify_when_ready(health: Arc<Health>, status: String, systemd: Systemd) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             // Paused pipelines wait for an operator to deploy a plugin; they keep
@@ -443,7 +345,7 @@ fn notify_when_ready(health: Arc<Health>, status: String) -> JoinHandle<()> {
             };
             if ready {
                 tracing::info!("ready: every consumer is connected");
-                service::ready(&status);
+                systemd.ready(&status);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -459,6 +361,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let systemd = Systemd::from_env();
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let metrics = Metrics::new();
     let runtime = PluginRuntime::new(RuntimeConfig {
@@ -490,13 +393,14 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         registry,
         running: BTreeMap::new(),
         paused: BTreeMap::new(),
+        systemd: systemd.clone(),
     };
     let mut summary = ApplySummary::default();
     daemon.apply(config, &mut summary).await;
     log_reload("startup", &scan, &summary);
     tracing::info!(pipelines = daemon.running.len(), paused = daemon.paused.len(), config = %path.display(), "sluice running");
-    let ready = notify_when_ready(health.clone(), daemon.status());
-    let watchdog = service::spawn_watchdog(health.clone());
+    let ready = notify_when_ready(health.clone(), daemon.status(), systemd.clone());
+    let watchdog = systemd.spawn_watchdog(health.clone());
 
     let signal_name = loop {
         tokio::select! {
@@ -514,7 +418,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         }
     };
     ready.abort();
-    service::stopping();
+    systemd.stopping();
     health.set_draining(true);
     let timeout = daemon.config.daemon.shutdown_timeout;
     tracing::info!(
@@ -537,4 +441,74 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let _ = exit.send(true);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TEXT: &str = r#"
+        [connections.rabbit]
+        type = "amqp"
+        url = "amqp://guest@127.0.0.1:5672/%2f"
+        [connections.warehouse]
+        type = "postgres"
+        url = "postgres://postgres@127.0.0.1:5432/postgres"
+        password_env = "PG_PASSWORD"
+        [[pipelines]]
+        name = "cdr"
+        connection = "rabbit"
+        queue = { name = "cdr" }
+        source = { plugin = "json-source", config = { fields = { id = "id" } } }
+        [[pipelines.writers]]
+        plugin = "postgres-writer"
+        grants = { postgres = ["warehouse"], tcp = ["127.0.0.1:6379"] }
+        config = { connection = "warehouse", table = "cdr" }
+    "#;
+
+    /// The one pipeline of `text`, its Postgres password `password`.
+    fn pipeline(text: &str, password: &str) -> PipelineConfig {
+        let config = Config::from_str_with_env(text, Path::new("/etc/sluice.toml"), |name| {
+            (name == "PG_PASSWORD").then(|| password.to_string())
+        })
+        .unwrap();
+        config.pipelines[0].clone()
+    }
+
+    #[test]
+    fn an_equal_configuration_read_again_does_not_restart_a_pipeline() {
+        assert!(!must_restart(
+            &pipeline(TEXT, "secret"),
+            &pipeline(TEXT, "secret")
+        ));
+    }
+
+    #[test]
+    fn a_change_in_a_nested_setting_restarts_a_pipeline() {
+        let running = pipeline(TEXT, "secret");
+        let changed = [
+            ("a writer's granted address", TEXT.replace("6379", "6380")),
+            (
+                "a value deep in the source's config",
+                TEXT.replace("id = \"id\"", "id = \"call_id\""),
+            ),
+            (
+                "a writer's config",
+                TEXT.replace("table = \"cdr\"", "table = \"calls\""),
+            ),
+        ];
+        for (what, text) in changed {
+            assert!(
+                must_restart(&running, &pipeline(&text, "secret")),
+                "{what} changed and the pipeline was not restarted"
+            );
+        }
+        // A password is not in the pipeline's Debug text, and still a setting:
+        // the running pipeline would keep connecting with the old one.
+        let rotated = pipeline(TEXT, "rotated");
+        assert_eq!(format!("{running:?}"), format!("{rotated:?}"));
+        assert!(must_restart(&running, &rotated));
+    }
 }

@@ -15,6 +15,7 @@ pub mod plugin_new;
 pub mod plugin_runtime;
 pub mod queue_input;
 pub mod reload;
+pub mod resolution;
 pub mod service;
 pub mod signing;
 pub mod stream_input;

@@ -7,13 +7,22 @@
 //! and checked off the pipelines' tasks) and, if it is refused, the version that
 //! was loaded from that file before stays in use.
 //!
+//! Which files are plugins: `*.wasm` files directly in the folder, except
+//! dot-files (editors' and copy tools' temporary files) and `*.tmp`.
+//!
 //! A plugin's name is its identity: pipelines name the plugins they run, and a
 //! writer receives the grants of the pipeline that names it. So a file cannot
 //! take a plugin's place by declaring its name: while two files declare the
 //! same name, neither is taken in its place. The version in use before the
-//! second file appeared keeps running; at start, or if that version's file was
-//! changed meanwhile, none runs and the pipelines that need it are paused. It
-//! ends when one of the files is removed.
+//! second file appeared keeps running; at start (and in `sluice check`, which
+//! has no "before"), or if that version's file was changed meanwhile, none
+//! runs and the pipelines that need it are paused. It ends when one of the
+//! files is removed. The rule depends on the order files appeared in, never on
+//! their names, so renaming a file cannot win the name.
+//!
+//! This registry is the one scan of the folder: `sluice run`, `sluice check`
+//! and `sluice plugins` all use it, and [`crate::resolution`] turns what it
+//! holds into what each pipeline runs.
 //!
 //! With trusted keys ([`PluginRegistry::set_trusted_keys`]), a file is loaded
 //! only if its signature (`name.wasm.minisig`) by a trusted key verifies
@@ -49,6 +58,8 @@ pub struct PluginRegistry {
     files: BTreeMap<PathBuf, FileEntry>,
     /// The plugins in use, by name, as of the last scan.
     in_use: PluginSet,
+    /// The names several files declare, as of the last scan.
+    conflicts: BTreeMap<String, Conflict>,
     /// The keys plugin files must be signed with; `None`: not verified.
     trusted_keys: Option<Vec<TrustedKey>>,
 }
@@ -88,6 +99,35 @@ impl ScanSummary {
     }
 }
 
+/// A plugin name that several files declare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The files, in path order.
+    pub files: Vec<PathBuf>,
+    /// The file whose plugin keeps running (it was in use before the others
+    /// appeared); `None`: none runs.
+    pub kept: Option<PathBuf>,
+}
+
+impl Conflict {
+    /// What is wrong, naming the files and what runs.
+    pub fn describe(&self, name: &str) -> String {
+        let files: Vec<String> = self.files.iter().map(|p| file_name(p)).collect();
+        let runs = match &self.kept {
+            Some(kept) => format!(
+                "the version in use keeps running ({}, which was there first)",
+                file_name(kept)
+            ),
+            None => "none of them runs".to_string(),
+        };
+        format!(
+            "{} files declare the plugin name `{name}` ({}): a name is a plugin's identity, so no file takes its place until all but one are removed; {runs}",
+            self.files.len(),
+            files.join(", ")
+        )
+    }
+}
+
 /// The status of one file, as `sluice plugins` and the logs show it.
 #[derive(Debug)]
 pub struct FileStatus {
@@ -108,6 +148,7 @@ pub(crate) fn file_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// Whether `path` is a plugin file (see the module's docs).
 fn is_candidate(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "wasm")
         && !path
@@ -130,6 +171,7 @@ impl PluginRegistry {
             dir,
             files: BTreeMap::new(),
             in_use: PluginSet::new(),
+            conflicts: BTreeMap::new(),
             trusted_keys: None,
         }
     }
@@ -166,24 +208,51 @@ impl PluginRegistry {
             .collect();
         present.sort();
         for path in &present {
-            let Ok(bytes) = std::fs::read(path) else {
-                continue;
-            };
-            let hash = hex::encode(Sha256::digest(&bytes));
-            let signature = self
-                .trusted_keys
-                .as_ref()
-                .map(|_| signing::read_signature(path));
-            let seen = match &signature {
-                None => hash.clone(),
-                Some(Ok(text)) => format!("{hash} {}", hex::encode(Sha256::digest(text))),
-                Some(Err(e)) => format!("{hash} {e}"),
+            // What the file holds now: its bytes and their hash, or why it
+            // cannot be read; and what was seen, to skip a file that did not
+            // change.
+            let (content, signature, seen) = match std::fs::read(path) {
+                // Removed since the folder was listed: the next scan sees it gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    let seen = format!("unreadable: {e}");
+                    (Err(e), None, seen)
+                }
+                Ok(bytes) => {
+                    let hash = hex::encode(Sha256::digest(&bytes));
+                    let signature = self
+                        .trusted_keys
+                        .as_ref()
+                        .map(|_| signing::read_signature(path));
+                    let seen = match &signature {
+                        None => hash.clone(),
+                        Some(Ok(text)) => format!("{hash} {}", hex::encode(Sha256::digest(text))),
+                        Some(Err(e)) => format!("{hash} {e}"),
+                    };
+                    (Ok((bytes, hash)), signature, seen)
+                }
             };
             if self.files.get(path).is_some_and(|e| e.seen == seen) {
                 continue;
             }
             let previous = self.files.get(path).and_then(|e| e.plugin.clone());
             let previous_signer = self.files.get(path).and_then(|e| e.signer.clone());
+            let (bytes, hash) = match content {
+                Ok(content) => content,
+                Err(e) => {
+                    let reason = format!("{}: cannot read the file: {e}", path.display());
+                    self.refuse(
+                        path,
+                        seen,
+                        reason,
+                        previous,
+                        previous_signer,
+                        metrics,
+                        &mut summary,
+                    );
+                    continue;
+                }
+            };
             // The signature is checked against the bytes just read, and those
             // same bytes are loaded: the file cannot change in between.
             let signer = match (&self.trusted_keys, signature) {
@@ -341,6 +410,7 @@ impl PluginRegistry {
             }
         }
         let mut in_use = PluginSet::new();
+        let mut conflicts = BTreeMap::new();
         for (name, claimants) in claims {
             if let [(_, plugin)] = claimants.as_slice() {
                 in_use.insert(name, plugin.clone());
@@ -352,21 +422,24 @@ impl PluginRegistry {
                     .find(|(_, p)| Arc::ptr_eq(p, before))
                     .map(|(_, p)| p.clone())
             });
-            let files: Vec<String> = claimants.iter().map(|(p, _)| file_name(p)).collect();
-            let reason = format!(
-                "{} files declare the plugin name `{name}` ({}): a name is a plugin's identity, so none of them takes its place until all but one are removed",
-                claimants.len(),
-                files.join(", ")
-            );
+            let conflict = Conflict {
+                files: claimants.iter().map(|(p, _)| p.clone()).collect(),
+                kept: kept.as_ref().map(|p| p.path.clone()),
+            };
+            let reason = conflict.describe(&name);
+            let files: Vec<String> = conflict.files.iter().map(|p| file_name(p)).collect();
+            // ERROR: an operator must remove a file, and until then either a
+            // deploy is not taking effect or pipelines are paused.
             match &kept {
                 Some(plugin) => {
-                    tracing::error!(plugin = %plugin.info.label(), kept = %file_name(&plugin.path), files = ?files, "{reason}; the version in use keeps running")
+                    tracing::error!(plugin = %plugin.info.label(), kept = %file_name(&plugin.path), files = ?files, "{reason}")
                 }
                 None => {
-                    tracing::error!(plugin = %name, files = ?files, "{reason}; the pipelines that need it are paused")
+                    tracing::error!(plugin = %name, kept = "none", files = ?files, "{reason}; the pipelines that need it are paused")
                 }
             }
             summary.refused.push(reason.clone());
+            conflicts.insert(name.clone(), conflict);
             for (path, plugin) in &claimants {
                 if kept.as_ref().is_some_and(|k| Arc::ptr_eq(k, plugin)) {
                     continue;
@@ -380,6 +453,29 @@ impl PluginRegistry {
             }
         }
         self.in_use = in_use;
+        self.conflicts = conflicts;
+    }
+
+    /// The plugin names several files declare, as of the last scan.
+    pub fn conflicts(&self) -> &BTreeMap<String, Conflict> {
+        &self.conflicts
+    }
+
+    /// Who signed each plugin file in use, by path (when signatures are
+    /// verified), for `signer` pins.
+    pub fn signers(&self) -> BTreeMap<PathBuf, Signer> {
+        self.files
+            .values()
+            .filter_map(|e| Some((e.plugin.as_ref()?.path.clone(), e.signer.clone()?)))
+            .collect()
+    }
+
+    /// The files whose current content was refused, with the reason (which
+    /// names the file).
+    pub fn refused(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.files
+            .iter()
+            .filter_map(|(path, e)| Some((path.as_path(), e.refused.as_deref()?)))
     }
 
     /// The plugins in use, by name.

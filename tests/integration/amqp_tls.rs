@@ -197,5 +197,4 @@ fn check_and_run_refuse_a_missing_ca_file_with_its_key_path() {
         .expect("run exits");
     assert!(!status.success());
     assert!(daemon.log().contains(&expected), "{}", daemon.log());
-    let _ = std::fs::remove_dir_all(&setup.dir);
 }

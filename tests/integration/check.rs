@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sluice_tests::daemon::{Setup, json_to_toml_inline};
+use sluice_tests::daemon::{Setup, eventually, http_get, json_to_toml_inline};
 use sluice_tests::{TestSchema, cdr_source_config, postgres_url};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice-under-test");
@@ -215,5 +215,125 @@ config = {{ format = "ndjson", prefix = "cdr" }}
         !out.exists(),
         "`sluice check` created the granted directory"
     );
-    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+/// A world whose plugin folder is its own, with json-source and
+/// postgres-writer: the folder, for the test to add files to.
+async fn world_with_own_plugins(tag: &str) -> (crate::daemon::World, PathBuf) {
+    let mut w = crate::daemon::world(tag).await;
+    let dir = w.setup.dir.join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["json-source", "postgres-writer"] {
+        std::fs::copy(sluice_tests::plugin(name), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    w.setup.plugin_dir = dir.clone();
+    w.setup.write_config("");
+    (w, dir)
+}
+
+#[tokio::test]
+async fn a_dot_file_is_not_a_plugin_to_check_or_run() {
+    let (w, dir) = world_with_own_plugins("check-dotfile").await;
+    // Were they plugins, the first would claim json-source's name (and pause
+    // the pipeline), the second would be refused as no WebAssembly.
+    std::fs::copy(
+        sluice_tests::plugin("json-source"),
+        dir.join(".json-source.wasm"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(".broken.wasm"), b"an editor's swap file").unwrap();
+
+    let (code, text) = check(&w.setup.config_path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok (1 pipeline)"), "{text}");
+    assert!(!text.contains(".json-source.wasm"), "{text}");
+    assert!(!text.contains(".broken.wasm"), "{text}");
+
+    let daemon = crate::daemon::start(&w.setup, "daemon");
+    w.broker
+        .publish(&w.setup, (0..20).map(sluice_tests::cdr_json))
+        .await;
+    w.wait_rows(20, "the rows, through json-source.wasm").await;
+    let log = daemon.log();
+    assert!(!log.contains(".json-source.wasm"), "{log}");
+    assert!(!log.contains(".broken.wasm"), "{log}");
+    assert!(!log.contains("plugin refused"), "{log}");
+    drop(daemon);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn two_files_declaring_one_name_are_reported_by_check_and_logged_by_run_and_neither_runs() {
+    let (w, dir) = world_with_own_plugins("check-twice").await;
+    // A second file declaring `json-source`, sorting after the first.
+    std::fs::copy(
+        sluice_tests::plugin("json-source"),
+        dir.join("zz-json-source.wasm"),
+    )
+    .unwrap();
+
+    // `sluice check`: one problem, at the source, naming both files and what
+    // runs.
+    let (code, text) = check(&w.setup.config_path());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(": 1 problem:\n"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("pipelines[0].source.plugin"))
+        .unwrap_or_else(|| panic!("no problem at the source:\n{text}"));
+    assert!(
+        line.contains(
+            "2 files declare the plugin name `json-source` (json-source.wasm, zz-json-source.wasm)"
+        ) && line.contains("none of them runs"),
+        "{line}"
+    );
+
+    // `sluice run`: the same verdict, logged with both files; the pipeline is
+    // paused and its messages wait.
+    let daemon = crate::daemon::start(&w.setup, "daemon");
+    eventually(crate::daemon::LONG, "the name conflict logged", || async {
+        daemon
+            .log()
+            .contains("declare the plugin name `json-source`")
+    })
+    .await;
+    let log = daemon.log();
+    let logged = log
+        .lines()
+        .find(|l| l.contains("declare the plugin name `json-source`"))
+        .unwrap();
+    assert!(
+        logged.contains("ERROR")
+            && logged.contains("json-source.wasm")
+            && logged.contains("zz-json-source.wasm")
+            && logged.contains("kept=\"none\"")
+            && logged.contains("none of them runs"),
+        "{logged}"
+    );
+    w.broker
+        .publish(&w.setup, (0..20).map(sluice_tests::cdr_json))
+        .await;
+    eventually(crate::daemon::LONG, "the pipeline paused", || async {
+        let Some((status, body)) = http_get(w.setup.admin_port, "/readyz").await else {
+            return false;
+        };
+        status == 503 && body.contains("paused") && body.contains("zz-json-source.wasm")
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        w.rows().await,
+        0,
+        "a plugin ran while two files claim its name"
+    );
+    assert_eq!(w.broker.ready(&w.setup.queue).await, 20);
+
+    // One file removed: both agree again, and the one left runs.
+    std::fs::remove_file(dir.join("zz-json-source.wasm")).unwrap();
+    w.wait_rows(20, "the waiting rows, once one file is left")
+        .await;
+    let (code, text) = check(&w.setup.config_path());
+    assert_eq!(code, Some(0), "{text}");
+    drop(daemon);
+    w.finish().await;
 }

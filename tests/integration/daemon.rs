@@ -88,7 +88,6 @@ impl World {
     pub(crate) async fn finish(self) {
         self.broker.cleanup(&self.setup).await;
         self.db.drop_now().await.unwrap();
-        let _ = std::fs::remove_dir_all(&self.setup.dir);
     }
 }
 

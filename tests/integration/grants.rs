@@ -6,7 +6,6 @@
 //! also logged by the host; the unit tests of `sluice::capabilities` check those
 //! log lines.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +17,8 @@ use sluice::config::Config;
 use sluice::plugin_runtime::{
     CallError, Column, ColumnType, LoadedPlugin, PluginRuntime, Schema, WriterInstance,
 };
+use sluice::reload::PluginRegistry;
+use sluice::resolution::{self, Directories};
 use sluice_tests::{plugin, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -440,26 +441,27 @@ fn config_with_probe(dir: &Path, grants: &str) -> Config {
 #[tokio::test]
 async fn a_writer_importing_a_capability_its_grants_lack_is_refused_by_run_and_check() {
     let rt = runtime();
-    let probe = probe(&rt).await;
     let dir = scratch();
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     for name in ["grant-probe", "marked-source"] {
         std::fs::copy(plugin(name), dir.join(format!("plugins/{name}.wasm"))).unwrap();
     }
-    let mut plugins = BTreeMap::new();
-    plugins.insert("grant-probe".to_string(), probe.clone());
-    let source = rt.load(&plugin("marked-source")).await.unwrap();
-    plugins.insert("marked-source".to_string(), Arc::new(source));
+    // The plugin folder as `sluice run` holds it, and what it would start.
+    let mut registry = PluginRegistry::new(dir.join("plugins"));
+    registry.scan(&rt, None).await.unwrap();
+    let run = |config: &Config| {
+        resolution::resolve(config, &registry, Directories::Create).pipelines[0].plugins()
+    };
 
     // `sluice run`: the pipeline does not start.
     let config = config_with_probe(&dir, r#"{ tcp = ["127.0.0.1:6379"] }"#);
-    let why = match sluice::daemon::resolve(&config, 0, &plugins) {
+    let why = match run(&config) {
         Ok(_) => panic!("a writer without its http grant was started"),
         Err(why) => why,
     };
     assert!(
         why.starts_with(
-            "writer grant-probe@0.1.0 (grant-probe.wasm) imports wasi:http/outgoing-handler@0.2"
+            "pipelines[0].writers[0].grants: writer grant-probe@0.1.0 (grant-probe.wasm) imports wasi:http/outgoing-handler@0.2"
         ),
         "{why}"
     );
@@ -497,7 +499,7 @@ async fn a_writer_importing_a_capability_its_grants_lack_is_refused_by_run_and_c
     let grants =
         r#"{ http = ["http://127.0.0.1:8123"], tcp = ["127.0.0.1:6379"], directory = "out" }"#;
     let config = config_with_probe(&dir, grants);
-    assert!(sluice::daemon::resolve(&config, 0, &plugins).is_ok());
+    assert!(run(&config).is_ok());
     assert!(dir.join("out").is_dir());
     assert!(sluice::check::check(&config, &rt).await.is_empty());
     std::fs::remove_dir_all(dir).unwrap();

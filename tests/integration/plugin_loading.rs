@@ -187,5 +187,4 @@ fn a_cache_folder_others_may_write_is_refused_at_start() {
         log.contains("daemon.cache_dir") && log.contains("mode 0777"),
         "{log}"
     );
-    let _ = std::fs::remove_dir_all(&setup.dir);
 }

@@ -311,7 +311,6 @@ async fn minisign_verifies_sluice_signatures_and_sluice_check_and_plugins_show_m
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let _ = std::fs::remove_dir_all(&setup.dir);
     let _ = w.db.drop_now().await;
     w.broker.cleanup(&setup).await;
 }

@@ -271,7 +271,6 @@ async fn two_daemons_split_four_partitions_and_every_row_lands_once() {
             "{p}"
         );
     }
-    let _ = std::fs::remove_dir_all(&other.dir);
     sw.finish(&partitions).await;
 }
 
@@ -370,7 +369,6 @@ async fn the_daemon_recovers_from_a_closed_stream_connection_and_a_broker_restar
     let broker = Broker::connect_to(&node_amqp).await;
     assert_eq!(broker.ready(&sw.w.setup.dead_queue).await, 0);
     sw.w.db.drop_now().await.unwrap();
-    let _ = std::fs::remove_dir_all(&sw.w.setup.dir);
     drop(node);
 }
 
@@ -407,7 +405,6 @@ async fn a_stream_session_hands_out_every_message_once_with_the_offset_a_plain_r
     );
     session.close().await;
     streams.delete(&stream).await;
-    let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
 #[tokio::test]

@@ -43,6 +43,8 @@ pub struct Setup {
     /// More `[daemon]` keys, one a line (e.g. `plugin_call_deadline = "2s"`;
     /// empty by default). Call a `write_config*` method after setting it.
     pub daemon_extra: String,
+    /// Removes `dir` when the setup is dropped, whether the test passed or not.
+    _dir: tempfile::TempDir,
     /// The broker's AMQP URLs: the machine's broker by default, a cluster's
     /// nodes (written as `urls`) when there are several.
     pub amqp_urls: Vec<String>,
@@ -65,8 +67,11 @@ impl Setup {
     /// Fresh names for everything, and a config file.
     pub fn new(tag: &str) -> Self {
         let pipeline = unique_name(tag).replace('_', "-");
-        let dir = std::env::temp_dir().join(&pipeline);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{pipeline}-"))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         let setup = Setup {
             queue: format!("{pipeline}.in"),
             exchange: format!("{pipeline}.x"),
@@ -86,6 +91,7 @@ impl Setup {
             daemon_extra: String::new(),
             amqp_urls: vec![amqp_url()],
             stream_urls: vec![crate::stream_url()],
+            _dir: tmp,
         };
         setup.write_config("");
         setup

@@ -27,13 +27,18 @@ const START_LIMIT: Duration = Duration::from_secs(90);
 pub struct TestPki {
     /// The folder holding the files.
     pub dir: PathBuf,
+    /// Removes `dir` on drop, whether the test passed or not.
+    _tmp: tempfile::TempDir,
 }
 
 impl TestPki {
     /// Makes the files with the `openssl` command in a fresh folder.
     pub fn create(tag: &str) -> TestPki {
-        let dir = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{}-", unique_name(tag)))
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         let openssl = |command: &str| {
             let out = Command::new("openssl")
                 .args(command.split_whitespace())
@@ -64,7 +69,7 @@ impl TestPki {
                  -out {name}.pem -days 2 -extfile {name}.ext"
             ));
         }
-        TestPki { dir }
+        TestPki { dir, _tmp: tmp }
     }
 
     /// A file of the set: `ca.pem`, `other-ca.pem`, `server.pem`, `server.key`,
@@ -87,12 +92,6 @@ impl TestPki {
             cert = self.file("server.pem").display(),
             key = self.file("server.key").display(),
         )
-    }
-}
-
-impl Drop for TestPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -47,7 +47,10 @@ const STATEMENT_CACHE: usize = 64;
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A Postgres connection a plugin may open, as configuration grants it.
-#[derive(Clone)]
+///
+/// Equal grants connect the same way: the same settings (password included)
+/// and the same TLS files' contents.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresGrant {
     config: tokio_postgres::Config,
     tls: PgTls,

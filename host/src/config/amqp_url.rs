@@ -1,112 +1,90 @@
-//! AMQP URLs, read just enough to check them, to put a password from the
-//! environment into them, and to print them without it:
-//! `amqp[s]://[user[:password]@]host[:port][/vhost][?options]`. Then read
-//! again the way lapin reads them when it connects ([`read_as_lapin`]), so a
-//! URL that would fail there fails at config load, with the option named.
+//! AMQP URLs, read to check them, to put a password from the environment into
+//! them, and to print them without it:
+//! `amqp[s]://[user[:password]@]host[:port][/vhost][?options]`. The URL is read
+//! by the `url` crate, the parser amq-protocol-uri (lapin's) reads it with, so
+//! both agree on where the user, password, host and vhost are. Then it is read
+//! again the way lapin reads it when it connects ([`read_as_lapin`]), so a URL
+//! that would fail there fails at config load, with the option named.
 
 use std::str::FromStr;
 
 use amq_protocol_uri::{AMQPUri, SASLMechanism};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use url::Url;
 
-/// The parts of an AMQP URL that matter here, as slices of it.
+/// What a password is encoded with: everything but RFC 3986's unreserved
+/// characters. `Url::set_password` alone leaves `%` as it is, which lapin
+/// would then decode (`a%41` would become `aA`).
+const PASSWORD: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A URL that [`parse`] accepted: an `amqp` or `amqps` URL with a host.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct AmqpUrl<'a> {
-    /// `amqp` or `amqps`.
-    pub scheme: &'a str,
-    /// The user, still percent-encoded; `None` without `@`.
-    pub user: Option<&'a str>,
-    /// The password, still percent-encoded.
-    pub password: Option<&'a str>,
-    /// `host[:port]`.
-    pub host_port: &'a str,
-    /// Everything after the authority: `/vhost?options`, maybe empty.
-    pub rest: &'a str,
-}
+pub(super) struct AmqpUrl(Url);
 
-/// Splits and checks `url`. The error says what is wrong and never repeats the
+/// How a URL should look, for messages.
+const EXPECTED: &str = "expected amqp://user@host:port/vhost (or amqps://)";
+
+/// Reads and checks `url`. The error says what is wrong and never repeats the
 /// URL (it may hold a password).
-pub(super) fn parse(url: &str) -> Result<AmqpUrl<'_>, String> {
-    let Some((scheme, after)) = url.split_once("://") else {
-        return Err("not a URL: expected amqp://user@host:port/vhost (or amqps://)".to_string());
-    };
+pub(super) fn parse(url: &str) -> Result<AmqpUrl, String> {
+    // `url`'s messages name the flaw, never the URL.
+    let parsed = Url::parse(url).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => format!("not a URL: {EXPECTED}"),
+        url::ParseError::EmptyHost => format!("the URL names no host; {EXPECTED}"),
+        url::ParseError::InvalidPort => "the port is not a number from 1 to 65535".to_string(),
+        e => format!("{e}; {EXPECTED}"),
+    })?;
+    // `user:password@host` without `scheme://` reads as a URL of the scheme
+    // `user`, with no host.
+    if parsed.cannot_be_a_base() {
+        return Err(format!("not a URL: {EXPECTED}"));
+    }
+    let scheme = parsed.scheme();
     if scheme != "amqp" && scheme != "amqps" {
         return Err(format!(
             "the scheme is `{scheme}`; expected `amqp` or `amqps`"
         ));
     }
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let (authority, rest) = after.split_at(end);
-    let (userinfo, host_port) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
-    };
-    let (user, password) = match userinfo {
-        None => (None, None),
-        Some(info) => match info.split_once(':') {
-            Some((user, password)) => (Some(user), Some(password)),
-            None => (Some(info), None),
-        },
-    };
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let Some((host, after)) = v6.split_once(']') else {
-            return Err("the IPv6 host has no closing `]`".to_string());
-        };
-        match after {
-            "" => (host, None),
-            p => match p.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return Err("expected `:port` after the IPv6 host".to_string()),
-            },
-        }
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("the URL names no host; expected amqp://user@host:port/vhost".to_string());
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("the URL names no host; {EXPECTED}"));
     }
-    if let Some(port) = port {
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => {
-                return Err(format!("the port `{port}` is not a number from 1 to 65535"));
-            }
-        }
+    if parsed.port() == Some(0) {
+        return Err("the port is not a number from 1 to 65535".to_string());
     }
-    if rest.starts_with('#') {
+    if parsed.fragment().is_some() {
         return Err("an AMQP URL has no `#fragment`".to_string());
     }
-    Ok(AmqpUrl {
-        scheme,
-        user,
-        password,
-        host_port,
-        rest,
-    })
+    Ok(AmqpUrl(parsed))
 }
 
-impl AmqpUrl<'_> {
+impl AmqpUrl {
     /// The URL with `password` (plain text, percent-encoded here) as its password.
     pub fn with_password(&self, password: &str) -> Result<String, String> {
-        let user = match self.user {
-            Some(user) if !user.is_empty() => user,
-            _ => {
-                return Err(
-                    "the URL names no user for the password; write it as amqp://USER@host/vhost"
-                        .to_string(),
-                );
-            }
-        };
-        Ok(format!(
-            "{}://{}:{}@{}{}",
-            self.scheme,
-            user,
-            percent_encode(password),
-            self.host_port,
-            self.rest
-        ))
+        if self.0.username().is_empty() {
+            return Err(
+                "the URL names no user for the password; write it as amqp://USER@host/vhost"
+                    .to_string(),
+            );
+        }
+        let mut url = self.0.clone();
+        let encoded = utf8_percent_encode(password, PASSWORD).to_string();
+        url.set_password(Some(&encoded))
+            .map_err(|()| "the URL cannot hold a password".to_string())?;
+        Ok(url.into())
+    }
+
+    /// The URL with its password, if any, replaced by `***`.
+    fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            // Cannot fail: the URL has a host, so it can hold a password.
+            let _ = url.set_password(Some("***"));
+        }
+        url.into()
     }
 }
 
@@ -174,35 +152,9 @@ fn integer<T: FromStr<Err = std::num::ParseIntError>>(value: &str, max: u64) -> 
 /// replaced whole, since where its password is cannot be told.
 pub(super) fn redact(url: &str) -> String {
     match parse(url) {
-        Ok(AmqpUrl {
-            scheme,
-            user,
-            password,
-            host_port,
-            rest,
-        }) => {
-            let userinfo = match (user, password) {
-                (Some(user), Some(_)) => format!("{user}:***@"),
-                (Some(user), None) => format!("{user}@"),
-                (None, _) => String::new(),
-            };
-            format!("{scheme}://{userinfo}{host_port}{rest}")
-        }
+        Ok(url) => url.redacted(),
         Err(_) => "(an invalid AMQP URL)".to_string(),
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -210,18 +162,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_usual_forms() {
-        let url = parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
-        assert_eq!(url.scheme, "amqp");
-        assert_eq!(url.user, Some("guest"));
-        assert_eq!(url.password, Some("guest"));
-        assert_eq!(url.host_port, "127.0.0.1:5672");
-        assert_eq!(url.rest, "/%2f");
-        let url = parse("amqps://rabbit.example").unwrap();
-        assert_eq!((url.user, url.rest), (None, ""));
-        let url = parse("amqp://u@[::1]:5672/v?heartbeat=10").unwrap();
-        assert_eq!(url.host_port, "[::1]:5672");
-        assert_eq!(url.rest, "/v?heartbeat=10");
+    fn reads_the_usual_forms_as_lapin_does() {
+        for text in [
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "amqps://rabbit.example",
+            "amqp://u@rabbit.example:5672/v?heartbeat=10",
+        ] {
+            let url = parse(text).unwrap().0;
+            let lapin = AMQPUri::from_str(text).unwrap();
+            assert_eq!(url.host_str(), Some(&*lapin.authority.host), "{text}");
+            assert_eq!(
+                url.port().unwrap_or(lapin.scheme.default_port()),
+                lapin.authority.port,
+                "{text}"
+            );
+        }
+        let url = parse("amqp://u@[::1]:5672/v?heartbeat=10").unwrap().0;
+        assert_eq!(url.host_str(), Some("[::1]"));
+        assert_eq!(url.port(), Some(5672));
     }
 
     #[test]
@@ -232,6 +190,8 @@ mod tests {
             ("amqp://guest:s3cret@/vhost", "no host"),
             ("amqp://guest:s3cret@host:99999/", "port"),
             ("amqp://guest:s3cret@host:x/", "port"),
+            ("amqp://guest:s3cret@host:0/", "port"),
+            ("amqp://guest:s3cret@host/v#top", "fragment"),
         ] {
             let error = parse(url).unwrap_err();
             assert!(error.contains(expected), "{url}: {error}");
@@ -242,10 +202,17 @@ mod tests {
     #[test]
     fn puts_a_percent_encoded_password_in() {
         let url = parse("amqp://sluice:old@mq:5672/%2f").unwrap();
+        let password = "p@ss:w/rd é!$&'()*+,;=%";
+        let with = url.with_password(password).unwrap();
         assert_eq!(
-            url.with_password("p@ss:w/rd é").unwrap(),
-            "amqp://sluice:p%40ss%3Aw%2Frd%20%C3%A9@mq:5672/%2f"
+            with,
+            "amqp://sluice:p%40ss%3Aw%2Frd%20%C3%A9%21%24%26%27%28%29%2A%2B%2C%3B%3D%25@mq:5672/%2f"
         );
+        // lapin reads back the password as it was given.
+        let lapin = AMQPUri::from_str(&with).unwrap();
+        assert_eq!(lapin.authority.userinfo.password, password);
+        assert_eq!(lapin.authority.userinfo.username, "sluice");
+        assert_eq!(lapin.vhost, "/");
         let url = parse("amqp://mq/%2f").unwrap();
         assert!(url.with_password("x").unwrap_err().contains("no user"));
     }

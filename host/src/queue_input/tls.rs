@@ -22,9 +22,9 @@ use rustls::{ClientConfig, RootCertStore};
 /// the files they name.
 ///
 /// `Debug` names the files and leaves their contents out (the key is a secret),
-/// but for a digest of them: a reload compares pipelines by their `Debug`
-/// form, so a renewed certificate or key, even under the same file name,
-/// restarts the pipeline's connection with it.
+/// but for a digest of them. `==` compares the contents too: a reload restarts
+/// a pipeline whose settings differ, so a renewed certificate or key, even
+/// under the same file name, restarts the pipeline's connection with it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpTls {
     /// `ca_file`: the CA certificates, PEM, trusted besides the system store.
@@ -336,15 +336,14 @@ mod tests {
     use super::*;
 
     /// A CA, and a client certificate it signed, made with `openssl` in a
-    /// fresh folder.
-    fn files(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sluice-amqptls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// fresh folder (removed when dropped).
+    fn files() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let run = |command: &str| {
             let out = std::process::Command::new("openssl")
                 .args(command.split_whitespace())
-                .current_dir(&dir)
+                .current_dir(dir)
                 .output()
                 .expect("openssl");
             assert!(out.status.success(), "openssl {command}: {out:?}");
@@ -362,12 +361,13 @@ mod tests {
             "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
              -out client.pem -days 2 -extfile client.ext",
         );
-        dir
+        tmp
     }
 
     #[test]
     fn reads_a_ca_and_a_client_certificate_for_lapin() {
-        let dir = files("ok");
+        let tmp = files();
+        let dir = tmp.path();
         let tls = AmqpTls::read(
             Some(&dir.join("ca.pem")),
             Some(&dir.join("client.pem")),
@@ -382,8 +382,8 @@ mod tests {
             debug.contains("client.key") && !debug.contains("PRIVATE"),
             "{debug}"
         );
-        // A renewed file under the same name shows in `Debug`, which a
-        // reload compares.
+        // A renewed file under the same name makes other settings, which a
+        // reload compares, and shows in `Debug`.
         std::fs::copy(dir.join("client.pem"), dir.join("ca.pem")).unwrap();
         let renewed = AmqpTls::read(
             Some(&dir.join("ca.pem")),
@@ -391,13 +391,14 @@ mod tests {
             Some(&dir.join("client.key")),
         )
         .unwrap();
+        assert_ne!(renewed, tls);
         assert_ne!(format!("{renewed:?}"), debug);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn refuses_what_a_connect_could_not_use_naming_the_setting() {
-        let dir = files("bad");
+        let tmp = files();
+        let dir = tmp.path();
         let keys = |result: Result<AmqpTls, Vec<AmqpTlsError>>| -> Vec<&'static str> {
             result.unwrap_err().iter().map(AmqpTlsError::key).collect()
         };
@@ -441,6 +442,5 @@ mod tests {
             "{}",
             err[0]
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

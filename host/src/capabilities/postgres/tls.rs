@@ -308,12 +308,28 @@ enum Verification {
 
 /// The TLS side of a Postgres grant: tokio-postgres's connector, built once from
 /// [`TlsOptions`] (files read then).
+///
+/// Two are equal when they were built from the same options and the files
+/// named held the same certificates and key: a reload restarts the pipelines
+/// of a grant whose certificate was renewed under the same file name.
 #[derive(Clone)]
 pub struct PgTls {
     mode: SslMode,
     verifies: &'static str,
     config: Arc<ClientConfig>,
+    options: TlsOptions,
+    /// SHA-256 of the certificates and key read from the files `options`
+    /// names (the connector itself cannot be compared).
+    files: [u8; 32],
 }
+
+impl PartialEq for PgTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode && self.options == other.options && self.files == other.files
+    }
+}
+
+impl Eq for PgTls {}
 
 impl fmt::Debug for PgTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -338,10 +354,15 @@ impl PgTls {
             }
             Some(mode) => mode,
         };
+        let mut files = sha2::Sha256::new();
         // A named file is read whatever the mode, so a typo is found at load and
         // not on the day the mode changes.
         let roots = match &options.root_cert {
-            Some(RootCerts::File(path)) => Some(roots_from_file(path)?),
+            Some(RootCerts::File(path)) => {
+                let certs = certificates("sslrootcert", path)?;
+                certs.iter().for_each(|c| files.update(c));
+                Some(roots_from(path, certs)?)
+            }
             Some(RootCerts::System) => Some(system_roots(mode)?),
             None if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
                 Some(system_roots(mode)?)
@@ -360,11 +381,17 @@ impl PgTls {
             Verification::Full(_) => "chain and host name",
         };
         let client = client_cert(options)?;
+        if let Some((chain, key)) = &client {
+            chain.iter().for_each(|c| files.update(c));
+            files.update(key.secret_der());
+        }
         let config = client_config(verification, client)?;
         Ok(Self {
             mode,
             verifies,
             config: Arc::new(config),
+            options: options.clone(),
+            files: files.finalize().into(),
         })
     }
 
@@ -420,9 +447,13 @@ fn certificates(
     Ok(certs)
 }
 
-fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsConfigError> {
+/// The roots `certs`, read from `path` (`sslrootcert`).
+fn roots_from(
+    path: &Path,
+    certs: Vec<CertificateDer<'static>>,
+) -> Result<RootCertStore, TlsConfigError> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in certificates("sslrootcert", path)?.into_iter().enumerate() {
+    for (i, cert) in certs.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
             content(
                 "sslrootcert",
@@ -1021,8 +1052,8 @@ mod tests {
 
     #[test]
     fn a_file_without_certificates_is_refused() {
-        let dir = std::env::temp_dir().join(format!("sluice-pgtls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("empty.pem");
         std::fs::write(&path, "not a certificate\n").unwrap();
         let options = split(&format!(
@@ -1032,7 +1063,6 @@ mod tests {
         .1;
         let error = PgTls::new(&options).unwrap_err().to_string();
         assert!(error.contains("holds no certificate"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
