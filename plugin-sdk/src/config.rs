@@ -236,14 +236,23 @@ pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
     }
 }
 
-/// A key path's steps, to sort paths by: keys by name, list elements by index.
-fn path_order(path: &str) -> Vec<(String, usize)> {
+/// One step of a key path, to sort paths by: keys by name, list elements by
+/// index (`columns[2]` before `columns[10]`).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The steps of a key path as [`key_path`] and lists write it.
+fn path_order(path: &str) -> Vec<Step> {
     let mut steps = Vec::new();
-    let mut chars = path.chars().peekable();
-    let mut key = String::new();
+    let mut chars = path.chars();
+    let mut key: Option<String> = None;
     while let Some(c) = chars.next() {
         match c {
             '"' => {
+                let key = key.get_or_insert_with(String::new);
                 while let Some(c) = chars.next() {
                     match c {
                         '\\' => key.extend(chars.next()),
@@ -252,27 +261,17 @@ fn path_order(path: &str) -> Vec<(String, usize)> {
                     }
                 }
             }
-            // After `[i]`, the key was pushed already.
-            '.' if !key.is_empty() || !path_ends_in_index(&steps) => {
-                steps.push((std::mem::take(&mut key), 0))
-            }
-            '.' => {}
+            '.' => steps.extend(key.take().map(Step::Key)),
             '[' => {
-                steps.push((std::mem::take(&mut key), 0));
+                steps.extend(key.take().map(Step::Key));
                 let digits: String = chars.by_ref().take_while(|c| *c != ']').collect();
-                steps.push((String::new(), digits.parse().unwrap_or(0)));
+                steps.push(Step::Index(digits.parse().unwrap_or(0)));
             }
-            c => key.push(c),
+            c => key.get_or_insert_with(String::new).push(c),
         }
     }
-    if !key.is_empty() {
-        steps.push((key, 0));
-    }
+    steps.extend(key.map(Step::Key));
     steps
-}
-
-fn path_ends_in_index(steps: &[(String, usize)]) -> bool {
-    steps.last().is_some_and(|(key, _)| key.is_empty())
 }
 
 /// Appends `key` to the key path `parent`, quoted unless it is a plain name (as
@@ -702,7 +701,7 @@ mod tests {
                 "columns": [{"name": "id", "type": "int64", "key": true}]}"#,
         )
         .unwrap();
-        assert_eq!(c.name, "cdr");
+        assert_eq!((c.name.as_str(), c.columns[0].name.as_str()), ("cdr", "id"));
         assert_eq!(c.batch.unwrap().max_rows, Some(10));
         assert_eq!(c.timeout, Some(Duration::from_secs(90)));
         assert_eq!(
@@ -759,6 +758,24 @@ mod tests {
             );
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn problems_are_sorted_by_path_with_list_indexes_as_numbers() {
+        let columns: Vec<String> = (0..12)
+            .map(|i| format!(r#"{{"name": "c{i}", "type": "int"}}"#))
+            .collect();
+        let found = problems::<Config>(&format!(
+            r#"{{"name": "x", "columns": [{}], "a b": 1}}"#,
+            columns.join(",")
+        ));
+        let paths: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(": ").next().unwrap())
+            .collect();
+        let mut expected = vec!["\"a b\"".to_owned()];
+        expected.extend((0..12).map(|i| format!("columns[{i}].type")));
+        assert_eq!(paths, expected);
     }
 
     #[test]
