@@ -14,8 +14,9 @@
 //!
 //! Rows cross the boundary in one buffer per batch, in the encoding of the
 //! [`rows`] module ([`rows::RowWriter`] to write, [`rows::RowReader`] to read).
-//! [`log`] writes into the host's log, and [`testing`] runs a plugin natively in
-//! `cargo test`.
+//! [`config`] reads a plugin's configuration into its own `Deserialize` struct,
+//! reporting every problem at once with its key path. [`log`] writes into the
+//! host's log, and [`testing`] runs a plugin natively in `cargo test`.
 //!
 //! A plugin crate is a `cdylib` that depends on this crate with exactly one of the
 //! features `source` or `writer`, built with `panic = "abort"` by
@@ -113,6 +114,7 @@ macro_rules! wit_schema_conversions {
     };
 }
 
+pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod log;

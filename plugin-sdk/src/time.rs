@@ -82,8 +82,13 @@ pub fn write_timestamp(micros: i64, out: &mut Vec<u8>) {
 }
 
 /// A duration written the way Sluice's configuration writes them: one or more
-/// `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d` (`"500ms"`, `"30s"`,
-/// `"1h30m"`). The error says what was expected.
+/// `<number><unit>` parts, optionally spaced (`"500ms"`, `"30s"`, `"1h30m"`,
+/// `"1.5s"`, `"2 days"`). The grammar is the daemon's own, for its settings
+/// such as `batch.max_wait` (the host calls this function): `humantime`'s, whose
+/// units are `ns`, `us`, `ms`, `s`/`sec`, `m`/`min`, `h`/`hr`, `d`, `w`, `M`
+/// (30.44 days) and `y` (365.25 days), with plural and long forms (`seconds`,
+/// `hours`). A number needs a unit (is `200` seconds or milliseconds?), except
+/// `0`. The error says what was expected, and what is wrong.
 ///
 /// ```
 /// use std::time::Duration;
@@ -92,34 +97,8 @@ pub fn write_timestamp(micros: i64, out: &mut Vec<u8>) {
 /// assert!(parse_duration("30").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like \"30s\", \"5m\" or \"1h30m\"");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let unit_len = rest[digits..]
-            .bytes()
-            .take_while(u8::is_ascii_alphabetic)
-            .count();
-        if digits == 0 || unit_len == 0 {
-            return Err(bad());
-        }
-        let n: u32 = rest[..digits].parse().map_err(|_| bad())?;
-        let unit = match &rest[digits..digits + unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(unit * n).ok_or_else(bad)?;
-        rest = rest[digits + unit_len..].trim_start();
-    }
-    Ok(total)
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"200ms\", \"30s\" or \"5m\" ({e})"))
 }
 
 #[cfg(test)]
@@ -151,14 +130,49 @@ mod tests {
         assert_eq!(text(far), "+10000-01-01T00:00:00.000000Z");
     }
 
+    /// The daemon reads its own durations with this function too; these are the
+    /// examples both promise to read (and to refuse) the same way.
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        for bad in ["", "s", "10", "10x", "-5s", "1.5s"] {
-            let e = parse_duration(bad).unwrap_err();
-            assert!(e.contains("is not a duration"), "{bad}: {e}");
+    fn durations_read_as_the_daemon_reads_them() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        for (text, expected) in [
+            ("500ms", ms(500)),
+            ("30s", s(30)),
+            ("5m", s(300)),
+            ("1h30m", s(5400)),
+            ("1h 30m", s(5400)),
+            ("2d", s(172_800)),
+            ("1w", s(604_800)),
+            ("1.5s", ms(1500)),
+            ("0s", s(0)),
+            ("0", s(0)),
+            (" 2 days ", s(172_800)),
+            ("10sec", s(10)),
+            ("3 minutes", s(180)),
+            ("250us", Duration::from_micros(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
         }
+        for bad in [
+            "",
+            "  ",
+            "s",
+            "10",
+            "10x",
+            "-5s",
+            "1.s",
+            "5 parsecs",
+            "1h-30m",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            let start = format!("{bad:?} is not a duration like \"200ms\", \"30s\" or \"5m\" (");
+            assert!(e.starts_with(&start), "{bad:?}: {e}");
+        }
+        assert_eq!(
+            parse_duration("200").unwrap_err(),
+            "\"200\" is not a duration like \"200ms\", \"30s\" or \"5m\" \
+             (time unit needed, for example 200sec or 200ms)"
+        );
     }
 }

@@ -218,13 +218,12 @@ impl Validator<'_> {
             return Some(default);
         }
         let text = self.typed(path, value, EXPECTED)?;
-        let d = match humantime::parse_duration(&text) {
+        // The SDK's reading, so that plugins' durations and the daemon's own
+        // take the same strings.
+        let d = match sluice_plugin_sdk::time::parse_duration(&text) {
             Ok(d) => d,
             Err(e) => {
-                self.report(
-                    path,
-                    format!("{text:?} is not a duration ({e}); expected {EXPECTED}"),
-                );
+                self.report(path, e);
                 return None;
             }
         };

@@ -20,6 +20,8 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_plugin_sdk::PluginError;
+use sluice_plugin_sdk::config::{self, Problems};
 
 /// The writer's configuration, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,91 +40,88 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+/// The configuration as written; [`Config::parse`] checks the rules between keys.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     url: Option<String>,
     database: Option<String>,
     table: Option<String>,
     user: Option<String>,
     password: Option<String>,
-    timeout: Option<String>,
+    #[serde(default, with = "config::duration::option")]
+    timeout: Option<Duration>,
 }
 
 impl Config {
     /// Reads the configuration `json`; `default_table` (the source schema's name)
     /// names the table when `table` is not set. The error lists every problem.
-    pub fn parse(json: &str, default_table: &str) -> Result<Config, String> {
-        let json = if json.trim().is_empty() { "{}" } else { json };
-        let raw: Raw = serde_json::from_str(json)
-            .map_err(|e| format!("invalid clickhouse-writer config: {e}"))?;
-        let mut problems = Vec::new();
+    pub fn parse(json: &str, default_table: &str) -> Result<Config, PluginError> {
+        let raw: Raw = config::parse(json)?;
+        let mut problems = Problems::new();
         let url = match raw.url {
             None => {
-                problems.push(
-                    "`url` is required: ClickHouse's HTTP interface, e.g. \"http://127.0.0.1:8123\""
-                        .to_owned(),
+                problems.add(
+                    "url",
+                    "missing (required): ClickHouse's HTTP interface, e.g. \"http://127.0.0.1:8123\"",
                 );
                 String::new()
             }
             Some(url) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    problems.push(format!("`url` {url:?} must start with http:// or https://"));
+                    problems.add(
+                        "url",
+                        format!("{url:?} must start with http:// or https://"),
+                    );
                 }
                 if url.contains(['?', '#']) {
-                    problems.push(format!(
-                        "`url` {:?} must not have a query: the writer adds its own",
-                        url.split('?').next().unwrap_or("")
-                    ));
+                    problems.add(
+                        "url",
+                        format!(
+                            "{:?} must not have a query: the writer adds its own",
+                            url.split('?').next().unwrap_or("")
+                        ),
+                    );
                 }
                 if url.contains('@') {
-                    problems
-                        .push("`url` must not hold credentials: use `user` and `password`".into());
+                    problems.add(
+                        "url",
+                        "must not hold credentials: use `user` and `password`",
+                    );
                 }
                 url.trim_end_matches('/').to_owned()
             }
         };
         let database = raw.database.unwrap_or_else(|| "default".to_owned());
         if let Some(why) = identifier_problem(&database) {
-            problems.push(format!("`database` {why}"));
+            problems.add("database", why);
         }
         let table = match raw.table {
             Some(table) => {
                 if let Some(why) = identifier_problem(&table) {
-                    problems.push(format!("`table` {why}"));
+                    problems.add("table", why);
                 }
                 table
             }
             None => {
                 if let Some(why) = identifier_problem(default_table) {
-                    problems.push(format!(
-                        "the source schema's name {default_table:?} {why}, so it cannot name the table: set `table`"
-                    ));
+                    problems.add(
+                        "table",
+                        format!(
+                            "not set, and the source schema's name {why}, so it cannot name the table: set `table`"
+                        ),
+                    );
                 }
                 default_table.to_owned()
             }
         };
         if raw.password.is_some() && raw.user.is_none() {
-            problems.push("`password` without `user`".into());
+            problems.add("password", "is set without `user`");
         }
-        let timeout = match raw.timeout.as_deref().map(parse_duration) {
-            None => Duration::from_secs(60),
-            Some(Ok(d)) if !d.is_zero() => d,
-            Some(Ok(_)) => {
-                problems.push("`timeout` must be more than 0".into());
-                Duration::ZERO
-            }
-            Some(Err(e)) => {
-                problems.push(format!("`timeout`: {e}"));
-                Duration::ZERO
-            }
-        };
-        if !problems.is_empty() {
-            return Err(format!(
-                "invalid clickhouse-writer config: {}",
-                problems.join("; ")
-            ));
+        let timeout = raw.timeout.unwrap_or(Duration::from_secs(60));
+        if timeout.is_zero() {
+            problems.add("timeout", "must be more than 0");
         }
+        problems.check()?;
         Ok(Config {
             url,
             database,
@@ -148,8 +147,6 @@ pub fn identifier_problem(name: &str) -> Option<String> {
     })
 }
 
-pub use sluice_plugin_sdk::time::parse_duration;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,35 +167,42 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_problem_at_once() {
-        let err = Config::parse(
-            r#"{"url":"http://h:1/?x=1","database":"a-b","table":"1t","password":"p","timeout":"5 parsecs"}"#,
-            "cdr",
-        )
-        .unwrap_err();
-        for part in [
-            "`url` \"http://h:1/\" must not have a query",
-            "`database` \"a-b\" is not a plain name",
-            "`table` \"1t\" is not a plain name",
-            "`password` without `user`",
-            "`timeout`: \"5 parsecs\" is not a duration",
-        ] {
-            assert!(err.contains(part), "{part} in {err}");
+    fn problems(json: &str) -> String {
+        match Config::parse(json, "cdr") {
+            Err(PluginError::InvalidConfig(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
         }
-        let err = Config::parse(r#"{"url":"http://h","pasword":"x"}"#, "cdr").unwrap_err();
-        assert!(err.contains("unknown field `pasword`"), "{err}");
-        let err = Config::parse("", "cdr").unwrap_err();
-        assert!(err.contains("`url` is required"), "{err}");
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("1w").is_err());
+    fn every_problem_at_once() {
+        let err = problems(
+            r#"{"url":"http://h:1/?x=1","database":"a-b","table":"1t","password":"p","timeout":"0s"}"#,
+        );
+        for part in [
+            "url: \"http://h:1/\" must not have a query",
+            "database: \"a-b\" is not a plain name",
+            "table: \"1t\" is not a plain name",
+            "password: is set without `user`",
+            "timeout: must be more than 0",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        // Unknown keys and values of the wrong form, all at once.
+        let err = problems(r#"{"url":"http://h","pasword":"x","timeout":"5 parsecs","user":1}"#);
+        for part in [
+            "pasword: unknown key `pasword` (expected one of: url, database, table, user, password, timeout)",
+            "timeout: \"5 parsecs\" is not a duration",
+            "user: invalid type: integer `1`, expected a string",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+        assert!(problems("").contains("url: missing (required)"));
+    }
+
+    #[test]
+    fn timeouts_take_the_daemon_s_durations() {
+        let c = Config::parse(r#"{"url":"http://h","timeout":"1.5s"}"#, "cdr").unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(1500));
     }
 }

@@ -78,7 +78,7 @@ pub struct ClickHouseWriter {
 
 impl Writer for ClickHouseWriter {
     fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
-        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let config = Config::parse(config, &schema.name)?;
         if schema.key_columns().next().is_none() {
             return Err(PluginError::InvalidConfig(format!(
                 "schema {} has no key column: a ReplacingMergeTree needs one to write idempotently",

@@ -17,6 +17,8 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_plugin_sdk::PluginError;
+use sluice_plugin_sdk::config::{self, Problems};
 
 /// The files' format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -55,65 +57,55 @@ pub struct Config {
     pub dir: String,
 }
 
+/// The configuration as written; [`Config::parse`] checks the values' rules.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     format: Option<Format>,
     prefix: Option<String>,
     rotate_bytes: Option<u64>,
-    rotate_after: Option<String>,
-    dedupe_window: Option<String>,
+    #[serde(default, with = "config::duration::option")]
+    rotate_after: Option<Duration>,
+    #[serde(default, with = "config::duration::option")]
+    dedupe_window: Option<Duration>,
     dir: Option<String>,
 }
 
 impl Config {
     /// Reads the configuration `json`; `schema` (the source schema's name) is the
-    /// default prefix.
-    pub fn parse(json: &str, schema: &str) -> Result<Config, String> {
-        let json = if json.trim().is_empty() { "{}" } else { json };
-        let raw: Raw =
-            serde_json::from_str(json).map_err(|e| format!("invalid file-writer config: {e}"))?;
-        let mut problems = Vec::new();
-        let mut duration = |key: &str, text: Option<String>, default: Duration| match text {
-            None => default,
-            Some(text) => match parse_duration(&text) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    problems.push(format!("`{key}` must be more than 0"));
-                    default
-                }
-                Err(e) => {
-                    problems.push(format!("`{key}`: {e}"));
-                    default
-                }
-            },
-        };
-        let rotate_after = duration("rotate_after", raw.rotate_after, Duration::from_secs(300));
-        let dedupe_window = duration("dedupe_window", raw.dedupe_window, Duration::from_secs(900));
+    /// default prefix. The error lists every problem.
+    pub fn parse(json: &str, schema: &str) -> Result<Config, PluginError> {
+        let raw: Raw = config::parse(json)?;
+        let mut problems = Problems::new();
+        let rotate_after = raw.rotate_after.unwrap_or(Duration::from_secs(300));
+        let dedupe_window = raw.dedupe_window.unwrap_or(Duration::from_secs(900));
+        for (key, duration) in [
+            ("rotate_after", rotate_after),
+            ("dedupe_window", dedupe_window),
+        ] {
+            if duration.is_zero() {
+                problems.add(key, "must be more than 0");
+            }
+        }
         let prefix = raw.prefix.unwrap_or_else(|| schema.to_owned());
         if prefix.is_empty()
             || !prefix
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         {
-            problems.push(format!(
-                "`prefix` {prefix:?} must be ASCII letters, digits, `_`, `-` or `.`"
-            ));
+            problems.add(
+                "prefix",
+                format!("{prefix:?} must be ASCII letters, digits, `_`, `-` or `.`"),
+            );
         }
         let rotate_bytes = raw.rotate_bytes.unwrap_or(64 << 20);
         if rotate_bytes == 0 {
-            problems.push("`rotate_bytes` must be more than 0".into());
+            problems.add("rotate_bytes", "must be more than 0");
         }
         let dir = raw.dir.unwrap_or_else(|| "/data".to_owned());
         if dir.is_empty() {
-            problems.push("`dir` is empty".into());
+            problems.add("dir", "is empty");
         }
-        if !problems.is_empty() {
-            return Err(format!(
-                "invalid file-writer config: {}",
-                problems.join("; ")
-            ));
-        }
+        problems.check()?;
         Ok(Config {
             format: raw.format.unwrap_or(Format::Ndjson),
             prefix,
@@ -124,8 +116,6 @@ impl Config {
         })
     }
 }
-
-pub use sluice_plugin_sdk::time::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -145,23 +135,30 @@ mod tests {
                 dir: "/data".into(),
             }
         );
-        let err = Config::parse(
-            r#"{"prefix":"a/b","rotate_bytes":0,"rotate_after":"0s","dedupe_window":"x"}"#,
-            "cdr",
-        )
-        .unwrap_err();
+        let problems = |json: &str| match Config::parse(json, "cdr") {
+            Err(PluginError::InvalidConfig(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        };
+        let err = problems(
+            r#"{"prefix":"a/b","rotate_bytes":0,"rotate_after":"0s","dedupe_window":"0ms"}"#,
+        );
         for part in [
-            "`prefix` \"a/b\"",
-            "`rotate_bytes` must be more than 0",
-            "`rotate_after` must be more than 0",
-            "`dedupe_window`: \"x\" is not a duration",
+            "prefix: \"a/b\"",
+            "rotate_bytes: must be more than 0",
+            "rotate_after: must be more than 0",
+            "dedupe_window: must be more than 0",
         ] {
             assert!(err.contains(part), "{part} in {err}");
         }
-        assert!(
-            Config::parse(r#"{"format":"parquet"}"#, "cdr")
-                .unwrap_err()
-                .contains("unknown variant `parquet`")
-        );
+        let err =
+            problems(r#"{"format":"parquet","dedupe_window":"x","rotate_bytes":"1MB","dri":"/d"}"#);
+        for part in [
+            "format: unknown variant `parquet`, expected `ndjson` or `csv`",
+            "dedupe_window: \"x\" is not a duration",
+            "rotate_bytes: invalid type: string \"1MB\", expected u64",
+            "dri: unknown key `dri`",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
     }
 }

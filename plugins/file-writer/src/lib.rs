@@ -171,7 +171,7 @@ pub struct FileWriter {
 
 impl Writer for FileWriter {
     fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
-        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let config = Config::parse(config, &schema.name)?;
         let key_columns: Vec<usize> = schema
             .columns
             .iter()

@@ -654,26 +654,36 @@ mod tests {
     }
 
     #[test]
-    fn configuration_errors_are_reported_together() {
-        let Err(PluginError::InvalidConfig(e)) = JsonSource::configure(
-            r#"{"schema": "cdr", "version": 1, "columns": [
-                {"name": "call_id", "type": "text", "key": true},
-                {"name": "x", "type": "text"},
-                {"name": "duration_s", "type": "int"},
-                {"name": "y", "type": "text", "unit": "s"}]}"#,
-        ) else {
-            panic!("expected a configuration error")
+    fn configuration_errors_are_reported_together_at_their_key_paths() {
+        let columns = |third: &str| {
+            format!(
+                r#"{{"schema": "cdr", "version": 1, "columns": [
+                {{"name": "call_id", "type": "text", "key": true}},
+                {{"name": "x", "type": "text", "nulable": true}},
+                {{"name": "duration_s", "type": "{third}"}},
+                {{"name": "y", "type": "text", "unit": "s"}}]}}"#
+            )
         };
+        let error = |config: &str| match JsonSource::configure(config) {
+            Err(PluginError::InvalidConfig(e)) => e,
+            _ => panic!("expected a configuration error"),
+        };
+        // Unknown keys and values of the wrong form first, all of them ...
+        let e = error(&columns("int"));
         assert!(
             e.starts_with(
-                r#"columns[2] (duration_s): unknown type "int" (expected one of bool, int32"#
+                r#"columns[1].nulable: unknown key `nulable` (expected one of: name, type"#
             ),
             "{e}"
         );
         assert!(
-            e.ends_with(r#"; columns[3] (y): "unit" applies only to timestamp columns"#),
+            e.contains(r#"; columns[2].type: unknown type "int" (expected one of bool, int32"#),
             "{e}"
         );
+        assert_eq!(e.split("; ").count(), 2, "{e}");
+        // ... then the rules between keys.
+        let e = error(&columns("int32").replace(r#", "nulable": true"#, ""));
+        assert_eq!(e, "columns[3].unit: applies only to timestamp columns");
     }
 
     #[test]

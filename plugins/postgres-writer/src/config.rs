@@ -25,13 +25,12 @@
 //!   for its keys (`column`, `interval`, `premake`, `accept`, `retention`,
 //!   `expired`).
 
-use serde_json::Value;
+use serde::Deserialize;
+use sluice_plugin_sdk::PluginError;
+use sluice_plugin_sdk::config::{self, Problems};
 
-use crate::partition::{PARTITION_NAME_SUFFIX_MAX, Partitioning};
+use crate::partition::{PARTITION_NAME_SUFFIX_MAX, Partitioning, RawPartitioning};
 use crate::sql::{IDENTIFIER_MAX_BYTES, TableName, identifier_problem};
-
-/// The keys a configuration may hold.
-const KEYS: [&str; 4] = ["connection", "table", "schema", "partition"];
 
 /// The writer's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,92 +43,70 @@ pub struct Config {
     pub partition: Option<Partitioning>,
 }
 
+/// The configuration as written; [`Config::parse`] checks the names and the
+/// rules between keys.
+#[derive(Deserialize)]
+struct Raw {
+    connection: String,
+    table: Option<String>,
+    schema: Option<String>,
+    partition: Option<RawPartitioning>,
+}
+
 impl Config {
     /// Reads the configuration `json`; `default_table` (the source schema's name)
     /// names the table when `table` is not set. The error lists every problem.
-    pub fn parse(json: &str, default_table: &str) -> Result<Config, String> {
-        // No configuration at all reads as `{}`, so that the error names what is
-        // missing rather than complaining about JSON.
-        let json = if json.trim().is_empty() { "{}" } else { json };
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| format!("postgres-writer config is not valid JSON: {e}"))?;
-        let Value::Object(object) = value else {
-            return Err("postgres-writer config must be a JSON object".to_string());
-        };
-
-        let mut problems = Vec::new();
-        for key in object.keys() {
-            if !KEYS.contains(&key.as_str()) {
-                problems.push(format!(
-                    "unknown key `{key}` (known keys: {})",
-                    KEYS.join(", ")
-                ));
-            }
+    pub fn parse(json: &str, default_table: &str) -> Result<Config, PluginError> {
+        let raw: Raw = config::parse(json)?;
+        let mut problems = Problems::new();
+        if raw.connection.is_empty() {
+            problems.add(
+                "connection",
+                "is empty: name a postgres grant of this writer",
+            );
         }
-        let mut string = |key: &str| -> Option<String> {
-            match object.get(key) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(other) => {
-                    problems.push(format!("`{key}` must be a string, not {other}"));
-                    None
-                }
-            }
-        };
-        let connection = string("connection");
-        let table = string("table");
-        let schema = string("schema");
-
-        // A `connection` of the wrong type was reported above, not as missing.
-        match (&connection, object.get("connection")) {
-            (None, None | Some(Value::Null)) => problems.push(
-                "`connection` is required: the name of a postgres grant of this writer".to_string(),
-            ),
-            (Some(c), _) if c.is_empty() => problems.push("`connection` is empty".to_string()),
-            _ => {}
-        }
-        match &table {
+        match &raw.table {
             Some(table) => {
                 if let Some(why) = identifier_problem(table) {
-                    problems.push(format!("`table` {why}"));
+                    problems.add("table", why);
                 }
             }
             None => {
                 if let Some(why) = identifier_problem(default_table) {
-                    problems.push(format!(
-                        "the source schema's name {default_table:?} {why}, so it cannot name the table: set `table`"
-                    ));
+                    problems.add(
+                        "table",
+                        format!(
+                            "not set, and the source schema's name {default_table:?} {why}, so it cannot name the table: set `table`"
+                        ),
+                    );
                 }
             }
         }
-        if let Some(why) = schema.as_deref().and_then(identifier_problem) {
-            problems.push(format!("`schema` {why}"));
+        if let Some(why) = raw.schema.as_deref().and_then(identifier_problem) {
+            problems.add("schema", why);
         }
-        let partition = match object.get("partition") {
-            None | Some(Value::Null) => None,
-            Some(value) => Partitioning::parse(value, &mut problems),
+        let table_name = raw.table.unwrap_or_else(|| default_table.to_string());
+        let partition = match raw.partition {
+            None => None,
+            Some(raw) => {
+                if table_name.len() + PARTITION_NAME_SUFFIX_MAX > IDENTIFIER_MAX_BYTES {
+                    problems.add(
+                        "table",
+                        format!(
+                            "{table_name:?} is too long to name its partitions \
+                             (`{table_name}_p2026112713` must fit in {IDENTIFIER_MAX_BYTES} bytes): use a name of at most {} bytes",
+                            IDENTIFIER_MAX_BYTES - PARTITION_NAME_SUFFIX_MAX
+                        ),
+                    );
+                }
+                Partitioning::new(raw, &mut problems)
+            }
         };
-        let table_name = table.clone().unwrap_or_else(|| default_table.to_string());
-        if object.get("partition").is_some_and(|v| !v.is_null())
-            && table_name.len() + PARTITION_NAME_SUFFIX_MAX > IDENTIFIER_MAX_BYTES
-        {
-            problems.push(format!(
-                "table name {table_name:?} is too long to name its partitions \
-                 (`{table_name}_p2026112713` must fit in {IDENTIFIER_MAX_BYTES} bytes): use a name of at most {} bytes",
-                IDENTIFIER_MAX_BYTES - PARTITION_NAME_SUFFIX_MAX
-            ));
-        }
-
-        if !problems.is_empty() {
-            return Err(format!(
-                "invalid postgres-writer config: {}",
-                problems.join("; ")
-            ));
-        }
+        problems.check()?;
         Ok(Config {
-            connection: connection.unwrap_or_default(),
+            connection: raw.connection,
             table: TableName {
-                schema,
+                schema: raw.schema,
                 name: table_name,
             },
             partition,
@@ -173,25 +150,45 @@ mod tests {
         );
     }
 
+    /// The message of the configuration error `json` gets.
+    fn problems(json: &str, default_table: &str) -> String {
+        match Config::parse(json, default_table) {
+            Err(PluginError::InvalidConfig(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn reports_every_problem_at_once() {
-        let error = Config::parse(
-            r#"{"tabel": "x", "schema": 5, "table": "", "extra": true}"#,
-            "calls",
-        )
-        .unwrap_err();
         assert_eq!(
-            error,
-            "invalid postgres-writer config: unknown key `extra` (known keys: connection, table, schema, partition); \
-             unknown key `tabel` (known keys: connection, table, schema, partition); `schema` must be a string, not 5; \
-             `connection` is required: the name of a postgres grant of this writer; `table` is empty"
+            problems(
+                r#"{"tabel": "x", "schema": 5, "table": "", "extra": true}"#,
+                "calls"
+            ),
+            "connection: missing (required); \
+             extra: unknown key `extra` (expected one of: connection, table, schema, partition); \
+             schema: invalid type: integer `5`, expected a string; \
+             tabel: unknown key `tabel` (expected one of: connection, table, schema, partition)"
+        );
+        // Then the names, once the keys and types are right.
+        assert_eq!(
+            problems(
+                r#"{"connection": "", "table": "", "schema": "a\u0000b"}"#,
+                "calls"
+            ),
+            "connection: is empty: name a postgres grant of this writer; table: is empty; \
+             schema: contains a NUL character"
         );
     }
 
     #[test]
     fn an_unusable_schema_name_needs_an_explicit_table() {
         let long = "x".repeat(64);
-        let error = Config::parse(r#"{"connection": "main"}"#, &long).unwrap_err();
+        let error = problems(r#"{"connection": "main"}"#, &long);
+        assert!(
+            error.starts_with("table: not set, and the source schema's name"),
+            "{error}"
+        );
         assert!(error.contains("set `table`"), "{error}");
         assert!(Config::parse(r#"{"connection": "main", "table": "t"}"#, &long).is_ok());
     }
@@ -205,56 +202,63 @@ mod tests {
         .unwrap();
         assert_eq!(config.partition.unwrap().column, "started_at");
         let long = "x".repeat(52);
-        let error = Config::parse(
+        let error = problems(
             &format!(
                 r#"{{"table": "{long}", "partition": {{"column": "at", "interval": "1 week"}}}}"#
             ),
             "cdr",
-        )
-        .unwrap_err();
+        );
         assert!(
-            error.contains("`partition.interval`: \"1 week\" is not a length of time"),
+            error.contains("partition.interval: \"1 week\" is not a length of time"),
             "{error}"
         );
-        assert!(error.contains("`connection` is required"), "{error}");
+        assert!(error.contains("connection: missing (required)"), "{error}");
+        let error = problems(
+            &format!(
+                r#"{{"connection": "main", "table": "{long}", "partition": {{"column": "at", "interval": "5 hours"}}}}"#
+            ),
+            "cdr",
+        );
         assert!(
             error.contains("is too long to name its partitions"),
             "{error}"
         );
         assert!(error.contains("at most 51 bytes"), "{error}");
-        let error =
-            Config::parse(r#"{"connection": "main", "partition": "daily"}"#, "cdr").unwrap_err();
-        assert!(error.contains("`partition` must be a table"), "{error}");
+        assert!(
+            error.contains("partition.interval: 5 hours does not divide a day"),
+            "{error}"
+        );
+        let error = problems(r#"{"connection": "main", "partition": "daily"}"#, "cdr");
+        assert!(
+            error.starts_with("partition: expected a table with the keys column, interval,"),
+            "{error}"
+        );
     }
 
     #[test]
     fn no_config_or_not_an_object() {
-        assert_eq!(
-            Config::parse("", "t").unwrap_err(),
-            "invalid postgres-writer config: `connection` is required: the name of a postgres grant of this writer"
-        );
-        assert_eq!(
-            Config::parse("[]", "t").unwrap_err(),
-            "postgres-writer config must be a JSON object"
+        assert_eq!(problems("", "t"), "connection: missing (required)");
+        assert!(
+            problems("[]", "t").starts_with("expected a table with the keys connection, table"),
+            "{}",
+            problems("[]", "t")
         );
         assert!(
-            Config::parse("{", "t")
-                .unwrap_err()
-                .starts_with("postgres-writer config is not valid JSON")
+            problems("{", "t").starts_with("the configuration is not valid JSON"),
+            "{}",
+            problems("{", "t")
         );
     }
 
     #[test]
     fn connection_must_be_a_non_empty_string() {
-        assert!(
-            Config::parse(r#"{"connection": 1}"#, "t")
-                .unwrap_err()
-                .contains("`connection` must be a string, not 1")
+        assert_eq!(
+            problems(r#"{"connection": 1}"#, "t"),
+            "connection: invalid type: integer `1`, expected a string"
         );
-        assert!(
-            Config::parse(r#"{"connection": ""}"#, "t")
-                .unwrap_err()
-                .contains("`connection` is empty")
+        assert_eq!(
+            problems(r#"{"connection": ""}"#, "t"),
+            "connection: is empty: name a postgres grant of this writer"
         );
     }
 }

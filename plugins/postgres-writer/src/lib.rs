@@ -46,7 +46,7 @@ pub struct PostgresWriter {
 
 impl Writer for PostgresWriter {
     fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
-        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let config = Config::parse(config, &schema.name)?;
         let mut problems = table::schema_problems(schema);
         if let Some(problem) = config
             .partition

@@ -32,7 +32,8 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use sluice_plugin_sdk::config::{self, Problems};
 use sluice_plugin_sdk::postgres::{Connection, PgError, PgValue};
 use sluice_plugin_sdk::time::{civil_from_days, write_date};
 use sluice_plugin_sdk::{ColumnType, Schema};
@@ -45,17 +46,6 @@ pub const PARTITION_NAME_SUFFIX_MAX: usize = "_p2026112713".len();
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const MICROS_PER_DAY: i64 = 24 * MICROS_PER_HOUR;
 
-/// The keys `partition` may hold.
-const KEYS: [&str; 6] = [
-    "column",
-    "interval",
-    "premake",
-    "accept",
-    "retention",
-    "expired",
-];
-const ACCEPT_KEYS: [&str; 3] = ["past", "future", "outside"];
-
 /// A length of time as the configuration writes it: `"N hours"` or `"N days"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -65,9 +55,11 @@ pub struct Span {
     pub days: bool,
 }
 
-impl Span {
+impl std::str::FromStr for Span {
+    type Err = String;
+
     /// Reads `"1 day"`, `"90 days"`, `"6 hours"`.
-    pub fn parse(text: &str) -> Result<Span, String> {
+    fn from_str(text: &str) -> Result<Span, String> {
         let bad = || format!("{text:?} is not a length of time like \"6 hours\" or \"90 days\"");
         let mut words = text.split_whitespace();
         let (Some(count), Some(unit), None) = (words.next(), words.next(), words.next()) else {
@@ -84,7 +76,15 @@ impl Span {
         }
         Ok(Span { count, days })
     }
+}
 
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
+        config::from_str::deserialize(deserializer)
+    }
+}
+
+impl Span {
     /// The span in microseconds.
     pub fn micros(&self) -> i64 {
         i64::from(self.count)
@@ -105,7 +105,8 @@ impl std::fmt::Display for Span {
 }
 
 /// Where a row outside the accepted times goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outside {
     /// Rejected: dead-lettered with the reason.
     Reject,
@@ -114,7 +115,8 @@ pub enum Outside {
 }
 
 /// What retention does with an expired partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Expired {
     /// `DROP TABLE`.
     Drop,
@@ -143,157 +145,85 @@ pub struct Partitioning {
     pub expired: Expired,
 }
 
-fn unknown_keys(object: &Map<String, Value>, known: &[&str], at: &str, problems: &mut Vec<String>) {
-    for key in object.keys() {
-        if !known.contains(&key.as_str()) {
-            problems.push(format!(
-                "unknown key `{at}.{key}` (known keys: {})",
-                known.join(", ")
-            ));
-        }
-    }
+/// The `partition` table as written; [`Partitioning::new`] checks the rules
+/// between its keys.
+#[derive(Debug, Deserialize)]
+pub struct RawPartitioning {
+    column: String,
+    interval: Span,
+    premake: Option<u32>,
+    #[serde(default)]
+    accept: RawAccept,
+    retention: Option<Span>,
+    expired: Option<Expired>,
 }
 
-fn span(
-    object: &Map<String, Value>,
-    key: &str,
-    at: &str,
-    problems: &mut Vec<String>,
-) -> Option<Option<Span>> {
-    match object.get(key) {
-        None | Some(Value::Null) => Some(None),
-        Some(Value::String(text)) => match Span::parse(text) {
-            Ok(span) => Some(Some(span)),
-            Err(why) => {
-                problems.push(format!("`{at}.{key}`: {why}"));
-                None
-            }
-        },
-        Some(other) => {
-            problems.push(format!(
-                "`{at}.{key}` must be a string like \"1 day\", not {other}"
-            ));
-            None
-        }
-    }
+/// `partition.accept` as written.
+#[derive(Debug, Default, Deserialize)]
+struct RawAccept {
+    past: Option<Span>,
+    future: Option<Span>,
+    outside: Option<Outside>,
 }
 
 impl Partitioning {
-    /// Reads the `partition` value, adding what is wrong with it to `problems`.
-    pub fn parse(value: &Value, problems: &mut Vec<String>) -> Option<Partitioning> {
-        let before = problems.len();
-        let Value::Object(object) = value else {
-            problems.push(format!(
-                "`partition` must be a table like {{ column = \"started_at\", interval = \"1 day\" }}, not {value}"
-            ));
-            return None;
-        };
-        unknown_keys(object, &KEYS, "partition", problems);
-        let column = match object.get("column") {
-            Some(Value::String(c)) if !c.is_empty() => Some(c.clone()),
-            None | Some(Value::Null) => {
-                problems.push(
-                    "`partition.column` is required: the timestamp or date column to partition by"
-                        .into(),
-                );
-                None
-            }
-            Some(other) => {
-                problems.push(format!(
-                    "`partition.column` must be a column name, not {other}"
-                ));
-                None
-            }
-        };
-        let interval = span(object, "interval", "partition", problems).flatten();
-        if object.get("interval").is_none_or(Value::is_null) {
-            problems.push("`partition.interval` is required: \"N hours\" or \"N days\"".into());
+    /// Checks `raw` (at `partition` in the writer's configuration), adding what
+    /// is wrong with it to `problems`.
+    pub fn new(raw: RawPartitioning, problems: &mut Problems) -> Option<Partitioning> {
+        let before = problems.iter().count();
+        if raw.column.is_empty() {
+            problems.add(
+                "partition.column",
+                "is empty: name the timestamp or date column to partition by",
+            );
         }
-        if let Some(i) = &interval
-            && !i.days
-            && 24 % i.count != 0
-        {
-            problems.push(format!(
-                "`partition.interval` of {i} does not divide a day: use 1, 2, 3, 4, 6, 8, 12 or 24 hours, or days"
-            ));
+        let interval = raw.interval;
+        if !interval.days && 24 % interval.count != 0 {
+            problems.add(
+                "partition.interval",
+                format!(
+                    "{interval} does not divide a day: use 1, 2, 3, 4, 6, 8, 12 or 24 hours, or days"
+                ),
+            );
         }
-        let premake = match object.get("premake") {
-            None | Some(Value::Null) => 2,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1000) => {
-                n.as_u64().unwrap_or(0) as u32
-            }
-            Some(other) => {
-                problems.push(format!(
-                    "`partition.premake` must be a whole number from 0 to 1000, not {other}"
-                ));
-                2
-            }
-        };
-        let empty = Map::new();
-        let accept = match object.get("accept") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Object(accept)) => accept,
-            Some(other) => {
-                problems.push(format!(
-                    "`partition.accept` must be a table like {{ past = \"7 days\", future = \"1 day\" }}, not {other}"
-                ));
-                &empty
-            }
-        };
-        unknown_keys(accept, &ACCEPT_KEYS, "partition.accept", problems);
-        let past = span(accept, "past", "partition.accept", problems).flatten();
-        let future = span(accept, "future", "partition.accept", problems).flatten();
-        let outside = match accept.get("outside") {
-            None | Some(Value::Null) => Outside::Reject,
-            Some(Value::String(s)) if s == "reject" => Outside::Reject,
-            Some(Value::String(s)) if s == "default" => Outside::Default,
-            Some(other) => {
-                problems.push(format!(
-                    "`partition.accept.outside` must be \"reject\" (dead-letter the row) or \"default\" (the default partition), not {other}"
-                ));
-                Outside::Reject
-            }
-        };
-        let retention = span(object, "retention", "partition", problems).flatten();
-        let expired = match object.get("expired") {
-            None | Some(Value::Null) => Expired::Drop,
-            Some(Value::String(s)) if s == "drop" => Expired::Drop,
-            Some(Value::String(s)) if s == "detach" => Expired::Detach,
-            Some(other) => {
-                problems.push(format!(
-                    "`partition.expired` must be \"drop\" or \"detach\", not {other}"
-                ));
-                Expired::Drop
-            }
-        };
-        let past = past.unwrap_or(Span {
+        let premake = raw.premake.unwrap_or(2);
+        if premake > 1000 {
+            problems.add(
+                "partition.premake",
+                format!("must be a whole number from 0 to 1000, not {premake}"),
+            );
+        }
+        let past = raw.accept.past.unwrap_or(Span {
             count: 7,
             days: true,
         });
-        let future = future.unwrap_or(Span {
+        let future = raw.accept.future.unwrap_or(Span {
             count: 1,
             days: true,
         });
-        if let (Some(retention), Some(interval)) = (&retention, &interval)
+        if let Some(retention) = &raw.retention
             && retention.micros() <= past.micros() + interval.micros()
         {
-            problems.push(format!(
-                "`partition.retention` of {retention} must be longer than `partition.accept.past` ({past}) plus one \
-                 interval ({interval}), or accepted rows would land in partitions about to be dropped"
-            ));
+            problems.add(
+                "partition.retention",
+                format!(
+                    "{retention} must be longer than `partition.accept.past` ({past}) plus one \
+                     interval ({interval}), or accepted rows would land in partitions about to be dropped"
+                ),
+            );
         }
-        if problems.len() > before {
+        if problems.iter().count() > before {
             return None;
         }
         Some(Partitioning {
-            column: column?,
-            interval: interval?,
+            column: raw.column,
+            interval,
             premake,
             past,
             future,
-            outside,
-            retention,
-            expired,
+            outside: raw.accept.outside.unwrap_or(Outside::Reject),
+            retention: raw.retention,
+            expired: raw.expired.unwrap_or(Expired::Drop),
         })
     }
 
@@ -669,16 +599,22 @@ impl Partitioner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_plugin_sdk::Column;
 
-    fn parse(json: &str) -> Result<Partitioning, Vec<String>> {
-        let mut problems = Vec::new();
-        let value: Value = serde_json::from_str(json).unwrap();
-        match Partitioning::parse(&value, &mut problems) {
+    /// `json` read as the writer's `partition` key.
+    pub(crate) fn parse(json: &str) -> Result<Partitioning, String> {
+        #[derive(Deserialize)]
+        struct Writer {
+            partition: RawPartitioning,
+        }
+        let raw: Writer = config::parse(&format!(r#"{{"partition": {json}}}"#))
+            .map_err(|e| e.message().to_owned())?;
+        let mut problems = Problems::new();
+        match Partitioning::new(raw.partition, &mut problems) {
             Some(p) if problems.is_empty() => Ok(p),
-            _ => Err(problems),
+            _ => Err(problems.to_string()),
         }
     }
 
@@ -712,21 +648,31 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let problems = parse(
-            r#"{"interval": "5 hours", "premake": -1, "colour": 1,
+            r#"{"interval": "1 week", "premake": -1, "colour": 1,
                 "accept": {"past": "a week", "outside": "drop"}, "expired": "burn"}"#,
         )
         .unwrap_err();
+        let problems: Vec<&str> = problems.split("; ").collect();
         assert_eq!(
             problems,
             [
-                "unknown key `partition.colour` (known keys: column, interval, premake, accept, retention, expired)",
-                "`partition.column` is required: the timestamp or date column to partition by",
-                "`partition.interval` of 5 hours does not divide a day: use 1, 2, 3, 4, 6, 8, 12 or 24 hours, or days",
-                "`partition.premake` must be a whole number from 0 to 1000, not -1",
-                "`partition.accept.past`: \"a week\" is not a length of time like \"6 hours\" or \"90 days\"",
-                "`partition.accept.outside` must be \"reject\" (dead-letter the row) or \"default\" (the default partition), not \"drop\"",
-                "`partition.expired` must be \"drop\" or \"detach\", not \"burn\"",
+                "partition.accept.outside: unknown variant `drop`, expected `reject` or `default`",
+                "partition.accept.past: \"a week\" is not a length of time like \"6 hours\" or \"90 days\"",
+                "partition.colour: unknown key `colour` (expected one of: column, interval, premake, accept, retention, expired)",
+                "partition.column: missing (required)",
+                "partition.expired: unknown variant `burn`, expected `drop` or `detach`",
+                "partition.interval: \"1 week\" is not a length of time like \"6 hours\" or \"90 days\"",
+                "partition.premake: invalid value: integer `-1`, expected u32",
             ]
+        );
+        // The rules between keys, once the keys read.
+        let problems =
+            parse(r#"{"column": "", "interval": "5 hours", "premake": 1001}"#).unwrap_err();
+        assert_eq!(
+            problems,
+            "partition.column: is empty: name the timestamp or date column to partition by; \
+             partition.interval: 5 hours does not divide a day: use 1, 2, 3, 4, 6, 8, 12 or 24 hours, or days; \
+             partition.premake: must be a whole number from 0 to 1000, not 1001"
         );
     }
 
@@ -735,7 +681,7 @@ mod tests {
         let problems =
             parse(r#"{"column": "at", "interval": "1 day", "retention": "7 days"}"#).unwrap_err();
         assert!(
-            problems[0].contains("must be longer than `partition.accept.past` (7 days)"),
+            problems.contains("must be longer than `partition.accept.past` (7 days)"),
             "{problems:?}"
         );
         assert!(parse(r#"{"column": "at", "interval": "1 day", "retention": "9 days"}"#).is_ok());

@@ -452,11 +452,8 @@ mod tests {
 
     #[test]
     fn an_existing_table_of_the_other_kind_is_refused_with_what_to_do() {
-        let partition = crate::partition::Partitioning::parse(
-            &serde_json::json!({"column": "at", "interval": "1 day"}),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let partition =
+            crate::partition::tests::parse(r#"{"column": "at", "interval": "1 day"}"#).unwrap();
         let plain = ("r".to_string(), None);
         let by_at = ("p".to_string(), Some("at".to_string()));
         let by_id = ("p".to_string(), Some("id".to_string()));

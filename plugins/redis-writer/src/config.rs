@@ -26,6 +26,8 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_plugin_sdk::PluginError;
+use sluice_plugin_sdk::config::{self, Problems};
 
 /// What the writer stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -66,8 +68,8 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+/// The configuration as written; [`Config::parse`] checks the rules between keys.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     address: Option<String>,
     mode: Option<Mode>,
@@ -76,10 +78,12 @@ struct Raw {
     db: Option<u32>,
     username: Option<String>,
     password: Option<String>,
-    ttl: Option<String>,
+    #[serde(default, with = "config::duration::option")]
+    ttl: Option<Duration>,
     dedupe: Option<bool>,
     maxlen: Option<u64>,
-    timeout: Option<String>,
+    #[serde(default, with = "config::duration::option")]
+    timeout: Option<Duration>,
 }
 
 /// Stream mode's dedupe markers live this long unless `ttl` says otherwise.
@@ -87,28 +91,17 @@ pub const DEFAULT_MARKER_TTL: Duration = Duration::from_secs(86_400);
 
 impl Config {
     /// Reads the configuration `json`; `schema` (the source schema's name) gives
-    /// the default key prefix and stream.
-    pub fn parse(json: &str, schema: &str) -> Result<Config, String> {
-        let json = if json.trim().is_empty() { "{}" } else { json };
-        let raw: Raw =
-            serde_json::from_str(json).map_err(|e| format!("invalid redis-writer config: {e}"))?;
-        let mut problems = Vec::new();
+    /// the default key prefix and stream. The error lists every problem.
+    pub fn parse(json: &str, schema: &str) -> Result<Config, PluginError> {
+        let raw: Raw = config::parse(json)?;
+        let mut problems = Problems::new();
         let mode = raw.mode.unwrap_or(Mode::Hash);
-        let mut duration = |key: &str, text: Option<String>| -> Option<Duration> {
-            match parse_duration(text.as_deref()?) {
-                Ok(d) if d >= Duration::from_millis(1) => Some(d),
-                Ok(_) => {
-                    problems.push(format!("`{key}` must be at least 1ms"));
-                    None
-                }
-                Err(e) => {
-                    problems.push(format!("`{key}`: {e}"));
-                    None
-                }
+        // Redis counts expiries in milliseconds: less would be no expiry at all.
+        for (key, duration) in [("ttl", raw.ttl), ("timeout", raw.timeout)] {
+            if duration.is_some_and(|d| d < Duration::from_millis(1)) {
+                problems.add(key, "must be at least 1ms");
             }
-        };
-        let ttl = duration("ttl", raw.ttl);
-        let timeout = duration("timeout", raw.timeout).unwrap_or(Duration::from_secs(10));
+        }
         if mode == Mode::Hash {
             for (key, set) in [
                 ("stream", raw.stream.is_some()),
@@ -116,26 +109,21 @@ impl Config {
                 ("maxlen", raw.maxlen.is_some()),
             ] {
                 if set {
-                    problems.push(format!("`{key}` is for mode \"stream\""));
+                    problems.add(key, "is for mode \"stream\"");
                 }
             }
         }
         if raw.password.is_none() && raw.username.is_some() {
-            problems.push("`username` without `password`".into());
+            problems.add("username", "is set without `password`");
         }
         if raw.maxlen == Some(0) {
-            problems.push("`maxlen` must be more than 0".into());
+            problems.add("maxlen", "must be more than 0");
         }
         let address = raw.address.unwrap_or_else(|| "127.0.0.1:6379".into());
         if !address.contains(':') {
-            problems.push(format!("`address` {address:?} is not host:port"));
+            problems.add("address", format!("{address:?} is not host:port"));
         }
-        if !problems.is_empty() {
-            return Err(format!(
-                "invalid redis-writer config: {}",
-                problems.join("; ")
-            ));
-        }
+        problems.check()?;
         Ok(Config {
             address,
             mode,
@@ -145,17 +133,15 @@ impl Config {
             username: raw.username,
             password: raw.password,
             ttl: match mode {
-                Mode::Hash => ttl,
-                Mode::Stream => Some(ttl.unwrap_or(DEFAULT_MARKER_TTL)),
+                Mode::Hash => raw.ttl,
+                Mode::Stream => Some(raw.ttl.unwrap_or(DEFAULT_MARKER_TTL)),
             },
             dedupe: raw.dedupe.unwrap_or(true),
             maxlen: raw.maxlen,
-            timeout,
+            timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
         })
     }
 }
-
-pub use sluice_plugin_sdk::time::parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -177,20 +163,29 @@ mod tests {
 
     #[test]
     fn problems() {
-        let err = Config::parse(
-            r#"{"stream":"s","ttl":"soon","username":"u","address":"redis"}"#,
-            "cdr",
-        )
-        .unwrap_err();
+        let problems = |json: &str| match Config::parse(json, "cdr") {
+            Err(PluginError::InvalidConfig(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        };
+        // Unknown keys and values of the wrong form, all at once.
+        let err = problems(r#"{"ttl":"soon","mode":"list","tiemout":"1s","db":-1}"#);
         for part in [
-            "`stream` is for mode \"stream\"",
-            "`ttl`: \"soon\" is not a duration",
-            "`username` without `password`",
-            "`address` \"redis\" is not host:port",
+            "ttl: \"soon\" is not a duration",
+            "mode: unknown variant `list`, expected `hash` or `stream`",
+            "tiemout: unknown key `tiemout`",
+            "db: invalid value: integer `-1`, expected u32",
         ] {
             assert!(err.contains(part), "{part} in {err}");
         }
-        let err = Config::parse(r#"{"mode":"list"}"#, "cdr").unwrap_err();
-        assert!(err.contains("unknown variant `list`"), "{err}");
+        // Then the rules between keys, all at once.
+        let err = problems(r#"{"stream":"s","ttl":"0s","username":"u","address":"redis"}"#);
+        for part in [
+            "stream: is for mode \"stream\"",
+            "ttl: must be at least 1ms",
+            "username: is set without `password`",
+            "address: \"redis\" is not host:port",
+        ] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
     }
 }

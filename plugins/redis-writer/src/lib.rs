@@ -106,7 +106,7 @@ impl From<io::Error> for Failure {
 
 impl Writer for RedisWriter {
     fn open(config: &str, schema: &Schema) -> Result<Self, PluginError> {
-        let config = Config::parse(config, &schema.name).map_err(PluginError::InvalidConfig)?;
+        let config = Config::parse(config, &schema.name)?;
         if schema.key_columns().next().is_none() {
             return Err(PluginError::InvalidConfig(format!(
                 "schema {} has no key column: redis-writer keys hashes and dedupe markers on it",

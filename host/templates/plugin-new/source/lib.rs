@@ -4,6 +4,8 @@
 //! Start here and make it decode your own messages: change the schema in
 //! `configure` and the parsing in `decode`, then run `cargo test`.
 
+use serde::Deserialize;
+use sluice_plugin_sdk::config::{self, Problems};
 use sluice_plugin_sdk::rows::RowWriter;
 use sluice_plugin_sdk::{ColumnType, Message, PluginError, Schema, Source};
 
@@ -13,35 +15,35 @@ pub struct Lines {
     separator: char,
 }
 
+/// The pipeline's `[pipelines.source.config]` table. Every key is optional here;
+/// a key without `Option` (or `#[serde(default)]`) is required. Unknown keys and
+/// values of the wrong type are reported by `config::parse`, all at once.
+#[derive(Deserialize)]
+struct Config {
+    /// The name of the data set; postgres-writer makes it the table name.
+    schema: Option<String>,
+    /// One character between the id and the value, `,` by default.
+    separator: Option<char>,
+}
+
 impl Source for Lines {
     /// Reads the pipeline's `[pipelines.source.config]` table (a JSON object in a
     /// string, `"{}"` when there is none) and declares the schema of the rows.
     /// `sluice check` calls it too, so mistakes show up before the daemon runs.
     fn configure(config: &str) -> Result<(Self, Schema), PluginError> {
-        let config: serde_json::Value = serde_json::from_str(config)
-            .map_err(|e| PluginError::InvalidConfig(format!("not a JSON object: {e}")))?;
-        // `schema`: the name of the data set; postgres-writer makes it the table name.
-        let name = match config.get("schema") {
-            None => "lines",
-            Some(serde_json::Value::String(name)) if Schema::is_valid_name(name) => name,
-            Some(other) => {
-                return Err(PluginError::InvalidConfig(format!(
-                    "`schema` must be a lowercase name like \"lines\", not {other}"
-                )));
-            }
-        };
-        // `separator`: one character between the id and the value, `,` by default.
-        let separator = match config.get("separator") {
-            None => ',',
-            Some(serde_json::Value::String(s)) if s.chars().count() == 1 => {
-                s.chars().next().unwrap()
-            }
-            Some(other) => {
-                return Err(PluginError::InvalidConfig(format!(
-                    "`separator` must be a single character, not {other}"
-                )));
-            }
-        };
+        let config: Config = config::parse(config)?;
+        // Rules serde cannot express, each at its key, reported together (here
+        // one; `problems.add` as many as there are).
+        let mut problems = Problems::new();
+        let name = config.schema.unwrap_or_else(|| "lines".to_owned());
+        if !Schema::is_valid_name(&name) {
+            problems.add(
+                "schema",
+                format!("{name:?} is not a lowercase name like \"lines\""),
+            );
+        }
+        problems.check()?;
+        let separator = config.separator.unwrap_or(',');
         // Writers land rows idempotently on the key columns: a line whose id was
         // stored already is not stored again (redeliveries are harmless).
         let schema = Schema::new(name, 1)
@@ -122,11 +124,16 @@ mod tests {
 
     #[test]
     fn configuration_mistakes_are_explained() {
-        let err = run_source::<Lines>(r#"{"separator": "::"}"#, &[]).unwrap_err();
+        let err = run_source::<Lines>(r#"{"separator": "::", "shema": "x"}"#, &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid configuration: `separator` must be a single character, not \"::\""
+            "invalid configuration: separator: invalid value: string \"::\", expected a character; \
+             shema: unknown key `shema` (expected one of: schema, separator)"
         );
-        assert!(run_source::<Lines>(r#"{"schema": "Bad Name"}"#, &[]).is_err());
+        let err = run_source::<Lines>(r#"{"schema": "Bad Name"}"#, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: schema: \"Bad Name\" is not a lowercase name like \"lines\""
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! create what the schema needs) and `write` (store a batch), then run
 //! `cargo test`.
 
+use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
+use sluice_plugin_sdk::config::{self, Problems};
 use sluice_plugin_sdk::postgres::{Connection, PgValue};
 use sluice_plugin_sdk::rows::{RowReader, Value};
 use sluice_plugin_sdk::{PluginError, RowBatch, RowRejection, Schema, Writer};
@@ -30,34 +32,34 @@ pub struct Config {
     pub table: String,
 }
 
+/// The `config` table as written: a key without `Option` (or
+/// `#[serde(default)]`) is required. `config::parse` reports unknown keys and
+/// values of the wrong type, all at once, each at its key.
+#[derive(Deserialize)]
+struct RawConfig {
+    connection: String,
+    table: Option<String>,
+}
+
 impl Config {
     /// Reads the configuration (a JSON object in a string).
     pub fn parse(config: &str, schema: &Schema) -> Result<Config, PluginError> {
-        let invalid = |m: String| PluginError::InvalidConfig(m);
-        let config: Json =
-            serde_json::from_str(config).map_err(|e| invalid(format!("not a JSON object: {e}")))?;
-        let connection = config
-            .get("connection")
-            .and_then(Json::as_str)
-            .ok_or_else(|| {
-                invalid("`connection` (a granted Postgres connection) is required".into())
-            })?;
+        let raw: RawConfig = config::parse(config)?;
+        // Rules serde cannot express, each at its key, reported together.
+        let mut problems = Problems::new();
         // The name goes into SQL text, so only plain lowercase identifiers pass.
-        let table = match config.get("table") {
-            None => schema.name.clone(),
-            Some(Json::String(t))
-                if t.split('.').count() <= 2 && t.split('.').all(Schema::is_valid_name) =>
-            {
-                t.clone()
-            }
-            Some(other) => {
-                return Err(invalid(format!(
-                    "`table` must be `name` or `schema.name`, in lowercase letters, digits and _, not {other}"
-                )));
-            }
-        };
+        let table = raw.table.unwrap_or_else(|| schema.name.clone());
+        if table.split('.').count() > 2 || !table.split('.').all(Schema::is_valid_name) {
+            problems.add(
+                "table",
+                format!(
+                    "{table:?} is not `name` or `schema.name`, in lowercase letters, digits and _"
+                ),
+            );
+        }
+        problems.check()?;
         Ok(Config {
-            connection: connection.to_owned(),
+            connection: raw.connection,
             table,
         })
     }
@@ -70,7 +72,8 @@ impl Writer for Documents {
         let config = Config::parse(config, schema)?;
         // Works only if the writer's `grants.postgres` lists the name. A PgError
         // converts into a PluginError: retriable (the server is down) stays
-        // retriable and is retried with backoff; anything else is fatal.
+        // retriable and is retried with backoff; a connection the writer was not
+        // granted is a configuration error; anything else is fatal.
         let connection = Connection::open(&config.connection)?;
         connection.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {} (key jsonb PRIMARY KEY, doc jsonb NOT NULL)",
@@ -208,13 +211,17 @@ mod tests {
         let config =
             Config::parse(r#"{"connection": "w", "table": "ops.calls"}"#, &schema()).unwrap();
         assert_eq!(config.table, "ops.calls");
-        assert!(matches!(
-            Config::parse("{}", &schema()),
-            Err(PluginError::InvalidConfig(m)) if m.contains("`connection`")
-        ));
+        assert_eq!(
+            Config::parse(r#"{"tabel": "calls"}"#, &schema()),
+            Err(PluginError::InvalidConfig(
+                "connection: missing (required); \
+                 tabel: unknown key `tabel` (expected one of: connection, table)"
+                    .into()
+            ))
+        );
         assert!(matches!(
             Config::parse(r#"{"connection": "w", "table": "calls; DROP TABLE x"}"#, &schema()),
-            Err(PluginError::InvalidConfig(m)) if m.contains("`table`")
+            Err(PluginError::InvalidConfig(m)) if m.starts_with("table: \"calls; DROP TABLE x\" is not")
         ));
     }
 
