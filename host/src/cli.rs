@@ -1,4 +1,8 @@
 //! Command-line interface: parses arguments and runs the subcommand.
+//!
+//! `sluice plugin build` and `plugin new` run the plugin developer's tools of
+//! the `sluice-plugin-tools` crate (`plugin-tools/`); this module is the only
+//! part of the daemon's crate that uses them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,9 +10,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use sluice_plugin_tools::build::{self as plugin_build, BuildOptions, WasmTarget};
+use sluice_plugin_tools::new::{self as plugin_new, NewOptions, SdkChoice};
+
 use crate::config::Config;
-use crate::plugin_build::{self, BuildOptions, WasmTarget};
-use crate::plugin_new::{self, NewOptions, SdkChoice};
+use crate::plugin_runtime::cache::default_cache_dir;
 use crate::plugin_runtime::{PluginRuntime, RuntimeConfig};
 use crate::signing::{self, TrustedKey};
 
@@ -141,7 +147,8 @@ enum PluginCommand {
         /// Build without optimisations (faster to compile, slower to run).
         #[arg(long)]
         debug: bool,
-        /// Where the toolchain and build artifacts are cached.
+        /// Where the toolchain and build artifacts are cached [default:
+        /// `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`].
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
@@ -170,7 +177,8 @@ enum PluginCommand {
         /// Use the SDK embedded in the binary even when the source tree is there.
         #[arg(long)]
         embedded_sdk: bool,
-        /// Where the embedded SDK is written (in `sdk/<version>`).
+        /// Where the embedded SDK is written (in `sdk/<version>`) [default:
+        /// `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`].
         #[arg(long, env = "SLUICE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
     },
@@ -266,7 +274,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 out_dir: out,
                 target,
                 profile_debug: debug,
-                cache_dir,
+                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
             };
             for built in plugin_build::build(&opts)? {
                 println!(
@@ -300,7 +308,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 lang,
                 parent: dir,
                 sdk,
-                cache_dir,
+                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
             })?;
             print!("{created}");
             Ok(ExitCode::SUCCESS)
@@ -396,7 +404,7 @@ fn key_list(keys: &[TrustedKey]) -> String {
 }
 
 fn runtime_for_cli() -> anyhow::Result<Arc<PluginRuntime>> {
-    let cache_dir = plugin_build::default_cache_dir().join("components");
+    let cache_dir = default_cache_dir().join("components");
     PluginRuntime::new(RuntimeConfig {
         cache_dir: Some(cache_dir),
         ..RuntimeConfig::default()

@@ -49,7 +49,7 @@ pub struct DaemonConfig {
     /// file's folder, so the daemon's working directory does not matter.
     pub plugin_dir: PathBuf,
     /// Where compiled components are cached (`cache_dir`, default
-    /// `<sluice cache>/components`, see [`crate::plugin_build::default_cache_dir`]).
+    /// `<sluice cache>/components`, see [`crate::plugin_runtime::cache::default_cache_dir`]).
     /// Relative paths are resolved like `plugin_dir`.
     pub cache_dir: PathBuf,
     /// Where the admin server serves `/healthz`, `/readyz` and `/metrics`

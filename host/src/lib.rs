@@ -10,8 +10,6 @@ pub mod daemon;
 pub mod metrics;
 pub mod pinning;
 pub mod pipeline;
-pub mod plugin_build;
-pub mod plugin_new;
 pub mod plugin_runtime;
 pub mod queue_input;
 pub mod reload;

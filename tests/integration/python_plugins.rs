@@ -352,9 +352,9 @@ fn a_dependency_with_native_extensions_is_refused_by_name() {
         "from sluice_plugin import Source\nclass P(Source):\n    pass\n",
     )
     .unwrap();
-    let err = sluice::plugin_build::build(&sluice::plugin_build::BuildOptions::new(
+    let err = sluice_plugin_tools::build::build(&sluice_tests::build_options(
         vec![dir.clone()],
-        dir.join("dist"),
+        &dir.join("dist"),
     ))
     .unwrap_err();
     let text = format!("{err:#}");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sluice::plugin_build::{self, BuildOptions};
+use sluice_plugin_tools::build::{self as plugin_build, BuildOptions};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -50,12 +50,21 @@ pub fn plugins_dir() -> &'static Path {
         let lock = std::fs::File::create(dir.join(".lock")).expect("creating the build lock");
         lock.lock().expect("locking target/test-plugins");
         let crates = TEST_PLUGIN_CRATES.iter().map(|c| root.join(c)).collect();
-        let opts = BuildOptions::new(crates, dir.clone());
-        if let Err(e) = plugin_build::build(&opts) {
+        if let Err(e) = plugin_build::build(&build_options(crates, &dir)) {
             panic!("building the test plugins failed: {e:#}");
         }
         dir
     })
+}
+
+/// What `sluice plugin build CRATE... --out OUT` builds with, release builds
+/// cached where the CLI caches them (`SLUICE_CACHE_DIR`, else the user's cache).
+pub fn build_options(crates: Vec<PathBuf>, out: &Path) -> BuildOptions {
+    BuildOptions::new(
+        crates,
+        out,
+        sluice::plugin_runtime::cache::default_cache_dir(),
+    )
 }
 
 /// The Python plugins the tests use (built with componentize-py), relative to
@@ -82,7 +91,7 @@ pub fn python_plugins_dir() -> &'static Path {
         let lock = std::fs::File::create(dir.join(".lock")).expect("creating the build lock");
         lock.lock().expect("locking target/test-python-plugins");
         let projects = TEST_PYTHON_PLUGINS.iter().map(|c| root.join(c)).collect();
-        if let Err(e) = plugin_build::build(&BuildOptions::new(projects, dir.clone())) {
+        if let Err(e) = plugin_build::build(&build_options(projects, &dir)) {
             panic!("building the Python test plugins failed: {e:#}");
         }
         let copy = dir.join("postgres-writer.wasm");

@@ -264,7 +264,7 @@ fn applies_defaults() {
         config.daemon,
         DaemonConfig {
             plugin_dir: "/etc/sluice/plugins-dist".into(),
-            cache_dir: crate::plugin_build::default_cache_dir().join("components"),
+            cache_dir: crate::plugin_runtime::cache::default_cache_dir().join("components"),
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             shutdown_timeout: Duration::from_secs(30),
             plugin_memory_limit: 256 << 20,

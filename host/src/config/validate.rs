@@ -298,7 +298,7 @@ impl Validator<'_> {
             some => self.folder("daemon.plugin_dir", some, base),
         };
         let cache_dir = match raw.cache_dir {
-            None => Some(crate::plugin_build::default_cache_dir().join("components")),
+            None => Some(crate::plugin_runtime::cache::default_cache_dir().join("components")),
             some => self.folder("daemon.cache_dir", some, base),
         };
         let default_admin: SocketAddr = DEFAULT_ADMIN_ADDR.parse().expect("a valid address");

@@ -40,6 +40,29 @@ const TAG_LEN: usize = 32;
 /// The key file, in the cache folder.
 const KEY_FILE: &str = "cache.key";
 
+/// Sluice's cache folder: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`,
+/// else `~/.cache/sluice`. The daemon keeps compiled components in its
+/// `components/` unless `daemon.cache_dir` says otherwise; `sluice plugin build`
+/// and `plugin new` keep their toolchains and the written-out SDK beside them (the
+/// CLI hands them this folder), so one variable moves every cache Sluice keeps.
+pub fn default_cache_dir() -> PathBuf {
+    let non_empty = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = non_empty("SLUICE_CACHE_DIR") {
+        return dir;
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
+        return dir.join("sluice");
+    }
+    match non_empty("HOME").or_else(std::env::home_dir) {
+        Some(home) => home.join(".cache").join("sluice"),
+        None => std::env::temp_dir().join("sluice-cache"),
+    }
+}
+
 /// Where compiled components are kept.
 #[derive(Clone)]
 pub struct ComponentCache {

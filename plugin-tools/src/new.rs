@@ -1,5 +1,5 @@
 //! `sluice plugin new`: creates a plugin crate, ready to build and test, from the
-//! templates in `host/templates/plugin-new/`.
+//! templates in `plugin-tools/templates/plugin-new/`.
 //!
 //! The crate depends on the plugin SDK by path. Which SDK, in order:
 //!
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::plugin_build;
+use crate::build;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_sdk.rs"));
@@ -109,9 +109,9 @@ pub struct NewOptions {
     pub parent: Option<PathBuf>,
     /// Which SDK the crate depends on.
     pub sdk: SdkChoice,
-    /// The cache the embedded SDK is written to; `None` =
-    /// [`plugin_build::default_cache_dir`].
-    pub cache_dir: Option<PathBuf>,
+    /// The cache the embedded SDK is written to (in `sdk/<version>`): the `sluice`
+    /// CLI passes Sluice's cache folder, as for [`build::BuildOptions::cache_dir`].
+    pub cache_dir: PathBuf,
 }
 
 /// Where an SDK was found.
@@ -315,11 +315,7 @@ pub fn sdk_for_build(cache: &Path) -> Result<PathBuf> {
 }
 
 fn extract_embedded(opts: &NewOptions) -> Result<PathBuf> {
-    let cache = match &opts.cache_dir {
-        Some(dir) => dir.clone(),
-        None => plugin_build::default_cache_dir(),
-    };
-    extract_sdk(&absolute(&cache)?)
+    extract_sdk(&absolute(&opts.cache_dir)?)
 }
 
 /// Writes the SDK embedded in this binary to `<cache>/sdk/<version>/` (only the
@@ -331,7 +327,7 @@ pub fn extract_sdk(cache: &Path) -> Result<PathBuf> {
     let sdks = cache.join("sdk");
     std::fs::create_dir_all(&sdks).with_context(|| format!("creating {}", sdks.display()))?;
     let dir = sdks.join(&version);
-    let _lock = plugin_build::lock_exclusive(
+    let _lock = build::lock_exclusive(
         &sdks.join(format!("{version}.lock")),
         "another sluice writing out the SDK",
     )?;
@@ -803,7 +799,8 @@ d = { version = "3", default-features = false }
             lang: Lang::Rust,
             parent: Some(parent.join("plugins")),
             sdk: SdkChoice::Path(SOURCE_TREE_SDK.into()),
-            cache_dir: None,
+            // Not used: the SDK is given.
+            cache_dir: parent.join("cache"),
         };
         let created = create(&opts).unwrap();
         assert_eq!(created.dir, parent.join("plugins/events-writer"));

@@ -11,9 +11,9 @@
 //!   that is not; never for `wasm32-wasip2`). `rustup target add` is never run.
 //!   Debian's `rustc-web` and its std sources are fetched with `apt-get download`,
 //!   unpacked into the cache (never into `/usr`), and std is built from source with
-//!   `-Zbuild-std` (see `plugin_build/toolchain.rs`).
+//!   `-Zbuild-std` (see `build/toolchain.rs`).
 //!
-//! Componentizing happens in-process with `wit-component` (`plugin_build/componentize.rs`).
+//! Componentizing happens in-process with `wit-component` (`build/componentize.rs`).
 //! Every output is written as `<out_dir>/<package>.wasm`, atomically (a `*.wasm.tmp`
 //! file in `out_dir`, then a rename).
 //!
@@ -105,7 +105,7 @@ pub enum Route {
     /// With the offline toolchain (Debian rustc-web + `-Zbuild-std`) in the cache.
     Offline,
     /// A Python plugin, with the pinned componentize-py in the cache
-    /// (`plugin_build/python.rs`).
+    /// (`build/python.rs`).
     Python,
 }
 
@@ -130,20 +130,26 @@ pub struct BuildOptions {
     pub target: Option<WasmTarget>,
     /// Build with cargo's dev profile instead of release.
     pub profile_debug: bool,
-    /// The cache (offline toolchain, shared cargo target dir); `None` =
-    /// [`default_cache_dir`].
-    pub cache_dir: Option<PathBuf>,
+    /// The cache (offline toolchain, shared cargo target dir, componentize-py, the
+    /// embedded SDK written out): the `sluice` CLI passes Sluice's cache folder
+    /// (`--cache-dir`, else `sluice::plugin_runtime::cache::default_cache_dir`).
+    pub cache_dir: PathBuf,
 }
 
 impl BuildOptions {
-    /// Release builds of `crates` into `out_dir`, target chosen automatically, default cache.
-    pub fn new(crates: Vec<PathBuf>, out_dir: impl Into<PathBuf>) -> BuildOptions {
+    /// Release builds of `crates` into `out_dir`, target chosen automatically,
+    /// caching in `cache_dir`.
+    pub fn new(
+        crates: Vec<PathBuf>,
+        out_dir: impl Into<PathBuf>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> BuildOptions {
         BuildOptions {
             crates,
             out_dir: out_dir.into(),
             target: None,
             profile_debug: false,
-            cache_dir: None,
+            cache_dir: cache_dir.into(),
         }
     }
 }
@@ -165,26 +171,6 @@ pub struct BuiltPlugin {
     pub target: WasmTarget,
 }
 
-/// The default cache: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else
-/// `~/.cache/sluice`.
-pub fn default_cache_dir() -> PathBuf {
-    let non_empty = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = non_empty("SLUICE_CACHE_DIR") {
-        return dir;
-    }
-    if let Some(dir) = non_empty("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
-        return dir.join("sluice");
-    }
-    match non_empty("HOME").or_else(std::env::home_dir) {
-        Some(home) => home.join(".cache").join("sluice"),
-        None => std::env::temp_dir().join("sluice-cache"),
-    }
-}
-
 /// Builds every crate of `opts` in sequence (sharing one cargo target dir in the cache,
 /// so std is compiled once) and writes their components. Stops at the first failure,
 /// with an error naming the crate; the components already written stay.
@@ -192,7 +178,7 @@ pub fn build(opts: &BuildOptions) -> Result<Vec<BuiltPlugin>> {
     if opts.crates.is_empty() {
         bail!("no plugin crate to build");
     }
-    let cache = absolute(&opts.cache_dir.clone().unwrap_or_else(default_cache_dir))?;
+    let cache = absolute(&opts.cache_dir)?;
     let out_dir = absolute(&opts.out_dir)?;
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("creating the cache directory {}", cache.display()))?;
@@ -221,7 +207,7 @@ pub fn build(opts: &BuildOptions) -> Result<Vec<BuiltPlugin>> {
             Project::Crate(manifest) => manifest,
             Project::Python(dir) => {
                 if sdk.is_none() {
-                    sdk = Some(crate::plugin_new::sdk_for_build(&cache)?);
+                    sdk = Some(crate::new::sdk_for_build(&cache)?);
                 }
                 let sdk = sdk.as_deref().expect("set above");
                 let plugin = python::build_one(&cache, &out_dir, dir, sdk)

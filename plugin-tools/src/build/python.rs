@@ -155,7 +155,7 @@ fn parse_project(text: &str) -> Result<PyProject> {
         .and_then(toml::Value::as_str)
         .unwrap_or("")
         .to_owned();
-    if !name.is_empty() && crate::plugin_new::check_name(&name).is_err() {
+    if !name.is_empty() && crate::new::check_name(&name).is_err() {
         problems.push(format!(
             "project.name `{name}` is not a plugin name: 1 to 64 lowercase ASCII letters, digits, `-` and `_`, starting with a letter"
         ));

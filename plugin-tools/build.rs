@@ -1,6 +1,6 @@
 //! Embeds the plugin SDK's sources and WIT files, so that `sluice plugin new` can
 //! write the SDK out of the binary on a machine without the source tree (see
-//! `src/plugin_new.rs`).
+//! `src/new.rs`).
 //!
 //! Generates `$OUT_DIR/embedded_sdk.rs`: every file under `../plugin-sdk` (the
 //! `wit` symlink followed, so the WIT files are embedded as real files; dot-files,
