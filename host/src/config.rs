@@ -186,8 +186,9 @@ pub struct QueueConfig {
     /// Whether the daemon declares the queue (durable) and its bindings at start
     /// (`declare`, default true). With false the queue must exist.
     pub declare: bool,
-    /// The queue type (`type`: `"classic"` or `"quorum"`, default classic). It
-    /// must match an existing queue's type, or the declaration fails.
+    /// The queue type (`type`: `"classic"`, `"quorum"` or `"stream"`, default
+    /// classic). It must match an existing queue's type, or the declaration
+    /// fails.
     pub kind: QueueKind,
     /// Quorum queues only (`delivery_limit`): after this many deliveries RabbitMQ
     /// drops the message (or dead-letters it, with a queue policy), so a message

@@ -60,7 +60,7 @@ pub mod headers {
 ///
 /// Sharing halves the I/O threads of a two-consumer pipeline and lets one socket
 /// read carry deliveries for both consumers, which is where a consumer's CPU goes
-/// (see BENCHMARKS.md, section 2). A consumer whose session fails asks for the
+/// (see BENCHMARKS.md, appendix, section 2 session 2). A consumer whose session fails asks for the
 /// connection again: the first to ask after the connection died opens a new one.
 ///
 /// With several URLs (a cluster's nodes, `urls`), the connection goes to one

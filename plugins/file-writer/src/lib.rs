@@ -51,7 +51,7 @@
 //! per file in the directory (one host call per entry; finished files older
 //! than the window are not looked at beyond that): with 1000 files kept there
 //! and a listing at each write, batches of 1000 rows went at 190,000 rows a
-//! second instead of 830,000 in the benchmark (BENCHMARKS.md, section 4). Move
+//! second instead of 820,000 in the benchmark (BENCHMARKS.md, section 4). Move
 //! finished files out of the directory once the window is past.
 //!
 //! Keys are kept as 128-bit keyed hashes (SipHash-1-3 under a random key, see
