@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The daemon also builds without the plugin tooling (feature `plugin-tools`):
+# the lean binary for hosts that only run plugins.
+cargo clippy -p sluice --no-default-features --all-targets --locked -- -D warnings
 scripts/services.sh
 # The Python SDK's and the Python example plugin's own tests (no wasm: seconds).
 python3 -m pytest -q -p no:cacheprovider plugin-sdk/python plugins/python-csv-source

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "plugin-tools")]
 use sluice_plugin_tools::build::{self as plugin_build, BuildOptions, WasmTarget};
+#[cfg(feature = "plugin-tools")]
 use sluice_plugin_tools::new::{self as plugin_new, NewOptions, SdkChoice};
 
 use crate::config::Config;
@@ -134,6 +136,7 @@ enum PluginCommand {
     /// Builds plugin crates (cdylib, using sluice-plugin-sdk) into WebAssembly
     /// components, `<out>/<package>.wasm`. Uses an installed rustup wasm target when
     /// there is one, and otherwise fetches a toolchain itself (once, cached).
+    #[cfg(feature = "plugin-tools")]
     Build {
         /// Plugin crate folders (each with a Cargo.toml).
         #[arg(required = true)]
@@ -155,6 +158,7 @@ enum PluginCommand {
     /// Creates a plugin crate, PARENT/NAME, from a template that builds and
     /// tests as it is: a source (decodes `id,value` lines into rows) or a writer
     /// (stores rows as JSON documents in Postgres, through a granted connection).
+    #[cfg(feature = "plugin-tools")]
     New {
         /// What the plugin is.
         #[arg(long, value_enum)]
@@ -262,6 +266,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "plugin-tools")]
         Command::Plugin(PluginCommand::Build {
             crates,
             out,
@@ -288,6 +293,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "plugin-tools")]
         Command::Plugin(PluginCommand::New {
             kind,
             name,
