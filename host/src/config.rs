@@ -495,34 +495,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One thing wrong with a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Where: a key path (`pipelines[1].batch.max_messages`,
-    /// `connections.warehouse.password_env`), `line L, column C` for a syntax
-    /// error, `plugin_dir/<file>` for a plugin file `sluice check` refused, or
-    /// empty for the file as a whole.
-    pub path: String,
-    /// What is wrong and what is expected.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+/// One thing wrong with a configuration: where (a key path such as
+/// `pipelines[1].batch.max_messages`, `line L, column C` for a syntax error,
+/// `plugin_dir/<file>` for a plugin file `sluice check` refused, or empty for
+/// the file as a whole) and what is wrong. The same type as a plugin's
+/// configuration problems, shown the same way (`path: message`).
+pub use sluice_plugin_sdk::config::Problem;

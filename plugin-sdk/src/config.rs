@@ -76,6 +76,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A problem at `path` (empty: the configuration as a whole).
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -274,9 +284,10 @@ fn path_order(path: &str) -> Vec<Step> {
     steps
 }
 
-/// Appends `key` to the key path `parent`, quoted unless it is a plain name (as
-/// the host writes the paths of its own configuration).
-fn key_path(parent: &str, key: &str) -> String {
+/// Appends `key` to the key path `parent`, quoted unless it is a plain name
+/// (`batch.max_rows`, `tables."my.table"`). The host writes the paths of its
+/// own configuration with this too, so both read alike.
+pub fn key_path(parent: &str, key: &str) -> String {
     let plain = !key.is_empty()
         && key
             .chars()

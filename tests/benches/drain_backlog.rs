@@ -42,11 +42,9 @@ const ACK_EVERY: u64 = 500;
 /// The target: Sluice drains at 90% or more of the plain consumer's rate.
 const TARGET_SHARE: f64 = 0.90;
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 struct PlainRun {

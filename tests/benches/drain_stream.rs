@@ -41,11 +41,9 @@ use common::{
 /// The customer's average load.
 const TARGET: f64 = 116_000.0;
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 struct DaemonRun {

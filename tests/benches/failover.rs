@@ -52,11 +52,9 @@ use common::{daemon_binary, env_usize, max, median};
 /// How long the flow is watched after the node is gone.
 const WATCH: Duration = Duration::from_secs(15);
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -38,11 +38,9 @@ const RECORDS_PER_MESSAGE: u64 = 100;
 const PLAIN_BATCH: usize = 10;
 const PREFETCH: u16 = 200;
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn run() -> anyhow::Result<()> {

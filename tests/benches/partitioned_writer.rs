@@ -177,11 +177,9 @@ struct Bench {
     preload: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn connect() -> anyhow::Result<Client> {

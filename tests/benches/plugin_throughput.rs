@@ -49,12 +49,9 @@ use common::{
 const TARGET_ROWS_PER_SEC: f64 = 116_000.0;
 const TARGET_SHARE_OF_PLAIN: f64 = 0.70;
 
-fn main() -> anyhow::Result<()> {
-    // Benches are run with `--bench` (and cargo passes it); ignore any filter.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 struct Bench {

@@ -124,11 +124,9 @@ fn line(name: &str, figures: &[f64], unit: &str) {
     );
 }
 
-fn main() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -161,11 +161,9 @@ struct Bench {
     files_kept: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run().await
 }
 
 async fn run() -> anyhow::Result<()> {

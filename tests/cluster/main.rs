@@ -115,37 +115,14 @@ fn cdrs(range: std::ops::Range<u64>) -> Vec<String> {
     range.map(cdr_json).collect()
 }
 
-/// Stops node `node` once `w` has `rows_before` rows, and returns how long
-/// the daemon took from the stop to its next row.
-async fn stop_mid_stream(
-    cluster: &mut RabbitCluster,
-    w: &World,
-    node: usize,
-    rows_before: i64,
-) -> Duration {
-    w.wait_rows(rows_before, "rows before the stop").await;
-    let at_stop = w.rows("cdr").await;
-    let stopped = Instant::now();
-    blocking(|| cluster.stop(node));
-    eventually(
-        FAILOVER_LIMIT,
-        "a row written after the node stopped",
-        || async { w.rows("cdr").await > at_stop },
-    )
-    .await;
-    // Stopping takes a moment of its own; measured from the stop command.
-    stopped.elapsed()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_leading_a_quorum_queue_stops_mid_stream_and_every_message_lands_once() {
-    let mut cluster = cluster::shared().await;
-    let w = World::new(&cluster, "qq-leader").await;
-    w.write_quorum_config("", "");
-    let mut daemon = start(&w.setup, "daemon");
-    w.wait_bound(&cluster, &w.setup.queue).await;
-    let leader = cluster.leader(&w.setup.queue).expect("a leader");
-
+/// The heart of a leader failover test: 20,000 CDRs published at a steady
+/// pace; once 3,000 rows landed, the node leading `queue` (a quorum queue or
+/// a stream) is stopped, and the daemon must write again within
+/// [`FAILOVER_LIMIT`]; a new leader is elected and every row lands; the node
+/// comes back and 2,000 more land, the daemon going on wherever it is
+/// connected. Returns the new leader.
+async fn lose_the_leader_mid_stream(cluster: &mut RabbitCluster, w: &World, queue: &str) -> usize {
+    let leader = cluster.leader(queue).expect("a leader");
     let publisher = tokio::spawn(publish(
         w.urls.clone(),
         w.setup.exchange.clone(),
@@ -153,14 +130,25 @@ async fn the_node_leading_a_quorum_queue_stops_mid_stream_and_every_message_land
         500,
         Duration::from_millis(100),
     ));
-    let took = stop_mid_stream(&mut cluster, &w, leader, 3_000).await;
-    eprintln!("quorum leader stopped: next row after {took:?}");
-    let new_leader = blocking(|| cluster.wait_new_leader(&w.setup.queue, leader));
-    assert_ne!(new_leader, leader);
+    w.wait_rows(3_000, "rows before the stop").await;
+    let at_stop = w.rows("cdr").await;
+    let stopped = Instant::now();
+    blocking(|| cluster.stop(leader));
+    eventually(
+        FAILOVER_LIMIT,
+        "a row written after the node stopped",
+        || async { w.rows("cdr").await > at_stop },
+    )
+    .await;
+    // Stopping takes a moment of its own; measured from the stop command.
+    eprintln!(
+        "{queue}: leader stopped, next row after {:?}",
+        stopped.elapsed()
+    );
+    let new_leader = blocking(|| cluster.wait_new_leader(queue, leader));
     publisher.await.unwrap();
     w.wait_rows(20_000, "every row after the failover").await;
 
-    // The node comes back; the daemon goes on wherever it is connected.
     blocking(|| cluster.restart(leader));
     publish(
         w.urls.clone(),
@@ -171,6 +159,17 @@ async fn the_node_leading_a_quorum_queue_stops_mid_stream_and_every_message_land
     )
     .await;
     w.wait_rows(22_000, "rows after the node came back").await;
+    new_leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_leading_a_quorum_queue_stops_mid_stream_and_every_message_lands_once() {
+    let mut cluster = cluster::shared().await;
+    let w = World::new(&cluster, "qq-leader").await;
+    w.write_quorum_config("", "");
+    let mut daemon = start(&w.setup, "daemon");
+    w.wait_bound(&cluster, &w.setup.queue).await;
+    lose_the_leader_mid_stream(&mut cluster, &w, &w.setup.queue).await;
     w.wait_settled(&cluster, &w.setup.queue).await;
     assert_eq!(w.rows("cdr").await, 22_000);
     assert_eq!(w.distinct_calls().await, 22_000);
@@ -207,31 +206,7 @@ async fn the_node_leading_a_replicated_stream_stops_mid_stream_and_every_message
             "the stream is replicated on every node: {members:?}"
         );
     }
-    let leader = cluster.leader(&stream).expect("a leader");
-
-    let publisher = tokio::spawn(publish(
-        w.urls.clone(),
-        w.setup.exchange.clone(),
-        cdrs(0..20_000),
-        500,
-        Duration::from_millis(100),
-    ));
-    let took = stop_mid_stream(&mut cluster, &w, leader, 3_000).await;
-    eprintln!("stream leader stopped: next row after {took:?}");
-    let new_leader = blocking(|| cluster.wait_new_leader(&stream, leader));
-    publisher.await.unwrap();
-    w.wait_rows(20_000, "every row after the failover").await;
-
-    blocking(|| cluster.restart(leader));
-    publish(
-        w.urls.clone(),
-        w.setup.exchange.clone(),
-        cdrs(20_000..22_000),
-        500,
-        Duration::ZERO,
-    )
-    .await;
-    w.wait_rows(22_000, "rows after the node came back").await;
+    let new_leader = lose_the_leader_mid_stream(&mut cluster, &w, &stream).await;
     assert_eq!(w.rows("cdr").await, 22_000);
     assert_eq!(w.distinct_calls().await, 22_000);
     assert_eq!(

@@ -225,23 +225,8 @@ fn collect_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
     }
 }
 
-/// Appends `key` to the key path `parent`, quoting it unless it is a bare TOML key.
-pub(super) fn key_path(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_string()
-    } else {
-        format!("{key:?}")
-    };
-    if parent.is_empty() {
-        key
-    } else {
-        format!("{parent}.{key}")
-    }
-}
+/// Key paths are written as plugins' configurations write theirs.
+pub(super) use sluice_plugin_sdk::config::key_path;
 
 fn unknown_key_problem(segments: &[Segment]) -> Problem {
     // `shape` names the table kind (indices and connection names left out), to
