@@ -42,18 +42,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use sluice::capabilities::Grants;
 use sluice::capabilities::postgres::PostgresGrant;
-use sluice::plugin_runtime::{
-    Column, ColumnType, LoadedPlugin, PluginRuntime, RowBatch, Schema, WriterInstance,
-};
-use sluice_plugin_sdk::rows::RowWriter;
+use sluice::plugin_runtime::{LoadedPlugin, PluginRuntime, RowBatch, WriterInstance};
 use sluice_tests::{plugin, postgres_url, unique_name};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use common::{
-    CDR_COLUMNS, CDR_TYPES, Figures, PgNumeric, PgTimestamp, env_usize, max, median, min, rate,
-    thousands,
+    CDR_COLUMNS, CDR_TYPES, CdrRecord, Figures, PgNumeric, PgTimestamp, cdr_schema,
+    encode_cdr_batches, env_usize, max, median, min, rate, thousands,
 };
 
 /// The target for the redelivery path.
@@ -65,24 +62,10 @@ const DAY_MICROS: i64 = 86_400_000_000;
 /// 1970-01-01 to 2000-01-01, Postgres's epoch.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// One call detail record.
-struct Cdr {
-    call_id: String,
-    caller: String,
-    callee: String,
-    /// µs since the Unix epoch.
-    started_at: i64,
-    duration_s: i32,
-    cell: String,
-    cost: String,
-    call_type: &'static str,
-    roaming: bool,
-}
-
 /// CDR `i`, started within the three days from `first_day` (µs, a midnight UTC).
-fn cdr(i: u64, first_day: i64) -> Cdr {
+fn cdr(i: u64, first_day: i64) -> CdrRecord {
     let second = (i * 7919) % (3 * 86_400);
-    Cdr {
+    CdrRecord {
         call_id: format!("c-{i:012}"),
         caller: format!("+3361{:07}", i % 10_000_000),
         callee: format!("+3362{:07}", (i * 7) % 10_000_000),
@@ -93,57 +76,6 @@ fn cdr(i: u64, first_day: i64) -> Cdr {
         call_type: "voice",
         roaming: i.is_multiple_of(7),
     }
-}
-
-/// The CDR schema (as json-source declares it for `cdr_source_config`).
-fn cdr_schema() -> Schema {
-    let col = |name: &str, type_, nullable, key| Column {
-        name: name.into(),
-        type_,
-        nullable,
-        key,
-    };
-    Schema {
-        name: "cdr".into(),
-        version: 1,
-        columns: vec![
-            col("call_id", ColumnType::Text, false, true),
-            col("caller", ColumnType::Text, false, false),
-            col("callee", ColumnType::Text, false, false),
-            col("started_at", ColumnType::Timestamp, false, false),
-            col("duration_s", ColumnType::Int32, false, false),
-            col("cell", ColumnType::Text, true, false),
-            col("cost", ColumnType::Numeric, true, false),
-            col("call_type", ColumnType::Text, true, false),
-            col("roaming", ColumnType::Boolean, true, false),
-        ],
-    }
-}
-
-/// The rows in Sluice's row encoding, one batch per chunk.
-fn encode_batches(rows: &[Cdr], batch: usize) -> Vec<RowBatch> {
-    rows.chunks(batch)
-        .map(|chunk| {
-            let mut w = RowWriter::with_capacity(chunk.len() * 128);
-            for r in chunk {
-                w.text(&r.call_id)
-                    .text(&r.caller)
-                    .text(&r.callee)
-                    .timestamp_micros(r.started_at)
-                    .int32(r.duration_s)
-                    .text(&r.cell)
-                    .numeric(&r.cost)
-                    .text(r.call_type)
-                    .boolean(r.roaming)
-                    .end_row();
-            }
-            let b = w.finish();
-            RowBatch {
-                count: b.count,
-                data: b.data,
-            }
-        })
-        .collect()
 }
 
 /// The two kinds of table measured.
@@ -168,7 +100,7 @@ struct Bench {
     /// Another build measured beside it (`SLUICE_BENCH_BASELINE`).
     baseline: Option<Arc<LoadedPlugin>>,
     admin: Client,
-    rows: Arc<Vec<Cdr>>,
+    rows: Arc<Vec<CdrRecord>>,
     batches: Arc<Vec<RowBatch>>,
     batch: usize,
     n: usize,
@@ -222,8 +154,8 @@ async fn run() -> anyhow::Result<()> {
         .await?
         .get(0);
     let first_day = today - DAY_MICROS;
-    let rows: Vec<Cdr> = (0..n as u64).map(|i| cdr(i, first_day)).collect();
-    let batches = encode_batches(&rows, batch);
+    let rows: Vec<CdrRecord> = (0..n as u64).map(|i| cdr(i, first_day)).collect();
+    let batches = encode_cdr_batches(&rows, batch);
     let bench = Bench {
         rt,
         writer,
@@ -547,7 +479,7 @@ fn key_of(table: Table) -> &'static str {
 async fn copy_rows(
     client: &Client,
     statement: &tokio_postgres::Statement,
-    rows: &[Cdr],
+    rows: &[CdrRecord],
     prefix: Option<char>,
 ) -> anyhow::Result<()> {
     let sink = client.copy_in(statement).await?;

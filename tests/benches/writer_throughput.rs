@@ -48,13 +48,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use sluice::capabilities::{Capability, Grants, HttpGrant, TcpGrant};
-use sluice::plugin_runtime::{
-    Column, ColumnType, LoadedPlugin, PluginRuntime, RowBatch, Schema, WriterInstance,
-};
-use sluice_plugin_sdk::rows::RowWriter;
+use sluice::plugin_runtime::{LoadedPlugin, PluginRuntime, RowBatch, WriterInstance};
 use sluice_tests::{plugin, unique_name, workspace_root};
 
-use common::{Figures, env_usize, max, median, min, rate, thousands};
+use common::{
+    CdrRecord, Figures, cdr_schema, encode_cdr_batches, env_usize, max, median, min, rate,
+    thousands,
+};
 
 fn clickhouse_url() -> String {
     std::env::var("SLUICE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
@@ -64,25 +64,11 @@ fn redis_address() -> String {
     std::env::var("SLUICE_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
 }
 
-/// One call detail record, the values `cdr_json(i)` carries.
-#[derive(Clone)]
-struct Cdr {
-    call_id: String,
-    caller: String,
-    callee: String,
-    started_at: i64,
-    duration_s: i32,
-    cell: String,
-    cost: String,
-    call_type: &'static str,
-    roaming: bool,
-}
-
-fn cdr(i: u64) -> Cdr {
+fn cdr(i: u64) -> CdrRecord {
     // 2026-11-27T10:MM:SSZ, as in cdr_json.
     let day = common::days_from_civil(2026, 11, 27);
     let seconds = day * 86_400 + 10 * 3600 + ((i / 60) % 60) as i64 * 60 + (i % 60) as i64;
-    Cdr {
+    CdrRecord {
         call_id: format!("c-{i:012}"),
         caller: format!("+3361{:07}", i % 10_000_000),
         callee: format!("+3362{:07}", (i * 7) % 10_000_000),
@@ -95,63 +81,12 @@ fn cdr(i: u64) -> Cdr {
     }
 }
 
-/// The CDR schema (as json-source declares it for `cdr_source_config`).
-fn schema() -> Schema {
-    let col = |name: &str, type_, nullable, key| Column {
-        name: name.into(),
-        type_,
-        nullable,
-        key,
-    };
-    Schema {
-        name: "cdr".into(),
-        version: 1,
-        columns: vec![
-            col("call_id", ColumnType::Text, false, true),
-            col("caller", ColumnType::Text, false, false),
-            col("callee", ColumnType::Text, false, false),
-            col("started_at", ColumnType::Timestamp, false, false),
-            col("duration_s", ColumnType::Int32, false, false),
-            col("cell", ColumnType::Text, true, false),
-            col("cost", ColumnType::Numeric, true, false),
-            col("call_type", ColumnType::Text, true, false),
-            col("roaming", ColumnType::Boolean, true, false),
-        ],
-    }
-}
-
-/// The rows in Sluice's row encoding, one batch per chunk.
-fn encode_batches(rows: &[Cdr], batch: usize) -> Vec<RowBatch> {
-    rows.chunks(batch)
-        .map(|chunk| {
-            let mut w = RowWriter::with_capacity(chunk.len() * 128);
-            for r in chunk {
-                w.text(&r.call_id)
-                    .text(&r.caller)
-                    .text(&r.callee)
-                    .timestamp_micros(r.started_at)
-                    .int32(r.duration_s)
-                    .text(&r.cell)
-                    .numeric(&r.cost)
-                    .text(r.call_type)
-                    .boolean(r.roaming)
-                    .end_row();
-            }
-            let b = w.finish();
-            RowBatch {
-                count: b.count,
-                data: b.data,
-            }
-        })
-        .collect()
-}
-
 struct Bench {
     rt: Arc<PluginRuntime>,
     clickhouse: Arc<LoadedPlugin>,
     redis: Arc<LoadedPlugin>,
     files: Arc<LoadedPlugin>,
-    rows: Arc<Vec<Cdr>>,
+    rows: Arc<Vec<CdrRecord>>,
     batches: Arc<Vec<RowBatch>>,
     batch: usize,
     db: String,
@@ -230,8 +165,8 @@ async fn run() -> anyhow::Result<()> {
         println!("redis {version}");
     }
 
-    let rows: Vec<Cdr> = (0..n as u64).map(cdr).collect();
-    let batches = encode_batches(&rows, batch);
+    let rows: Vec<CdrRecord> = (0..n as u64).map(cdr).collect();
+    let batches = encode_cdr_batches(&rows, batch);
     let db = unique_name("sluice_bench");
     if stores.clickhouse {
         clickhouse_query(&clickhouse_url(), &format!("CREATE DATABASE {db}"))?;
@@ -385,7 +320,7 @@ impl Bench {
             plugin.clone(),
             "bench",
             config,
-            schema(),
+            cdr_schema(),
             grants,
         );
         w.open().await?;
@@ -675,7 +610,7 @@ fn plain_clickhouse(
     url: &str,
     db: &str,
     table: &str,
-    rows: &[Cdr],
+    rows: &[CdrRecord],
     batch: usize,
 ) -> anyhow::Result<Duration> {
     let t = Instant::now();
@@ -780,7 +715,7 @@ impl Resp {
 }
 
 /// One pipelined MULTI, HSET per row, EXEC per batch; every reply read.
-fn plain_redis(prefix: &str, rows: &[Cdr], batch: usize) -> anyhow::Result<Duration> {
+fn plain_redis(prefix: &str, rows: &[CdrRecord], batch: usize) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let mut r = Resp::connect(&redis_address())?;
     let mut buf = Vec::new();
@@ -857,7 +792,7 @@ fn check_and_clean_redis(prefix: &str, expected: usize) -> anyhow::Result<()> {
 use sluice_plugin_sdk::time::write_timestamp as timestamp;
 
 /// The same NDJSON lines, one write and one fsync per batch.
-fn plain_files(dir: &Path, rows: &[Cdr], batch: usize) -> anyhow::Result<Duration> {
+fn plain_files(dir: &Path, rows: &[CdrRecord], batch: usize) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let file = std::fs::File::create(dir.join("cdr-plain.ndjson"))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);

@@ -105,6 +105,22 @@ impl World {
         .await;
     }
 
+    /// What "exactly once" means to a user: `n` rows, `n` distinct calls, no
+    /// dead letters, and (when `settled`, for a queue) nothing left ready or
+    /// unacked.
+    async fn assert_exactly_once(&self, cluster: &RabbitCluster, n: i64, settled: bool) {
+        if settled {
+            self.wait_settled(cluster, &self.setup.queue).await;
+        }
+        assert_eq!(self.rows("cdr").await, n);
+        assert_eq!(self.distinct_calls().await, n);
+        assert_eq!(
+            cluster.depth(&self.setup.dead_queue),
+            (0, 0),
+            "no dead letters"
+        );
+    }
+
     async fn finish(self) {
         self.db.drop_now().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.setup.dir);
@@ -170,14 +186,7 @@ async fn the_node_leading_a_quorum_queue_stops_mid_stream_and_every_message_land
     let mut daemon = start(&w.setup, "daemon");
     w.wait_bound(&cluster, &w.setup.queue).await;
     lose_the_leader_mid_stream(&mut cluster, &w, &w.setup.queue).await;
-    w.wait_settled(&cluster, &w.setup.queue).await;
-    assert_eq!(w.rows("cdr").await, 22_000);
-    assert_eq!(w.distinct_calls().await, 22_000);
-    assert_eq!(
-        cluster.depth(&w.setup.dead_queue),
-        (0, 0),
-        "no dead letters"
-    );
+    w.assert_exactly_once(&cluster, 22_000, true).await;
     daemon.stop_cleanly();
     w.finish().await;
 }
@@ -207,13 +216,7 @@ async fn the_node_leading_a_replicated_stream_stops_mid_stream_and_every_message
         );
     }
     let new_leader = lose_the_leader_mid_stream(&mut cluster, &w, &stream).await;
-    assert_eq!(w.rows("cdr").await, 22_000);
-    assert_eq!(w.distinct_calls().await, 22_000);
-    assert_eq!(
-        cluster.depth(&w.setup.dead_queue),
-        (0, 0),
-        "no dead letters"
-    );
+    w.assert_exactly_once(&cluster, 22_000, false).await;
     daemon.stop_cleanly();
 
     // The offset stored (in the stream, so on the surviving replicas too) is
@@ -267,14 +270,7 @@ async fn a_rolling_restart_of_all_three_nodes_under_load_loses_nothing() {
     publisher.await.unwrap();
     w.wait_rows(total as i64, "every row after the rolling restart")
         .await;
-    w.wait_settled(&cluster, &w.setup.queue).await;
-    assert_eq!(w.rows("cdr").await, total as i64);
-    assert_eq!(w.distinct_calls().await, total as i64);
-    assert_eq!(
-        cluster.depth(&w.setup.dead_queue),
-        (0, 0),
-        "no dead letters"
-    );
+    w.assert_exactly_once(&cluster, total as i64, true).await;
     daemon.stop_cleanly();
     w.finish().await;
 }
@@ -328,14 +324,7 @@ async fn three_daemons_on_a_quorum_queue_one_killed_every_message_lands_once() {
     publisher.await.unwrap();
     w.wait_rows(total as i64, "every row after one daemon was killed")
         .await;
-    w.wait_settled(&cluster, &w.setup.queue).await;
-    assert_eq!(w.rows("cdr").await, total as i64);
-    assert_eq!(w.distinct_calls().await, total as i64);
-    assert_eq!(
-        cluster.depth(&w.setup.dead_queue),
-        (0, 0),
-        "no dead letters"
-    );
+    w.assert_exactly_once(&cluster, total as i64, true).await;
     for daemon in &mut daemons {
         daemon.stop_cleanly();
     }

@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+use sluice::plugin_runtime::{Column, ColumnType, RowBatch, Schema};
+use sluice_plugin_sdk::rows::RowWriter;
+
 /// Median of a few figures (the middle one; the mean of the two middle ones for an
 /// even count).
 pub fn median(values: &[f64]) -> f64 {
@@ -526,4 +529,71 @@ pub fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
         newest = newest.max(t);
     }
     newest
+}
+
+/// One call detail record as typed values (the writer benchmarks make them
+/// directly, without JSON), the values `cdr_json(i)` carries.
+#[derive(Clone)]
+pub struct CdrRecord {
+    pub call_id: String,
+    pub caller: String,
+    pub callee: String,
+    /// µs since the Unix epoch.
+    pub started_at: i64,
+    pub duration_s: i32,
+    pub cell: String,
+    pub cost: String,
+    pub call_type: &'static str,
+    pub roaming: bool,
+}
+
+/// The CDR schema (as json-source declares it for `cdr_source_config`).
+pub fn cdr_schema() -> Schema {
+    let col = |name: &str, type_, nullable, key| Column {
+        name: name.into(),
+        type_,
+        nullable,
+        key,
+    };
+    Schema {
+        name: "cdr".into(),
+        version: 1,
+        columns: vec![
+            col("call_id", ColumnType::Text, false, true),
+            col("caller", ColumnType::Text, false, false),
+            col("callee", ColumnType::Text, false, false),
+            col("started_at", ColumnType::Timestamp, false, false),
+            col("duration_s", ColumnType::Int32, false, false),
+            col("cell", ColumnType::Text, true, false),
+            col("cost", ColumnType::Numeric, true, false),
+            col("call_type", ColumnType::Text, true, false),
+            col("roaming", ColumnType::Boolean, true, false),
+        ],
+    }
+}
+
+/// The rows in Sluice's row encoding, one batch per chunk.
+pub fn encode_cdr_batches(rows: &[CdrRecord], batch: usize) -> Vec<RowBatch> {
+    rows.chunks(batch)
+        .map(|chunk| {
+            let mut w = RowWriter::with_capacity(chunk.len() * 128);
+            for r in chunk {
+                w.text(&r.call_id)
+                    .text(&r.caller)
+                    .text(&r.callee)
+                    .timestamp_micros(r.started_at)
+                    .int32(r.duration_s)
+                    .text(&r.cell)
+                    .numeric(&r.cost)
+                    .text(r.call_type)
+                    .boolean(r.roaming)
+                    .end_row();
+            }
+            let b = w.finish();
+            RowBatch {
+                count: b.count,
+                data: b.data,
+            }
+        })
+        .collect()
 }
