@@ -37,7 +37,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, ensure};
 use sluice::capabilities::Grants;
@@ -49,8 +49,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use common::{
-    CDR_COLUMNS, CDR_TYPES, CdrRecord, Figures, PgNumeric, PgTimestamp, cdr_schema,
-    encode_cdr_batches, env_usize, max, median, min, rate, thousands,
+    CDR_COLUMNS, CDR_TYPES, CdrRecord, Figures, PgNumeric, PgTimestamp, encode_cdr_batches,
+    env_usize, max, median, min, open_cdr_writer, rate, thousands, write_batches,
 };
 
 /// The target for the redelivery path.
@@ -255,31 +255,7 @@ impl Bench {
             "main",
             PostgresGrant::from_url(&format!("{}?application_name={schema}", postgres_url()))?,
         );
-        let mut w = WriterInstance::new(
-            self.rt.clone(),
-            plugin.clone(),
-            "bench",
-            config,
-            cdr_schema(),
-            grants,
-        );
-        w.open().await?;
-        Ok(w)
-    }
-
-    /// Writes every batch through `writer`, in a spawned task as a daemon
-    /// consumer does; the time the writes took.
-    async fn write_all(&self, mut writer: WriterInstance) -> anyhow::Result<Duration> {
-        let batches = self.batches.clone();
-        tokio::spawn(async move {
-            let t = Instant::now();
-            for b in batches.iter() {
-                let rejected = writer.write(b).await?;
-                ensure!(rejected.is_empty(), "rows rejected: {:?}", &rejected[..1]);
-            }
-            anyhow::Ok(t.elapsed())
-        })
-        .await?
+        open_cdr_writer(&self.rt, plugin, config, grants).await
     }
 
     /// Fills the table (made by the writer) with `preload` rows over the 30 days
@@ -337,13 +313,13 @@ impl Bench {
         }
         let expected = self.preload + self.n;
         self.checkpoint().await?;
-        let fresh = self.write_all(writer).await?;
+        let fresh = write_batches(self.batches.clone(), writer).await?;
         ensure!(self.count(&schema).await? == expected, "fresh rows missing");
         f.push(&label(who, "fresh", table), rate(self.n as u64, fresh));
         // A new instance, as after a crash: the same rows again.
         let writer = self.writer(plugin, &schema, table).await?;
         self.checkpoint().await?;
-        let again = self.write_all(writer).await?;
+        let again = write_batches(self.batches.clone(), writer).await?;
         ensure!(
             self.count(&schema).await? == expected,
             "redelivery changed the rows"

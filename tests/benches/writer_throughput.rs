@@ -52,8 +52,8 @@ use sluice::plugin_runtime::{LoadedPlugin, PluginRuntime, RowBatch, WriterInstan
 use sluice_tests::{plugin, unique_name, workspace_root};
 
 use common::{
-    CdrRecord, Figures, cdr_schema, encode_cdr_batches, env_usize, max, median, min, rate,
-    thousands,
+    CdrRecord, Figures, encode_cdr_batches, env_usize, max, median, min, open_cdr_writer, rate,
+    thousands, write_batches,
 };
 
 fn clickhouse_url() -> String {
@@ -315,33 +315,7 @@ impl Bench {
         config: String,
         grants: Grants,
     ) -> anyhow::Result<WriterInstance> {
-        let mut w = WriterInstance::new(
-            self.rt.clone(),
-            plugin.clone(),
-            "bench",
-            config,
-            cdr_schema(),
-            grants,
-        );
-        w.open().await?;
-        Ok(w)
-    }
-
-    /// Writes every batch through `writer`, then drops it; the time the writes
-    /// took. The calls run in a spawned task, on a worker thread of the runtime,
-    /// as a daemon consumer's do (the bench's own future runs on the thread of
-    /// `block_on`, which is not a worker).
-    async fn write_all(&self, mut writer: WriterInstance) -> anyhow::Result<Duration> {
-        let batches = self.batches.clone();
-        tokio::spawn(async move {
-            let t = Instant::now();
-            for b in batches.iter() {
-                let rejected = writer.write(b).await?;
-                ensure!(rejected.is_empty(), "rows rejected: {:?}", &rejected[..1]);
-            }
-            anyhow::Ok(t.elapsed())
-        })
-        .await?
+        open_cdr_writer(&self.rt, plugin, config, grants).await
     }
 
     async fn run_group(
@@ -363,7 +337,7 @@ impl Bench {
                 let grants = Grants::none()
                     .with_http(HttpGrant::parse(&clickhouse_url()).map_err(anyhow::Error::msg)?);
                 let w = self.writer(&self.clickhouse, config, grants).await?;
-                let elapsed = self.write_all(w).await?;
+                let elapsed = write_batches(self.batches.clone(), w).await?;
                 self.check_clickhouse(&table)?;
                 (CH_PLUGIN, elapsed)
             }
@@ -404,7 +378,7 @@ impl Bench {
                 let grants = Grants::none()
                     .with_tcp(TcpGrant::parse(&redis_address()).map_err(anyhow::Error::msg)?);
                 let w = self.writer(&self.redis, config, grants).await?;
-                let elapsed = self.write_all(w).await?;
+                let elapsed = write_batches(self.batches.clone(), w).await?;
                 check_and_clean_redis(&prefix, n)?;
                 (REDIS_PLUGIN, elapsed)
             }
@@ -426,7 +400,7 @@ impl Bench {
                 let grants = Grants::none()
                     .with_tcp(TcpGrant::parse(&redis_address()).map_err(anyhow::Error::msg)?);
                 let w = self.writer(&self.redis, config, grants).await?;
-                let elapsed = self.write_all(w).await?;
+                let elapsed = write_batches(self.batches.clone(), w).await?;
                 let mut r = Resp::connect(&redis_address())?;
                 let len = r.call(&[b"XLEN", stream.as_bytes()])?;
                 ensure!(
@@ -444,7 +418,7 @@ impl Bench {
                 let config = r#"{"format":"ndjson","prefix":"cdr"}"#.to_string();
                 let grants = Grants::none().with_directory(&dir);
                 let w = self.writer(&self.files, config, grants).await?;
-                let elapsed = self.write_all(w).await?;
+                let elapsed = write_batches(self.batches.clone(), w).await?;
                 ensure!(
                     count_lines(&dir)? == n + self.files_kept,
                     "lines in {}",

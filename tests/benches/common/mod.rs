@@ -5,7 +5,13 @@
 
 use std::time::Duration;
 
-use sluice::plugin_runtime::{Column, ColumnType, RowBatch, Schema};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice::capabilities::Grants;
+use sluice::plugin_runtime::{
+    Column, ColumnType, LoadedPlugin, PluginRuntime, RowBatch, Schema, WriterInstance,
+};
 use sluice_plugin_sdk::rows::RowWriter;
 
 /// Median of a few figures (the middle one; the mean of the two middle ones for an
@@ -596,4 +602,43 @@ pub fn encode_cdr_batches(rows: &[CdrRecord], batch: usize) -> Vec<RowBatch> {
             }
         })
         .collect()
+}
+
+/// A writer instance of `plugin` for CDR rows, opened (its table, partitions
+/// or files set up) before any timing.
+pub async fn open_cdr_writer(
+    rt: &Arc<PluginRuntime>,
+    plugin: &Arc<LoadedPlugin>,
+    config: String,
+    grants: Grants,
+) -> anyhow::Result<WriterInstance> {
+    let mut w = WriterInstance::new(
+        rt.clone(),
+        plugin.clone(),
+        "bench",
+        config,
+        cdr_schema(),
+        grants,
+    );
+    w.open().await?;
+    Ok(w)
+}
+
+/// Writes every batch through `writer`, then drops it; the time the writes
+/// took. The calls run in a spawned task, on a worker thread of the runtime,
+/// as a daemon consumer's do (the bench's own future runs on the thread of
+/// `block_on`, which is not a worker). A rejected row is an error.
+pub async fn write_batches(
+    batches: Arc<Vec<RowBatch>>,
+    mut writer: WriterInstance,
+) -> anyhow::Result<Duration> {
+    tokio::spawn(async move {
+        let t = Instant::now();
+        for b in batches.iter() {
+            let rejected = writer.write(b).await?;
+            anyhow::ensure!(rejected.is_empty(), "rows rejected: {:?}", &rejected[..1]);
+        }
+        anyhow::Ok(t.elapsed())
+    })
+    .await?
 }
